@@ -1,0 +1,42 @@
+"""TTQLinear under torch.compile: the stage ops are registered custom ops with fake impls."""
+
+import torch
+from torch import nn
+
+import ttqkern
+
+
+def test_custom_ops_pass_opcheck():
+    x, W = torch.randn(5, 64), torch.randn(24, 64)
+    torch.library.opcheck(torch.ops.ttqkern.act_scale.default, (x, 2.0, 1.0, 0.25, "torch"))
+    for bits, sym, zero in ((3, False, "float"), (4, False, "int"), (2, True, "float")):
+        D = torch.rand(64) + 0.5
+        torch.library.opcheck(torch.ops.ttqkern.quantize.default, (W, D, bits, 32, sym, zero, 1.0, "torch"))
+    pw = ttqkern.ops.quantize(W, bits=3, group_size=32)
+    from ttqkern._library import op_args
+
+    args = (x, *op_args(pw), torch.rand(64) + 0.5, None, None, torch.randn(24), 3, 32, 24, 64, False, "float", "torch")
+    torch.library.opcheck(torch.ops.ttqkern.qmatmul.default, args)
+
+
+def test_dynamic_ttqlinear_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 32))
+    model = ttqkern.quantize_model(model, mode="dynamic", r=4, bits=4, group_size=32, backend="torch")
+    x = torch.randn(3, 64)
+    eager = model(x)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager)
+
+
+def test_prompt_mode_compiles_and_reuses_packed_weight():
+    torch.manual_seed(0)
+    model = ttqkern.quantize_model(nn.Sequential(nn.Linear(64, 32)), mode="prompt", r=0, backend="torch")
+    compiled = torch.compile(model, backend="aot_eager")
+    prompt = torch.randn(1, 8, 64)
+    y = compiled(prompt)
+    torch.testing.assert_close(y, model(prompt))
+    step = torch.randn(1, 1, 64)
+    before = model[0].quantize_calls
+    torch.testing.assert_close(compiled(step), model(step))
+    assert model[0].quantize_calls == before
