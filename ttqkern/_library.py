@@ -43,7 +43,8 @@ def quantize_op(
     W: Tensor, D: Optional[Tensor], bits: int, group_size: int, sym: bool, zero: str, beta: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (qweight, qweight_hi or empty, scales, mins | zeros | empty)."""
-    pw = backends.resolve(backend, W.device).quantize(W, D, bits, group_size, sym, zero, beta)
+    g = resolve_group_size(W.shape[1], group_size)  # backends receive a positive group length
+    pw = backends.resolve(backend, W.device).quantize(W, D, bits, g, sym, zero, beta)
     return op_args(pw)
 
 

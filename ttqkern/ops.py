@@ -118,4 +118,4 @@ def lowrank(W: torch.Tensor, r: int) -> tuple[torch.Tensor | None, torch.Tensor 
     """
     C.check_tensor(W, "W", dims=2)
     C.check_rank(r, *W.shape)
-    return reference.lowrank(W, r)
+    return reference.lowrank(W.detach(), r)  # static factors: never part of an autograd graph
