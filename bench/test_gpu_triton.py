@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import platform
 from pathlib import Path
 
@@ -116,11 +115,11 @@ def report():
     dev = torch.device("cuda")
     slug = devices.device_slug(dev)
     cat = devices.lookup_gpu(torch.cuda.get_device_name(dev))
+    catalog = None if cat is None else {"hbm_gbps": cat.hbm_gbps, "fp16_tflops": cat.fp16_tflops, "l2_mib": cat.l2_mib}
     data = {
         "device": torch.cuda.get_device_name(dev),
         "slug": slug,
-        "catalog": None if cat is None else {"hbm_gbps": cat.hbm_gbps, "fp16_tflops": cat.fp16_tflops,
-                                             "l2_mib": cat.l2_mib},  # fmt: skip
+        "catalog": catalog,
         "versions": {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version()},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "method": "triton.testing.do_bench median, L2 cleared before every run (cold cache); fp16 activations",
@@ -206,8 +205,14 @@ def test_gpu_decode_and_requantization(report, layer):
             _row(report, **common, kernel="ttq-fused", us=t_fused, bytes=moved, rel_err_vs_torch_backend=err)
             _row(report, **common, kernel="ttq-unfused-torch-ops", us=t_unfused, bytes=moved)
             saving = t_fp16[T] - t_fused
-            _row(report, **common, kernel="ttq-break-even", requant_us=t_req, decode_saving_us=saving,
-                 break_even_tokens=(t_req / saving) if saving > 0 else None)  # fmt: skip  (None: never ahead)
+            _row(
+                report,
+                **common,
+                kernel="ttq-break-even",
+                requant_us=t_req,
+                decode_saving_us=saving,
+                break_even_tokens=(t_req / saving) if saving > 0 else None,
+            )  # fmt: skip  (None: never ahead)
             assert t_fused > 0
 
 

@@ -28,8 +28,16 @@ def _pow0(a, e):
 
 @triton.jit
 def _colpow_kernel(
-    x_ptr, S_ptr, T, K, T_PER_SPLIT, p,
-    P_MODE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    S_ptr,
+    T,
+    K,
+    T_PER_SPLIT,
+    p,
+    P_MODE: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """``S[k] = sum_t |x[t, k]|^p`` (max for p = inf), fp32 ``[K]``.
 
@@ -84,8 +92,15 @@ def _c_from_sum(S, p, P_MODE: tl.constexpr):
 
 @triton.jit
 def _scale_kernel(
-    S_ptr, D_ptr, K, p, lam, alpha,
-    P_MODE: tl.constexpr, ALPHA_MODE: tl.constexpr, BLOCK_K: tl.constexpr,
+    S_ptr,
+    D_ptr,
+    K,
+    p,
+    lam,
+    alpha,
+    P_MODE: tl.constexpr,
+    ALPHA_MODE: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """``D = clamp(c + lam * mean(c), tiny, max)^alpha`` from the column sums S.
 
@@ -137,13 +152,32 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float, interpret: bo
     S = (torch.zeros if split > 1 else torch.empty)(K, dtype=torch.float32, device=x.device)
     p_arg = 1.0 if p_mode == P_INF else float(p)
     _colpow_kernel[(col_blocks, split)](
-        x, S, T, K, t_per, p_arg, P_MODE=p_mode, SPLIT=split, BLOCK_T=BT, BLOCK_K=BK, num_warps=cfg["num_warps"],
+        x,
+        S,
+        T,
+        K,
+        t_per,
+        p_arg,
+        P_MODE=p_mode,
+        SPLIT=split,
+        BLOCK_T=BT,
+        BLOCK_K=BK,
+        num_warps=cfg["num_warps"],
         enable_fp_fusion=False,
     )
     D = torch.empty(K, dtype=torch.float32, device=x.device)
     alpha_mode = 0 if alpha == 0 else (1 if alpha == 1 else 2)
     _scale_kernel[(1,)](
-        S, D, K, p_arg, float(lam), float(alpha), P_MODE=p_mode, ALPHA_MODE=alpha_mode,
-        BLOCK_K=min(1024, config.triton_next_pow2(K)), num_warps=4, enable_fp_fusion=False,
+        S,
+        D,
+        K,
+        p_arg,
+        float(lam),
+        float(alpha),
+        P_MODE=p_mode,
+        ALPHA_MODE=alpha_mode,
+        BLOCK_K=min(1024, config.triton_next_pow2(K)),
+        num_warps=4,
+        enable_fp_fusion=False,
     )  # fmt: skip  (no FMA contraction: c + lam * mean rounds as in the reference)
     return D

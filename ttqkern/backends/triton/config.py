@@ -44,15 +44,39 @@ KEY_FIELDS = {
 
 # What a tuner may try per op (every combination launches correctly).
 SPACE = {
-    "act_scale": {"BLOCK_T": [8, 16, 32, 64], "BLOCK_K": [32, 64, 128, 256], "SPLIT_T": [0, 1, 2, 4, 8],
-                  "num_warps": [2, 4, 8]},
+    "act_scale": {
+        "BLOCK_T": [8, 16, 32, 64],
+        "BLOCK_K": [32, 64, 128, 256],
+        "SPLIT_T": [0, 1, 2, 4, 8],
+        "num_warps": [2, 4, 8],
+    },
     "quantize": {"BLOCK_N": [1, 2, 4, 8, 16, 32], "BLOCK_K": [64, 128, 256, 512, 1024], "num_warps": [1, 2, 4, 8]},
-    "lowrank": {"BLOCK_T": [1, 2, 4, 8, 16, 32, 64], "BLOCK_R": [16, 32, 64], "BLOCK_K": [32, 64, 128, 256],
-                "SPLIT_K": [0, 1, 2, 4, 8, 16], "USE_DOT": [0, 1], "num_warps": [2, 4, 8]},
-    "gemv": {"BLOCK_N": [8, 16, 32, 64, 128], "BLOCK_K": [16, 32, 64, 128, 256], "SPLIT_K": [0, 1, 2, 4, 8, 16],
-             "USE_DOT": [0, 1], "BLOCK_R": [16, 32, 64], "num_warps": [1, 2, 4, 8], "num_stages": [1, 2, 3, 4]},
-    "gemm": {"BLOCK_T": [16, 32, 64, 128], "BLOCK_N": [32, 64, 128, 256], "BLOCK_K": [16, 32, 64, 128],
-             "GROUP_T": [1, 4, 8, 16], "BLOCK_R": [16, 32, 64], "num_warps": [2, 4, 8], "num_stages": [1, 2, 3, 4, 5]},
+    "lowrank": {
+        "BLOCK_T": [1, 2, 4, 8, 16, 32, 64],
+        "BLOCK_R": [16, 32, 64],
+        "BLOCK_K": [32, 64, 128, 256],
+        "SPLIT_K": [0, 1, 2, 4, 8, 16],
+        "USE_DOT": [0, 1],
+        "num_warps": [2, 4, 8],
+    },
+    "gemv": {
+        "BLOCK_N": [8, 16, 32, 64, 128],
+        "BLOCK_K": [16, 32, 64, 128, 256],
+        "SPLIT_K": [0, 1, 2, 4, 8, 16],
+        "USE_DOT": [0, 1],
+        "BLOCK_R": [16, 32, 64],
+        "num_warps": [1, 2, 4, 8],
+        "num_stages": [1, 2, 3, 4],
+    },
+    "gemm": {
+        "BLOCK_T": [16, 32, 64, 128],
+        "BLOCK_N": [32, 64, 128, 256],
+        "BLOCK_K": [16, 32, 64, 128],
+        "GROUP_T": [1, 4, 8, 16],
+        "BLOCK_R": [16, 32, 64],
+        "num_warps": [2, 4, 8],
+        "num_stages": [1, 2, 3, 4, 5],
+    },
 }
 
 
@@ -70,21 +94,55 @@ def defaults(op: str, interpret: bool, *, T: int = 1, **_) -> dict:
             "act_scale": {"BLOCK_T": 64, "BLOCK_K": 256, "SPLIT_T": 1, "num_warps": 4},
             "quantize": {"BLOCK_N": 64, "BLOCK_K": 512, "num_warps": 4},
             "lowrank": {"BLOCK_T": 64, "BLOCK_R": 64, "BLOCK_K": 256, "SPLIT_K": 1, "USE_DOT": 1, "num_warps": 4},
-            "gemv": {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "USE_DOT": decode_dot, "BLOCK_R": 64,
-                     "num_warps": 4, "num_stages": 1},
-            "gemm": {"BLOCK_T": 64, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_T": 1, "BLOCK_R": 64,
-                     "num_warps": 4, "num_stages": 1},
+            "gemv": {
+                "BLOCK_N": 64,
+                "BLOCK_K": 128,
+                "SPLIT_K": 1,
+                "USE_DOT": decode_dot,
+                "BLOCK_R": 64,
+                "num_warps": 4,
+                "num_stages": 1,
+            },
+            "gemm": {
+                "BLOCK_T": 64,
+                "BLOCK_N": 64,
+                "BLOCK_K": 128,
+                "GROUP_T": 1,
+                "BLOCK_R": 64,
+                "num_warps": 4,
+                "num_stages": 1,
+            },
         }
     else:
         table = {
             "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
             "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
-            "lowrank": {"BLOCK_T": 16, "BLOCK_R": 16, "BLOCK_K": 128, "SPLIT_K": 0, "USE_DOT": int(T > 16),
-                        "num_warps": 4},
-            "gemv": {"BLOCK_N": 64 if T == 1 else 32, "BLOCK_K": 128 if T == 1 else 64, "SPLIT_K": 0,
-                     "USE_DOT": decode_dot, "BLOCK_R": 16, "num_warps": 4, "num_stages": 3},
-            "gemm": {"BLOCK_T": 64 if T <= 64 else 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_T": 8, "BLOCK_R": 16,
-                     "num_warps": 4 if T <= 64 else 8, "num_stages": 3},
+            "lowrank": {
+                "BLOCK_T": 16,
+                "BLOCK_R": 16,
+                "BLOCK_K": 128,
+                "SPLIT_K": 0,
+                "USE_DOT": int(T > 16),
+                "num_warps": 4,
+            },
+            "gemv": {
+                "BLOCK_N": 64 if T == 1 else 32,
+                "BLOCK_K": 128 if T == 1 else 64,
+                "SPLIT_K": 0,
+                "USE_DOT": decode_dot,
+                "BLOCK_R": 16,
+                "num_warps": 4,
+                "num_stages": 3,
+            },
+            "gemm": {
+                "BLOCK_T": 64 if T <= 64 else 128,
+                "BLOCK_N": 128,
+                "BLOCK_K": 64,
+                "GROUP_T": 8,
+                "BLOCK_R": 16,
+                "num_warps": 4 if T <= 64 else 8,
+                "num_stages": 3,
+            },
         }
     return table[op]
 

@@ -18,11 +18,38 @@ from .tiles import lowrank_bias_epilogue, qmm_accumulate, round_to
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, D_ptr, qw_ptr, qhi_ptr, s_ptr, zp_ptr, xa_ptr, B_ptr, bias_ptr, y_ptr,
-    T, N, K, G, g, R, stride_qw, stride_qhi, K_PER_SPLIT,
-    BITS: tl.constexpr, MODE: tl.constexpr, HAS_D: tl.constexpr, HAS_LR: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ALIGNED: tl.constexpr, USE_DOT: tl.constexpr, ROUND_DT: tl.constexpr, DOT_DT: tl.constexpr,
-    SPLIT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    D_ptr,
+    qw_ptr,
+    qhi_ptr,
+    s_ptr,
+    zp_ptr,
+    xa_ptr,
+    B_ptr,
+    bias_ptr,
+    y_ptr,
+    T,
+    N,
+    K,
+    G,
+    g,
+    R,
+    stride_qw,
+    stride_qhi,
+    K_PER_SPLIT,
+    BITS: tl.constexpr,
+    MODE: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_LR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    ROUND_DT: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
     """Packed GEMV / skinny GEMM with the TTQ prologue and epilogue fused.
@@ -50,8 +77,7 @@ def _gemv_kernel(
         stride_qw, stride_qhi, BITS, MODE, HAS_D, ALIGNED, USE_DOT, ROUND_DT, DOT_DT, BLOCK_K,
     )  # fmt: skip
     if pid_k == 0:
-        acc = lowrank_bias_epilogue(acc, xa_ptr, B_ptr, bias_ptr, ts, rows, T, N, R, HAS_LR, HAS_BIAS, USE_DOT,
-                                    BLOCK_R)
+        acc = lowrank_bias_epilogue(acc, xa_ptr, B_ptr, bias_ptr, ts, rows, T, N, R, HAS_LR, HAS_BIAS, USE_DOT, BLOCK_R)
     out = y_ptr + ts[:, None] * N + rows[None, :]
     omask = (ts < T)[:, None] & (rows < N)[None, :]
     if SPLIT == 1:

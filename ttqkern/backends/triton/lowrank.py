@@ -16,9 +16,18 @@ from .tiles import tile_matmul
 
 @triton.jit
 def _xa_kernel(
-    x_ptr, A_ptr, xa_ptr, T, K, R, K_PER_SPLIT,
-    SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    A_ptr,
+    xa_ptr,
+    T,
+    K,
+    R,
+    K_PER_SPLIT,
+    SPLIT: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """``xa[T, R] (fp32) = x[T, K] @ A[R, K]^T``.
 

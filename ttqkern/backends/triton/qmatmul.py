@@ -45,8 +45,15 @@ def qmatmul(
     scales = pw.scales.contiguous()
     zp = pw.mins if pw.mins is not None else pw.zeros if pw.zeros is not None else scales
     args = (
-        x, D if D is not None else scales, qw, qhi, scales, zp.contiguous(),
-        xa if xa is not None else scales, B if B is not None else scales, bias if bias is not None else scales,
+        x,
+        D if D is not None else scales,
+        qw,
+        qhi,
+        scales,
+        zp.contiguous(),
+        xa if xa is not None else scales,
+        B if B is not None else scales,
+        bias if bias is not None else scales,
     )  # fmt: skip  (unused pointer arguments get any tensor: their flags are off)
     strides = (qw.stride(0), qhi.stride(0))
     flags = dict(BITS=pw.bits, MODE=mode_of(pw.sym, pw.zero), HAS_D=D is not None, HAS_LR=xa is not None,

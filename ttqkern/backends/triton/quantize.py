@@ -77,8 +77,9 @@ def _expand(v, onehot, C: tl.constexpr):
 
 
 @triton.jit
-def _pack_store(u, out_ptr, rows, rmask, first_pos, n_pos, row_bytes,
-                NB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _pack_store(
+    u, out_ptr, rows, rmask, first_pos, n_pos, row_bytes, NB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr
+):
     """Pack ``u [BN, BK]`` (codes of positions ``first_pos + i``, < 2^NB) into bytes.
 
     Little-endian inside a byte (element i at bits ``[i*NB, (i+1)*NB)``); a byte is
@@ -98,8 +99,27 @@ def _pack_store(u, out_ptr, rows, rmask, first_pos, n_pos, row_bytes,
 
 
 @triton.jit
-def _emit(w, l, valid, onehot, s, mn, z, qw_ptr, qhi_ptr, rows, rmask, first_pos, n_pos, row_bytes, row_bytes_hi,
-          BITS: tl.constexpr, MODE: tl.constexpr, C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _emit(
+    w,
+    valid,
+    onehot,
+    s,
+    mn,
+    z,
+    qw_ptr,
+    qhi_ptr,
+    rows,
+    rmask,
+    first_pos,
+    n_pos,
+    row_bytes,
+    row_bytes_hi,
+    BITS: tl.constexpr,
+    MODE: tl.constexpr,
+    C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Codes of one ``[BN, BK]`` tile from its groups' parameters, packed and stored."""
     LEVELS: tl.constexpr = (1 << BITS) - 1
     QPOS: tl.constexpr = (1 << (BITS - 1)) - 1
@@ -127,10 +147,26 @@ def _emit(w, l, valid, onehot, s, mn, z, qw_ptr, qhi_ptr, rows, rmask, first_pos
 
 @triton.jit
 def _quantize_kernel(
-    W_ptr, D_ptr, qw_ptr, qhi_ptr, s_ptr, zp_ptr,
-    N, K, G, g, row_bytes, row_bytes_hi, beta,
-    BITS: tl.constexpr, MODE: tl.constexpr, HAS_D: tl.constexpr, C: tl.constexpr, NUM_SUB: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_ptr,
+    D_ptr,
+    qw_ptr,
+    qhi_ptr,
+    s_ptr,
+    zp_ptr,
+    N,
+    K,
+    G,
+    g,
+    row_bytes,
+    row_bytes_hi,
+    beta,
+    BITS: tl.constexpr,
+    MODE: tl.constexpr,
+    HAS_D: tl.constexpr,
+    C: tl.constexpr,
+    NUM_SUB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """Quantize and pack ``W [N, K] * D`` into the canonical planes, scales and mins/zeros.
 
@@ -156,10 +192,10 @@ def _quantize_kernel(
 
     # pass 1: group statistics
     if NUM_SUB == 1:
-        l = tl.arange(0, BLOCK_K)
-        valid = (l < L) & (start + l < K)
-        onehot = ((l // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
-        w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + l, valid, K, HAS_D)
+        loc = tl.arange(0, BLOCK_K)
+        valid = (loc < L) & (start + loc < K)
+        onehot = ((loc // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
+        w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + loc, valid, K, HAS_D)
         mn, mx, amax, has_nan, nonfinite = _tile_stats(w, onehot)
     else:
         mn = tl.full([BLOCK_N, C], float("inf"), tl.float32)
@@ -168,10 +204,10 @@ def _quantize_kernel(
         has_nan = tl.zeros([BLOCK_N, C], dtype=tl.int32)
         nonfinite = tl.zeros([BLOCK_N, C], dtype=tl.int32)
         for sub in range(NUM_SUB):
-            l = sub * BLOCK_K + tl.arange(0, BLOCK_K)
-            valid = (l < L) & (start + l < K)
-            onehot = ((l // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
-            w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + l, valid, K, HAS_D)
+            loc = sub * BLOCK_K + tl.arange(0, BLOCK_K)
+            valid = (loc < L) & (start + loc < K)
+            onehot = ((loc // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
+            w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + loc, valid, K, HAS_D)
             t_mn, t_mx, t_amax, t_nan, t_bad = _tile_stats(w, onehot)
             mn = tl.minimum(mn, t_mn)
             mx = tl.maximum(mx, t_mx)
@@ -210,20 +246,64 @@ def _quantize_kernel(
 
     # pass 2: codes, packed
     if NUM_SUB == 1:
-        _emit(w, l, valid, onehot, s, mn, z, qw_ptr, qhi_ptr, rows, rmask, start, L, row_bytes, row_bytes_hi,
-              BITS, MODE, C, BLOCK_N, BLOCK_K)
+        _emit(
+            w,
+            valid,
+            onehot,
+            s,
+            mn,
+            z,
+            qw_ptr,
+            qhi_ptr,
+            rows,
+            rmask,
+            start,
+            L,
+            row_bytes,
+            row_bytes_hi,
+            BITS,
+            MODE,
+            C,
+            BLOCK_N,
+            BLOCK_K,
+        )
     else:
         for sub in range(NUM_SUB):
-            l = sub * BLOCK_K + tl.arange(0, BLOCK_K)
-            valid = (l < L) & (start + l < K)
-            onehot = ((l // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
-            w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + l, valid, K, HAS_D)
-            _emit(w, l, valid, onehot, s, mn, z, qw_ptr, qhi_ptr, rows, rmask, start + sub * BLOCK_K,
-                  L - sub * BLOCK_K, row_bytes, row_bytes_hi, BITS, MODE, C, BLOCK_N, BLOCK_K)
+            loc = sub * BLOCK_K + tl.arange(0, BLOCK_K)
+            valid = (loc < L) & (start + loc < K)
+            onehot = ((loc // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
+            w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + loc, valid, K, HAS_D)
+            _emit(
+                w,
+                valid,
+                onehot,
+                s,
+                mn,
+                z,
+                qw_ptr,
+                qhi_ptr,
+                rows,
+                rmask,
+                start + sub * BLOCK_K,
+                L - sub * BLOCK_K,
+                row_bytes,
+                row_bytes_hi,
+                BITS,
+                MODE,
+                C,
+                BLOCK_N,
+                BLOCK_K,
+            )
 
 
 def quantize(
-    W: torch.Tensor, D: torch.Tensor | None, bits: int, group_size: int, sym: bool, zero: str, beta: float,
+    W: torch.Tensor,
+    D: torch.Tensor | None,
+    bits: int,
+    group_size: int,
+    sym: bool,
+    zero: str,
+    beta: float,
     interpret: bool,
 ) -> PackedWeight:
     """Canonical `PackedWeight` of ``W [N, K] * D`` (W contiguous float, D fp32 ``[K]`` or None).

@@ -92,10 +92,32 @@ def tile_matmul(a, b, USE_DOT: tl.constexpr, ROUND_DT: tl.constexpr, DOT_DT: tl.
 
 @triton.jit
 def qmm_accumulate(
-    acc, x_ptr, D_ptr, qw_ptr, qhi_ptr, s_ptr, zp_ptr,
-    ts, rows, k_lo, k_hi, T, N, K, G, g, stride_qw, stride_qhi,
-    BITS: tl.constexpr, MODE: tl.constexpr, HAS_D: tl.constexpr, ALIGNED: tl.constexpr,
-    USE_DOT: tl.constexpr, ROUND_DT: tl.constexpr, DOT_DT: tl.constexpr, BLOCK_K: tl.constexpr,
+    acc,
+    x_ptr,
+    D_ptr,
+    qw_ptr,
+    qhi_ptr,
+    s_ptr,
+    zp_ptr,
+    ts,
+    rows,
+    k_lo,
+    k_hi,
+    T,
+    N,
+    K,
+    G,
+    g,
+    stride_qw,
+    stride_qhi,
+    BITS: tl.constexpr,
+    MODE: tl.constexpr,
+    HAS_D: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    ROUND_DT: tl.constexpr,
+    DOT_DT: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """``acc [BLOCK_T, BLOCK_N] += (x / D)[ts, k_lo:k_hi] @ (s * u + m)[rows, k_lo:k_hi]^T``.
 
@@ -139,8 +161,19 @@ def qmm_accumulate(
 
 @triton.jit
 def lowrank_bias_epilogue(
-    acc, xa_ptr, B_ptr, bias_ptr, ts, rows, T, N, R,
-    HAS_LR: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, BLOCK_R: tl.constexpr,
+    acc,
+    xa_ptr,
+    B_ptr,
+    bias_ptr,
+    ts,
+    rows,
+    T,
+    N,
+    R,
+    HAS_LR: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """``acc += xa[ts] @ B[rows]^T + bias[rows]`` in fp32 (spec stage 5).
 
