@@ -57,7 +57,7 @@ def _colpow_kernel(
     for t0 in range(t_lo, t_hi, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         mask = (ts < t_hi)[:, None] & kmask[None, :]
-        a = tl.abs(tl.load(x_ptr + ts[:, None] * K + ks[None, :], mask=mask, other=0.0).to(tl.float32))
+        a = tl.abs(tl.load(x_ptr + ts[:, None].to(tl.int64) * K + ks[None, :], mask=mask, other=0.0).to(tl.float32))
         if P_MODE == 3:
             # max drops nan on some targets: remember it separately
             nan_seen = tl.maximum(nan_seen, tl.max((a != a).to(tl.int32), axis=0))

@@ -75,8 +75,8 @@ def _gemm_kernel(
     acc = tl.zeros([BLOCK_T, BLOCK_N], dtype=tl.float32)
     acc = qmm_accumulate(
         acc, x_ptr, D_ptr, qw_ptr, qhi_ptr, s_ptr, zp_ptr, ts, rows, 0, K, T, N, K, G, g,
-        stride_qw, stride_qhi, BITS, MODE, HAS_D, ALIGNED, True, ROUND_DT, DOT_DT, BLOCK_K,
+        stride_qw, stride_qhi, BITS, MODE, HAS_D, ALIGNED, True, ROUND_DT, DOT_DT, BLOCK_K, BLOCK_N,
     )  # fmt: skip
     acc = lowrank_bias_epilogue(acc, xa_ptr, B_ptr, bias_ptr, ts, rows, T, N, R, HAS_LR, HAS_BIAS, True, BLOCK_R)
-    out = y_ptr + ts[:, None] * N + rows[None, :]
+    out = y_ptr + ts[:, None].to(tl.int64) * N + rows[None, :]
     tl.store(out, round_to(acc, y_ptr.dtype.element_ty), mask=(ts < T)[:, None] & (rows < N)[None, :])

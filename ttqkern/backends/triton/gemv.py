@@ -74,11 +74,11 @@ def _gemv_kernel(
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     acc = qmm_accumulate(
         acc, x_ptr, D_ptr, qw_ptr, qhi_ptr, s_ptr, zp_ptr, ts, rows, k_lo, k_hi, T, N, K, G, g,
-        stride_qw, stride_qhi, BITS, MODE, HAS_D, ALIGNED, USE_DOT, ROUND_DT, DOT_DT, BLOCK_K,
+        stride_qw, stride_qhi, BITS, MODE, HAS_D, ALIGNED, USE_DOT, ROUND_DT, DOT_DT, BLOCK_K, BLOCK_N,
     )  # fmt: skip
     if pid_k == 0:
         acc = lowrank_bias_epilogue(acc, xa_ptr, B_ptr, bias_ptr, ts, rows, T, N, R, HAS_LR, HAS_BIAS, USE_DOT, BLOCK_R)
-    out = y_ptr + ts[:, None] * N + rows[None, :]
+    out = y_ptr + ts[:, None].to(tl.int64) * N + rows[None, :]
     omask = (ts < T)[:, None] & (rows < N)[None, :]
     if SPLIT == 1:
         tl.store(out, round_to(acc, y_ptr.dtype.element_ty), mask=omask)

@@ -51,7 +51,7 @@ def _xa_kernel(
     for k0 in range(k_lo, k_hi, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < K
-        x = tl.load(x_ptr + ts[:, None] * K + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(x_ptr + ts[:, None].to(tl.int64) * K + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
         a = tl.load(A_ptr + rs[None, :] * K + ks[:, None], mask=kmask[:, None] & rmask[None, :], other=0.0)
         acc += tile_matmul(x.to(tl.float32), a.to(tl.float32), USE_DOT, tl.float32, tl.float32)
     out = xa_ptr + ts[:, None] * R + rs[None, :]

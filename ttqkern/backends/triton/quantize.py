@@ -44,7 +44,7 @@ def rint(v):
 @triton.jit
 def _load_scaled(W_ptr, D_ptr, rows, rmask, pos, valid, K, HAS_D: tl.constexpr):
     """``W'[rows, pos] = W * D`` as fp32 ``[BLOCK_N, BLOCK_K]`` (0 where masked)."""
-    w = tl.load(W_ptr + rows[:, None] * K + pos[None, :], mask=rmask[:, None] & valid[None, :], other=0.0)
+    w = tl.load(W_ptr + rows[:, None].to(tl.int64) * K + pos[None, :], mask=rmask[:, None] & valid[None, :], other=0.0)
     w = w.to(tl.float32)
     if HAS_D:
         w = w * tl.load(D_ptr + pos, mask=valid, other=1.0)[None, :]
@@ -95,7 +95,7 @@ def _pack_store(
     lb = tl.arange(0, BLOCK_K // PER)
     bidx = first_pos // PER + lb
     bmask = rmask[:, None] & ((lb * PER < n_pos) & (bidx < row_bytes))[None, :]
-    tl.store(out_ptr + rows[:, None] * row_bytes + bidx[None, :], byte.to(tl.uint8), mask=bmask)
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * row_bytes + bidx[None, :], byte.to(tl.uint8), mask=bmask)
 
 
 @triton.jit

@@ -24,20 +24,54 @@ def mode_of(sym: bool, zero: str) -> int:
 
 
 @triton.jit
-def load_codes(qw_ptr, qhi_ptr, rows, ks, mask, stride_qw, stride_qhi, BITS: tl.constexpr):
-    """Unsigned codes ``u[k, n]`` as int32 ``[BLOCK_K, BLOCK_N]`` (transposed for ``x @ u``).
+def _unpack_plane(
+    plane_ptr, rows, rmask, k0, K, stride, NB: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """Codes of positions ``[k0, k0 + BLOCK_K)`` of one NB-bit plane: int32 ``[BLOCK_K, BLOCK_N]``.
 
-    Each element gathers the byte holding it (``k * b // 8``) and shifts; the
-    ``8 / b`` elements of one byte hit the same address, so a warp still reads
-    contiguous bytes once from L1.  3 bits: 2-bit ``lo`` plane | 1-bit ``hi`` plane << 2.
+    Loads the ``[BLOCK_K * NB / 8, BLOCK_N]`` bytes once (contiguous along K, so
+    the loads vectorize), then splits each byte into its ``8 / NB`` fields and
+    folds them back along K (element i of byte j is position ``j * 8/NB + i``).
+    ``k0`` is a multiple of ``8 / NB``; bytes wholly past K are not read.
+    """
+    PER: tl.constexpr = 8 // NB
+    bidx = k0 // PER + tl.arange(0, BLOCK_K // PER)
+    ptrs = plane_ptr + rows[None, :].to(tl.int64) * stride + bidx[:, None]
+    b = tl.load(ptrs, mask=(bidx * PER < K)[:, None] & rmask[None, :], other=0).to(tl.int32)
+    if PER == 1:
+        return b
+    else:
+        fields = (b[:, None, :] >> (tl.arange(0, PER) * NB)[None, :, None]) & ((1 << NB) - 1)
+        return tl.reshape(fields, [BLOCK_K, BLOCK_N])
+
+
+@triton.jit
+def load_codes(
+    qw_ptr,
+    qhi_ptr,
+    rows,
+    rmask,
+    k0,
+    K,
+    stride_qw,
+    stride_qhi,
+    BITS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Unsigned codes ``u[k, n]`` of the K tile at ``k0``: int32 ``[BLOCK_K, BLOCK_N]`` (for ``x @ u``).
+
+    3 bits: 2-bit ``lo`` plane | 1-bit ``hi`` plane << 2.  BLOCK_K is a multiple of
+    8, so every tile starts on a byte in every plane.  (Row offsets into W-sized
+    tensors are formed in int64 throughout the backend: ``N * K`` exceeds 2^31
+    for vocabulary-sized layers.)
     """
     if BITS == 3:
-        lo = tl.load(qw_ptr + rows[None, :] * stride_qw + (ks // 4)[:, None], mask=mask, other=0).to(tl.int32)
-        hi = tl.load(qhi_ptr + rows[None, :] * stride_qhi + (ks // 8)[:, None], mask=mask, other=0).to(tl.int32)
-        u = ((lo >> ((ks % 4) * 2)[:, None]) & 3) | (((hi >> (ks % 8)[:, None]) & 1) << 2)
+        lo = _unpack_plane(qw_ptr, rows, rmask, k0, K, stride_qw, 2, BLOCK_K, BLOCK_N)
+        hi = _unpack_plane(qhi_ptr, rows, rmask, k0, K, stride_qhi, 1, BLOCK_K, BLOCK_N)
+        u = lo | (hi << 2)
     else:
-        b = tl.load(qw_ptr + rows[None, :] * stride_qw + (ks // (8 // BITS))[:, None], mask=mask, other=0)
-        u = (b.to(tl.int32) >> ((ks % (8 // BITS)) * BITS)[:, None]) & ((1 << BITS) - 1)
+        u = _unpack_plane(qw_ptr, rows, rmask, k0, K, stride_qw, BITS, BLOCK_K, BLOCK_N)
     return u
 
 
@@ -118,6 +152,7 @@ def qmm_accumulate(
     ROUND_DT: tl.constexpr,
     DOT_DT: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """``acc [BLOCK_T, BLOCK_N] += (x / D)[ts, k_lo:k_hi] @ (s * u + m)[rows, k_lo:k_hi]^T``.
 
@@ -134,12 +169,14 @@ def qmm_accumulate(
     for k0 in range(k_lo, k_hi, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < K
-        x = tl.load(x_ptr + ts[:, None] * K + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
+        x = tl.load(x_ptr + ts[:, None].to(tl.int64) * K + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
         x = x.to(tl.float32)
         if HAS_D:
             x = x / tl.load(D_ptr + ks, mask=kmask, other=1.0)[None, :]
         cmask = kmask[:, None] & rmask[None, :]
-        u = load_codes(qw_ptr, qhi_ptr, rows, ks, cmask, stride_qw, stride_qhi, BITS).to(tl.float32)
+        u = load_codes(qw_ptr, qhi_ptr, rows, rmask, k0, K, stride_qw, stride_qhi, BITS, BLOCK_K, BLOCK_N).to(
+            tl.float32
+        )
         if ALIGNED:
             idx = rows * G + k0 // g
             s = tl.load(s_ptr + idx, mask=rmask, other=0.0)
