@@ -13,7 +13,8 @@ Kernels (one module each, named by what they compute):
 
 Only portable Triton is used, so the same source targets NVIDIA and AMD GPUs.
 With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels are
-interpreted on CPU tensors (slow, but exact: that is how CI tests them); otherwise
+interpreted on CPU tensors (slow, but the same kernel source: that is how CI tests
+them); otherwise
 CPU tensors are refused with the registry's clear error.
 """
 
