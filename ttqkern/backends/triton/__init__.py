@@ -14,8 +14,7 @@ Kernels (one module each, named by what they compute):
 Only portable Triton is used, so the same source targets NVIDIA and AMD GPUs.
 With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels are
 interpreted on CPU tensors (slow, but the same kernel source: that is how CI tests
-them); otherwise
-CPU tensors are refused with the registry's clear error.
+them); otherwise CPU tensors are refused with the registry's clear error.
 """
 
 from __future__ import annotations
