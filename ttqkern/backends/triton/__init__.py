@@ -1,0 +1,107 @@
+"""The Triton backend: TTQ's stages as fused, portable Triton kernels.
+
+Kernels (one module each, named by what they compute):
+
+- `act_scale`: column p-norms of x over the tokens, then D in one program.
+- `quantize`: scale by D, groupwise min/max, round, pack -- one pass over W,
+  writing the canonical packed layout directly.
+- `gemv` (T <= 16, split-K) and `gemm` (tiled, ``tl.dot``): the packed GEMM with
+  the ``x / D`` prologue and the low-rank + bias epilogue fused; `lowrank` is the
+  tiny ``x A^T`` pre-pass.
+- `config`: tile sizes, warps, stages and split factors per device, op, bit width
+  and shape bucket (defaults, overridden by tuned entries of `ttqkern.tuning.store`).
+
+Only portable Triton is used, so the same source targets NVIDIA and AMD GPUs.
+With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels are
+interpreted on CPU tensors (slow, but the same kernel source: that is how CI tests
+them); otherwise CPU tensors are refused with the registry's clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import torch
+import triton  # an ImportError here is the registry's "why not available" reason
+
+from ... import reference
+from ...format import PackedWeight
+
+# Triton decides at decoration time (`triton.jit`) whether a kernel is compiled or
+# interpreted, from this knob (env TRITON_INTERPRET); read it once, before the
+# kernel modules below are imported and decorated.
+try:
+    INTERPRET: bool = bool(triton.knobs.runtime.interpret)
+except AttributeError:  # triton < 3.4 has no knobs and reads the variable directly
+    INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+from . import config  # noqa: E402
+from .act_scale import act_scale as _act_scale  # noqa: E402
+from .qmatmul import qmatmul as _qmatmul  # noqa: E402
+from .quantize import quantize as _quantize  # noqa: E402
+
+# Interpreted kernels run on CPU tensors (and on CUDA tensors through host copies).
+DEVICE_TYPES = ("cuda", "cpu") if INTERPRET else ("cuda",)
+
+
+def available() -> tuple[bool, str]:
+    """``(True, '')`` with a CUDA / ROCm device or under the interpreter, else why not."""
+    if INTERPRET or torch.cuda.is_available():
+        return True, ""
+    return False, (
+        f"no CUDA/ROCm device (torch {torch.__version__}: torch.cuda.is_available() is False) and the Triton "
+        "interpreter is off; set TRITON_INTERPRET=1 before importing ttqkern to run the kernels on CPU tensors"
+    )
+
+
+@contextlib.contextmanager
+def _launch_scope(t: torch.Tensor):
+    """Launch on the tensor's GPU (Triton uses the current device).
+
+    Under the interpreter, numpy's floating-point warnings are silenced: masked
+    lanes and the nan / inf the spec propagates would warn there, never on a GPU.
+    """
+    with contextlib.ExitStack() as stack:
+        if t.device.type == "cuda":
+            stack.enter_context(torch.cuda.device(t.device))
+        if INTERPRET:
+            stack.enter_context(np.errstate(all="ignore"))
+        yield
+
+
+def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tensor:
+    """Stage 1: x ``[T, K]`` fp32/fp16/bf16 (T >= 1) -> D fp32 ``[K]`` (see `reference.act_scale`)."""
+    if x.shape[1] == 0:
+        return reference.act_scale(x, p, lam, alpha)
+    with _launch_scope(x):
+        return _act_scale(x, p, lam, alpha, INTERPRET)
+
+
+def quantize(
+    W: torch.Tensor, D: torch.Tensor | None, bits: int, group_size: int, sym: bool, zero: str, beta: float
+) -> PackedWeight:
+    """Stages 2-3: W ``[N, K]`` float, D fp32 ``[K]`` | None -> canonical `PackedWeight` (fp32 scales)."""
+    if W.numel() == 0:
+        return reference.quantize(W, D, bits, group_size, sym, zero, beta)
+    with _launch_scope(W):
+        return _quantize(W, D, bits, group_size, sym, zero, beta, INTERPRET)
+
+
+def qmatmul(
+    x: torch.Tensor,
+    pw: PackedWeight,
+    D: torch.Tensor | None = None,
+    A: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
+    if x.numel() == 0 or pw.N == 0:
+        return reference.qmatmul(x, pw, D, A, B, bias)
+    with _launch_scope(x):
+        return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
+
+
+__all__ = ["DEVICE_TYPES", "INTERPRET", "available", "act_scale", "quantize", "qmatmul", "config"]
