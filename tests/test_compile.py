@@ -40,3 +40,22 @@ def test_prompt_mode_compiles_and_reuses_packed_weight():
     before = model[0].quantize_calls
     torch.testing.assert_close(compiled(step), model(step))
     assert model[0].quantize_calls == before
+
+
+def test_eager_fast_path_equals_custom_op_path():
+    # Eager ops call the backend directly (no custom-op dispatch); the registered op must agree exactly.
+    from ttqkern._library import op_args, packed_from_op
+
+    torch.manual_seed(0)
+    x, W, D = torch.randn(3, 64), torch.randn(24, 64), torch.rand(64) + 0.5
+    for bits, sym, zero in ((3, False, "float"), (4, False, "int"), (2, True, "float")):
+        pw = ttqkern.ops.quantize(W, D, bits=bits, group_size=24, sym=sym, zero=zero, backend="torch")
+        outs = torch.ops.ttqkern.quantize.default(W, D, bits, 24, sym, zero, 1.0, "torch")
+        pw_op = packed_from_op(outs, N=24, K=64, bits=bits, group_size=24, sym=sym, zero=zero)
+        assert all(torch.equal(a, b) for a, b in zip(op_args(pw), op_args(pw_op)))
+        assert (pw.group_size, pw.zero, pw.sym) == (pw_op.group_size, pw_op.zero, pw_op.sym)
+        y = ttqkern.ops.qmatmul(x, pw, D, backend="torch")
+        y_op = torch.ops.ttqkern.qmatmul.default(
+            x, *op_args(pw), D, None, None, None, bits, 24, 24, 64, sym, pw.zero, "torch"
+        )
+        torch.testing.assert_close(y, y_op, rtol=0, atol=0)
