@@ -1,0 +1,127 @@
+"""The Numba backend: TTQ's stages as parallel CPU kernels compiled by Numba.
+
+Modules, one job each:
+
+- `act_scale`: column p-norms of x over the tokens (parallel over column blocks).
+- `quantize`: scale by D, groupwise min/max, round and pack -- one pass over W,
+  straight into the canonical packed layout (spec §3), every bit width and form.
+- `gemv`: the packed GEMM with the ``x / D`` prologue and the low-rank + bias
+  epilogue: a fused decode GEMV, a buffered small-T GEMM, a generic kernel for odd
+  group sizes, and the dequantize kernel feeding BLAS for prefill.
+- `config`: block sizes and thresholds (documented defaults, tuned entries from
+  `ttqkern.tuning.store`).
+- `_common`: jit options (why fastmath is or is not used), array views, plane layout.
+
+Kernels are compiled with ``cache=True``: a second process loads them from Numba's
+cache (``__pycache__`` beside the sources, or ``$NUMBA_CACHE_DIR``) instead of
+compiling again.  Threads: Numba's pool (``numba.set_num_threads``).
+"""
+
+from __future__ import annotations
+
+import numba  # an ImportError here is the registry's "why not available" reason
+import numpy as np
+import torch
+
+from ... import reference
+from ...format import PackedWeight
+from . import config, gemv
+from ._common import as_f32, as_np, planes
+from .act_scale import act_scale
+from .quantize import quantize
+
+DEVICE_TYPES = ("cpu",)
+
+_EMPTY_U16 = np.empty((0, 0), np.uint16)
+_DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
+
+
+def available() -> tuple[bool, str]:
+    """``(True, '')``: Numba imported (the registry reports an import failure itself)."""
+    return True, ""
+
+
+def _offset_args(pw: PackedWeight):
+    """(zp_f, zp_i, off_mode, half) describing the offsets m of ``w = s * u + m``."""
+    f0, i0 = np.empty((0, 0), np.float32), np.empty((0, 0), np.int32)
+    half = np.float32(1 << (pw.bits - 1))
+    if pw.sym:
+        return f0, i0, gemv.OFF_SYM, half
+    if pw.zero == "int":
+        return f0, as_np(pw.zeros), gemv.OFF_ZEROS, half
+    return as_np(pw.mins), i0, gemv.OFF_MINS, half
+
+
+def qmatmul(
+    x: torch.Tensor,
+    pw: PackedWeight,
+    D: torch.Tensor | None = None,
+    A: torch.Tensor | None = None,
+    B: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + b``.
+
+    x ``[T, K]`` fp32/fp16/bf16, pw a canonical `PackedWeight` ``[N, K]``, D fp32
+    ``[K]`` | None, A ``[r, K]`` / B ``[N, r]`` | None, bias ``[N]`` | None.
+    Returns ``[T, N]`` in x.dtype, accumulated in fp32.
+    """
+    T, K = x.shape
+    N, g = pw.N, pw.group_size
+    if x.numel() == 0 or N == 0:
+        return reference.qmatmul(x, pw, D, A, B, bias)
+    cfg = config.params("qmatmul", bits=pw.bits, T=T, N=N, K=K)
+    x32 = as_f32(x)
+    G = pw.num_groups
+    xp = np.empty((T, G * g), np.float32)
+    Xg = np.empty((T, G), np.float32)
+    gemv.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
+    scales = as_np(pw.scales)
+    zp_f, zp_i, off_mode, half = _offset_args(pw)
+    qw = as_np(pw.qweight)
+    qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
+
+    if T >= cfg["DEQUANT_MIN_T"]:  # prefill: compute bound, let BLAS do the GEMM
+        W = np.empty((N, K), np.float32)
+        gemv.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
+        y = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
+        if A is not None:
+            x_t = torch.from_numpy(x32)
+            y += (x_t @ A.to(torch.float32).mT) @ B.to(torch.float32).mT
+        if bias is not None:
+            y += bias.to(torch.float32)
+        return y.to(x.dtype)
+
+    if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row
+        u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
+        Bn = as_f32(B)
+    else:
+        u, Bn = np.empty((T, 0), np.float32), np.empty((N, 0), np.float32)
+    bn = as_f32(bias)
+    y = np.empty((T, N), np.float32)
+    pl = planes(pw)
+    if pl is None:
+        gemv.generic(qw, qhi, pw.bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
+        return torch.from_numpy(y).to(x.dtype)
+
+    L = sum(p.words.shape[1] * p.cpw for p in pl)
+    xs = np.empty((T, L), np.float32)
+    off = 0
+    for p in pl:
+        gemv.permute(xp, xs, off, p.words.shape[1], p.nf, p.b, p.factor)
+        off += p.words.shape[1] * p.cpw
+    p1 = pl[0]
+    if len(pl) == 2:
+        p2 = pl[1]
+        second = (p2.words, p2.masks, np.uint16(p2.shift), p2.Wg)
+        off2 = p1.words.shape[1] * p1.cpw
+    else:
+        second = (_EMPTY_U16, _DUMMY_MASKS, np.uint16(8), 1)
+        off2 = 0
+    kernel = gemv.fused if T <= cfg["FUSED_MAX_T"] else gemv.buffered
+    kernel(p1.words, p1.masks, np.uint32(p1.shift), p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
+           half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
+    return torch.from_numpy(y).to(x.dtype)
+
+
+__all__ = ["DEVICE_TYPES", "available", "act_scale", "quantize", "qmatmul", "config"]

@@ -1,0 +1,255 @@
+"""Stage 4-5 kernels on the packed weight: prologue, fused GEMV, buffered GEMM, generic.
+
+All kernels compute, per output row n and token t (spec stage 4),
+
+    y[t, n] = sum_j s[n, j] * (sum_{k in j} x~[t, k] u[n, k]) + sum_j m[n, j] * X~[t, j]
+              + (x A^T)[t] . B[n] + bias[n]
+
+with ``x~ = x / D`` made once per call by `prologue` (with the per-group sums X~,
+shared by every row) and the low-rank / bias epilogue fused per row.
+
+Fast layout (`_common.Plane`, group = whole words in every plane).  The prologue
+stores ``x~`` *permuted and pre-scaled* per plane: entry ``(c * nf + i) * nw + w``
+of a token's plane block is ``x~[w * cpw + c * nf + i] * factor * 2^(-b * i)``, so
+that for a fixed field the codes of consecutive words meet consecutive activations:
+the inner loops run over words, contiguous for both operands, and LLVM vectorises
+them 8 words wide.  A field costs one AND, one int->fp32 convert and one FMA per
+code; the group scale is applied once per word (``se[w]``, the word's group scale),
+not per code.
+
+- `fused` (decode, ``T <= FUSED_MAX_T``): grid = row blocks of ``BLOCK_N``; per row
+  and token one pass over the row's words, codes unpacked in registers.  Bytes per
+  row: ``K * b / 8`` of codes + ``8 * G`` of scales/offsets; x~ stays in L1/L2.
+- `buffered` (``FUSED_MAX_T < T < DEQUANT_MIN_T``): per row, unpack once into an
+  L1-resident fp32 row ``s * code`` (permuted), then one dot per token: the unpack
+  is paid once for all T tokens.
+- `generic` (group sizes that do not fill whole words, e.g. g = 37): codes are
+  extracted one by one from the bytes into a per-group fp32 buffer; correct for every
+  canonical weight, used only where the fast layout does not apply.
+- `dequantize` (``T >= DEQUANT_MIN_T``): ``Wq' = s * u + m`` as fp32 ``[N, K]`` for
+  a BLAS matmul (see `__init__.qmatmul`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange
+
+from ._common import REASSOC, STRICT
+
+OFF_MINS, OFF_ZEROS, OFF_SYM = 0, 1, 2
+
+
+# --- prologue -----------------------------------------------------------------------
+
+
+@numba.njit(**REASSOC)
+def _group_sums(xp, g, Xg):  # pragma: no cover - compiled
+    T, G = Xg.shape
+    for t in range(T):
+        for j in range(G):
+            acc = np.float32(0.0)
+            for k in range(j * g, (j + 1) * g):
+                acc += xp[t, k]
+            Xg[t, j] = acc
+
+
+@numba.njit(**STRICT)
+def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
+    """x fp32 ``[T, K]``, D fp32 ``[K]`` -> xp = x / D zero-padded ``[T, Kp]``, Xg ``[T, G]``."""
+    T, K = x.shape
+    Kp = xp.shape[1]
+    for t in range(T):
+        if has_D:
+            for k in range(K):
+                xp[t, k] = x[t, k] / D[k]  # true division, as the reference's x / D
+        else:
+            for k in range(K):
+                xp[t, k] = x[t, k]
+        for k in range(K, Kp):
+            xp[t, k] = 0.0
+    _group_sums(xp, g, Xg)
+
+
+@numba.njit(**STRICT)
+def permute(xp, xs, off, nw, nf, b, factor):  # pragma: no cover - compiled
+    """One plane's block of the permuted, pre-scaled activations (see module doc)."""
+    T = xp.shape[0]
+    cpw = 2 * nf
+    for t in range(T):
+        for c in range(2):
+            for i in range(nf):
+                sc = np.float32(factor * 2.0 ** (-b * i))  # exact: a power of two (times 4 for 3-bit hi)
+                base = off + (c * nf + i) * nw
+                src = c * nf + i
+                for w in range(nw):
+                    xs[t, base + w] = xp[t, w * cpw + src] * sc
+
+
+# --- shared per-row helpers -----------------------------------------------------------
+
+
+@numba.njit(**STRICT)
+def _offset(scales, zp_f, zp_i, off_mode, half, n, j):  # pragma: no cover - compiled
+    """m[n, j] of ``w = s * u + m`` (`PackedWeight.offsets`)."""
+    if off_mode == OFF_MINS:
+        return zp_f[n, j]
+    if off_mode == OFF_ZEROS:
+        return -scales[n, j] * np.float32(zp_i[n, j])
+    return -scales[n, j] * half
+
+
+@numba.njit(**REASSOC)
+def _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias):  # pragma: no cover - compiled
+    """Offsets term ``sum_j m[n, j] X~[t, j]`` plus the low-rank and bias epilogue."""
+    acc = np.float32(0.0)
+    for j in range(Xg.shape[1]):
+        acc += _offset(scales, zp_f, zp_i, off_mode, half, n, j) * Xg[t, j]
+    for r in range(B.shape[1]):
+        acc += u[t, r] * B[n, r]
+    if bias.shape[0] > 0:
+        acc += bias[n]
+    return acc
+
+
+@numba.njit(**STRICT)
+def _fill_se(scales, n, Wg, se):  # pragma: no cover - compiled
+    """se[w] = s[n, group of word w]: the scale applied once per word."""
+    for j in range(scales.shape[1]):
+        s = scales[n, j]
+        for w in range(j * Wg, (j + 1) * Wg):
+            se[w] = s
+
+
+@numba.njit(**REASSOC)
+def _rowdot(wrow, xs, off, se, masks, sh):  # pragma: no cover - compiled
+    """``sum_w se[w] * sum_fields x_perm * code`` over one plane of one row."""
+    nw = wrow.shape[0]
+    nf = len(masks)
+    acc = np.float32(0.0)
+    for w in range(nw):
+        wd = wrow[w]
+        lo = np.int32(wd)
+        hi = np.int32(wd >> sh)
+        p = np.float32(0.0)
+        for i in range(nf):
+            p += xs[off + i * nw + w] * np.float32(lo & masks[i])
+            p += xs[off + (nf + i) * nw + w] * np.float32(hi & masks[i])
+        acc += se[w] * p
+    return acc
+
+
+@numba.njit(**STRICT)
+def _unpack_row(wrow, se, masks, sh, buf, off):  # pragma: no cover - compiled
+    """buf[off + (c * nf + i) * nw + w] = se[w] * field(c, i) of word w (the permuted order)."""
+    nw = wrow.shape[0]
+    nf = len(masks)
+    for i in range(nf):
+        m = masks[i]
+        o_lo = off + i * nw
+        o_hi = off + (nf + i) * nw
+        for w in range(nw):
+            buf[o_lo + w] = se[w] * np.float32(np.int32(wrow[w]) & m)
+        for w in range(nw):
+            buf[o_hi + w] = se[w] * np.float32(np.int32(wrow[w] >> sh) & m)
+
+
+@numba.njit(**REASSOC)
+def _dot(a, b):  # pragma: no cover - compiled
+    acc = np.float32(0.0)
+    for k in range(a.shape[0]):
+        acc += a[k] * b[k]
+    return acc
+
+
+# --- the kernels ----------------------------------------------------------------------
+
+
+@numba.njit(parallel=True, **REASSOC)
+def fused(w1, m1, sh1, Wg1, w2, m2, sh2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
+          u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
+    """Decode GEMV over one or two planes (``w2.shape[1] == 0``: one plane); y fp32 ``[T, N]``."""
+    N = scales.shape[0]
+    T = Xg.shape[0]
+    two = w2.shape[1] > 0
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        se1 = np.empty(w1.shape[1], np.float32)
+        se2 = np.empty(w2.shape[1], np.float32)
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            _fill_se(scales, n, Wg1, se1)
+            if two:
+                _fill_se(scales, n, Wg2, se2)
+            for t in range(T):
+                acc = _rowdot(w1[n], xs[t], 0, se1, m1, sh1)
+                if two:
+                    acc += _rowdot(w2[n], xs[t], off2, se2, m2, sh2)
+                y[t, n] = acc + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+
+
+@numba.njit(parallel=True, **REASSOC)
+def buffered(w1, m1, sh1, Wg1, w2, m2, sh2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
+             u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
+    """Small-T GEMM: each row unpacked once into fp32 (scales applied), then a dot per token."""
+    N = scales.shape[0]
+    T = Xg.shape[0]
+    L = xs.shape[1]
+    two = w2.shape[1] > 0
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        se1 = np.empty(w1.shape[1], np.float32)
+        se2 = np.empty(w2.shape[1], np.float32)
+        buf = np.empty(L, np.float32)
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            _fill_se(scales, n, Wg1, se1)
+            _unpack_row(w1[n], se1, m1, sh1, buf, 0)
+            if two:
+                _fill_se(scales, n, Wg2, se2)
+                _unpack_row(w2[n], se2, m2, sh2, buf, off2)
+            for t in range(T):
+                y[t, n] = _dot(xs[t], buf) + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+
+
+@numba.njit(**STRICT)
+def _code(qw, qhi, bits, n, k):  # pragma: no cover - compiled
+    """The stored code u[n, k] read from the canonical bytes."""
+    if bits == 3:
+        lo = (qw[n, k >> 2] >> ((k & 3) * 2)) & 3
+        hi = (qhi[n, k >> 3] >> (k & 7)) & 1
+        return np.int32(lo) | (np.int32(hi) << 2)
+    per = 8 // bits
+    return np.int32((qw[n, k // per] >> ((k % per) * bits)) & ((1 << bits) - 1))
+
+
+@numba.njit(parallel=True, **REASSOC)
+def generic(qw, qhi, bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias, block_n, y):  # pragma: no cover
+    """Any canonical layout: codes extracted one by one into a per-group fp32 buffer."""
+    N, G = scales.shape
+    T = Xg.shape[0]
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        cb = np.empty(g, np.float32)
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            for t in range(T):
+                y[t, n] = _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+            for j in range(G):
+                for k in range(g):
+                    cb[k] = np.float32(_code(qw, qhi, bits, n, j * g + k))
+                s = scales[n, j]
+                for t in range(T):
+                    y[t, n] += s * _dot(xp[t, j * g:(j + 1) * g], cb)
+
+
+@numba.njit(parallel=True, **STRICT)
+def dequantize(qw, qhi, bits, g, K, scales, zp_f, zp_i, off_mode, half, block_n, out):  # pragma: no cover
+    """out fp32 ``[N, K]`` = ``s * u + m`` (the scaled weight Wq', not divided by D)."""
+    N, G = scales.shape
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            for j in range(G):
+                s = scales[n, j]
+                m = _offset(scales, zp_f, zp_i, off_mode, half, n, j)
+                for k in range(j * g, min(K, (j + 1) * g)):
+                    out[n, k] = s * np.float32(_code(qw, qhi, bits, n, k)) + m

@@ -1,0 +1,179 @@
+"""Stages 2-3: scale by D, groupwise min/max, round and pack -- one pass over W.
+
+Grid: one task per ``BLOCK_N`` rows.  For each row and group, one strict loop reads
+the group's weights once (``w' = W * D``, kept in a g-float buffer in L1) and finds
+min, max, max |w'| and finiteness; a second loop over the buffer rounds to codes
+into a row of bytes, which is then packed into the canonical planes (spec §3).
+Bytes moved per row: ``K * 4`` read (fp32 W; bf16/fp16 W are widened first) and
+``K * b / 8`` + ``8 * G`` written.
+
+Rounding follows `reference.quantize` operation for operation in fp32 (same
+expressions, same order, true division, round-half-to-even via `np.rint`), and the
+kernel is compiled *without* fastmath, so codes match the reference bit for bit up
+to the compiler's fp32 arithmetic (which is IEEE, as torch's), non-finite groups
+included: they get the reference's codes, offsets and a nan scale.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+from ... import reference
+from ...format import PackedWeight, num_groups, packed_bytes
+from . import config
+from ._common import STRICT, as_f32
+
+FORM_FLOAT, FORM_INT, FORM_SYM = 0, 1, 2
+INT32_MIN = np.int32(-2147483648)
+
+
+@numba.njit(**STRICT)
+def _clamp_code(q, lo, hi):  # pragma: no cover - compiled
+    """torch's clamp (nan stays nan) followed by nan_to_num: nan -> 0."""
+    if q < lo:
+        q = lo
+    elif q > hi:
+        q = hi
+    if q != q:
+        q = np.float32(0.0)
+    return q
+
+
+@numba.njit(**STRICT)
+def _pack_row(codes, shift, mask, bits, out):  # pragma: no cover - compiled
+    """Pack ``(codes >> shift) & mask`` as ``bits``-bit fields, little-endian in each byte."""
+    per = 8 // bits
+    for i in range(out.shape[0]):
+        v = np.uint8(0)
+        for j in range(per):
+            v |= np.uint8(((codes[i * per + j] >> shift) & mask) << (bits * j))
+        out[i] = v
+
+
+@numba.njit(parallel=True, **STRICT)
+def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales, mins, zeros):  # pragma: no cover
+    """W fp32 ``[N, K]``, D fp32 ``[K]`` -> qw (+ qhi for 3 bits), scales, mins | zeros."""
+    N, K = W.shape
+    G = scales.shape[1]
+    levels = np.float32((1 << bits) - 1)
+    qpos = np.float32((1 << (bits - 1)) - 1)
+    half_range = np.int32(1 << (bits - 1))
+    two = np.float32(2.0)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    beta32 = np.float32(beta)
+    Lq = (G * g + 15) // 8 * 8 + 8  # codes row, long enough for every plane's packing
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        buf = np.empty(g, np.float32)
+        codes = np.zeros(Lq, np.uint8)
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            for j in range(G):
+                k0 = j * g
+                k1 = min(K, k0 + g)
+                mn = np.float32(np.inf)
+                mx = np.float32(-np.inf)
+                amax = zero
+                finite = True
+                has_nan = False
+                for k in range(k0, k1):
+                    v = W[n, k] * D[k] if has_D else W[n, k]
+                    buf[k - k0] = v
+                    if v != v:
+                        has_nan = True
+                    elif v < mn:
+                        mn = v
+                    if v > mx:
+                        mx = v
+                    a = abs(v)
+                    if a > amax:
+                        amax = a
+                    if not (a < np.inf):
+                        finite = False
+                if has_nan:  # amin / amax propagate nan
+                    mn = mx = amax = np.float32(np.nan)
+                if form == FORM_SYM:
+                    am = amax * beta32
+                    s = am / qpos if am > zero else one
+                    for k in range(k0, k1):
+                        q = _clamp_code(np.rint(buf[k - k0] / s), -qpos, qpos)
+                        codes[k] = np.uint8(np.int32(q) + half_range)
+                else:
+                    centre = (mx + mn) / two
+                    half = (mx - mn) / two * beta32  # range expansion about the centre
+                    mn = centre - half
+                    mx = centre + half
+                    s = (mx - mn) / levels
+                    if form == FORM_FLOAT:
+                        if not (s > zero):
+                            s = one  # constant group: q = 0, w = mn exactly
+                        for k in range(k0, k1):
+                            q = _clamp_code(np.rint((buf[k - k0] - mn) / s), zero, levels)
+                            codes[k] = np.uint8(np.int32(q))
+                        mins[n, j] = mn
+                    else:
+                        if not (s > zero):
+                            s = abs(mn) if mn != zero else one  # z = -sign(mn), q = 0 rebuilds it
+                        z = np.rint(-mn / s)
+                        for k in range(k0, k1):
+                            q = _clamp_code(np.rint(buf[k - k0] / s) + z, zero, levels)
+                            codes[k] = np.uint8(np.int32(q))
+                        # torch: nan_to_num(z).to(int32); out-of-range -> INT32_MIN as on x86
+                        if z != z:
+                            zeros[n, j] = 0
+                        elif z >= np.float32(2147483648.0) or z < np.float32(-2147483648.0):
+                            zeros[n, j] = INT32_MIN
+                        else:
+                            zeros[n, j] = np.int32(z)
+                scales[n, j] = s if finite else np.float32(np.nan)
+            for k in range(K, Lq):  # padding past K: code 0 (the canonical zero fill)
+                codes[k] = 0
+            if bits == 3:
+                _pack_row(codes, 0, 3, 2, qw[n])
+                _pack_row(codes, 2, 1, 1, qhi[n])
+            else:
+                _pack_row(codes, 0, (1 << bits) - 1, bits, qw[n])
+    return 0
+
+
+def quantize(
+    W: torch.Tensor, D: torch.Tensor | None, bits: int, group_size: int, sym: bool, zero: str, beta: float
+) -> PackedWeight:
+    """W ``[N, K]`` fp32/fp16/bf16, D fp32 ``[K]`` | None -> canonical `PackedWeight` (fp32 scales).
+
+    ``group_size`` is the resolved positive length; the ragged last group is handled
+    in place (never read past K).  ``zero`` ``"float"`` gives fp32 mins, ``"int"``
+    int32 zero-points; ``sym`` stores ``q + 2^(b-1)``.
+    """
+    N, K = W.shape
+    if W.numel() == 0:
+        return reference.quantize(W, D, bits, group_size, sym, zero, beta)
+    g = group_size
+    G = num_groups(K, g)
+    Kp = G * g
+    form = FORM_SYM if sym else (FORM_INT if zero == "int" else FORM_FLOAT)
+    qw = np.empty((N, packed_bytes(Kp, 2 if bits == 3 else bits)), np.uint8)
+    qhi = np.empty((N, packed_bytes(Kp, 1)) if bits == 3 else (0, 0), np.uint8)
+    scales = np.empty((N, G), np.float32)
+    mins = np.empty((N, G) if form == FORM_FLOAT else (0, 0), np.float32)
+    zeros = np.empty((N, G) if form == FORM_INT else (0, 0), np.int32)
+    cfg = config.params("quantize", bits=bits, N=N, K=K)
+    Dn = as_f32(D) if D is not None else np.empty(0, np.float32)
+    _quantize_kernel(as_f32(W), Dn, D is not None, bits, g, form, float(beta), cfg["BLOCK_N"],
+                     qw, qhi, scales, mins, zeros)  # fmt: skip
+    t = torch.from_numpy
+    return PackedWeight(
+        qweight=t(qw),
+        qweight_hi=t(qhi) if bits == 3 else None,
+        scales=t(scales),
+        mins=t(mins) if form == FORM_FLOAT else None,
+        zeros=t(zeros) if form == FORM_INT else None,
+        bits=bits,
+        group_size=g,
+        shape=(N, K),
+        sym=sym,
+        zero="float" if sym else zero,
+    )
