@@ -113,13 +113,12 @@ def qmatmul(
     p1 = pl[0]
     if len(pl) == 2:
         p2 = pl[1]
-        second = (p2.words, p2.masks, np.uint16(p2.shift), p2.Wg)
-        off2 = p1.words.shape[1] * p1.cpw
+        second = (p2.words, p2.masks, p2.Wg)
     else:
-        second = (_EMPTY_U16, _DUMMY_MASKS, np.uint16(8), 1)
-        off2 = 0
+        second = (_EMPTY_U16, _DUMMY_MASKS, 1)
+    off2 = p1.words.shape[1] * p1.cpw  # where the second plane's block starts (= L with one plane)
     kernel = gemv.fused if T <= cfg["FUSED_MAX_T"] else gemv.buffered
-    kernel(p1.words, p1.masks, np.uint32(p1.shift), p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
+    kernel(p1.words, p1.masks, p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
            half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
     return torch.from_numpy(y).to(x.dtype)
 

@@ -103,11 +103,25 @@ def _offset(scales, zp_f, zp_i, off_mode, half, n, j):  # pragma: no cover - com
 @numba.njit(**REASSOC)
 def _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias):  # pragma: no cover - compiled
     """Offsets term ``sum_j m[n, j] X~[t, j]`` plus the low-rank and bias epilogue."""
+    xg = Xg[t]
+    s = scales[n]
     acc = np.float32(0.0)
-    for j in range(Xg.shape[1]):
-        acc += _offset(scales, zp_f, zp_i, off_mode, half, n, j) * Xg[t, j]
-    for r in range(B.shape[1]):
-        acc += u[t, r] * B[n, r]
+    if off_mode == OFF_MINS:
+        m = zp_f[n]
+        for j in range(xg.shape[0]):
+            acc += m[j] * xg[j]
+    elif off_mode == OFF_ZEROS:
+        z = zp_i[n]
+        for j in range(xg.shape[0]):
+            acc += (-s[j] * np.float32(z[j])) * xg[j]
+    else:
+        for j in range(xg.shape[0]):
+            acc += (-s[j] * half) * xg[j]
+    if B.shape[1] > 0:
+        ut = u[t]
+        b = B[n]
+        for r in range(b.shape[0]):
+            acc += ut[r] * b[r]
     if bias.shape[0] > 0:
         acc += bias[n]
     return acc
@@ -116,43 +130,64 @@ def _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias):  # prag
 @numba.njit(**STRICT)
 def _fill_se(scales, n, Wg, se):  # pragma: no cover - compiled
     """se[w] = s[n, group of word w]: the scale applied once per word."""
-    for j in range(scales.shape[1]):
-        s = scales[n, j]
-        for w in range(j * Wg, (j + 1) * Wg):
-            se[w] = s
+    s = scales[n]
+    for j in range(s.shape[0]):
+        seg = se[j * Wg:(j + 1) * Wg]  # a view: its index never needs wraparound
+        v = s[j]
+        for w in range(seg.shape[0]):
+            seg[w] = v
 
 
-@numba.njit(**REASSOC)
-def _rowdot(wrow, xs, off, se, masks, sh):  # pragma: no cover - compiled
-    """``sum_w se[w] * sum_fields x_perm * code`` over one plane of one row."""
-    nw = wrow.shape[0]
-    nf = len(masks)
-    acc = np.float32(0.0)
-    for w in range(nw):
-        wd = wrow[w]
-        lo = np.int32(wd)
-        hi = np.int32(wd >> sh)
-        p = np.float32(0.0)
+def _make_row_helpers(sh: int):
+    """`rowdot` and `unpack_row` for words of ``2 * sh`` bits (halves split by ``>> sh``).
+
+    The half shift is a compile-time constant (a closure constant, cached with the
+    function): with a run-time shift numba widens the lanes to 64 bits.
+    """
+
+    @numba.njit(**REASSOC)
+    def rowdot(wrow, xs, se, masks):  # pragma: no cover - compiled
+        """``sum_w se[w] * sum_fields x_perm * code`` over one plane of one row.
+
+        ``xs`` is this plane's block of one token's permuted activations, passed as
+        its own view: an index ``off + ...`` of unknown sign would make numba emit
+        the negative-index wraparound, which turns the vector loads into gathers.
+        """
+        nw = wrow.shape[0]
+        nf = len(masks)
+        acc = np.float32(0.0)
+        for w in range(nw):
+            wd = wrow[w]
+            lo = np.int32(wd)
+            hi = np.int32(wd >> sh)
+            p = np.float32(0.0)
+            for i in range(nf):
+                # np.int32(...) again: numba widens int32 & int32 to int64, and int64 ->
+                # fp32 has no AVX2 vector instruction (the loop would stay scalar)
+                p += xs[i * nw + w] * np.float32(np.int32(lo & masks[i]))
+                p += xs[(nf + i) * nw + w] * np.float32(np.int32(hi & masks[i]))
+            acc += se[w] * p
+        return acc
+
+    @numba.njit(**STRICT)
+    def unpack_row(wrow, se, masks, buf):  # pragma: no cover - compiled
+        """buf[(c * nf + i) * nw + w] = se[w] * field(c, i) of word w (the permuted order)."""
+        nw = wrow.shape[0]
+        nf = len(masks)
         for i in range(nf):
-            p += xs[off + i * nw + w] * np.float32(lo & masks[i])
-            p += xs[off + (nf + i) * nw + w] * np.float32(hi & masks[i])
-        acc += se[w] * p
-    return acc
+            m = masks[i]
+            b_lo = buf[i * nw:(i + 1) * nw]
+            b_hi = buf[(nf + i) * nw:(nf + i + 1) * nw]
+            for w in range(nw):
+                b_lo[w] = se[w] * np.float32(np.int32(np.int32(wrow[w]) & m))
+            for w in range(nw):
+                b_hi[w] = se[w] * np.float32(np.int32(np.int32(wrow[w] >> sh) & m))
+
+    return rowdot, unpack_row
 
 
-@numba.njit(**STRICT)
-def _unpack_row(wrow, se, masks, sh, buf, off):  # pragma: no cover - compiled
-    """buf[off + (c * nf + i) * nw + w] = se[w] * field(c, i) of word w (the permuted order)."""
-    nw = wrow.shape[0]
-    nf = len(masks)
-    for i in range(nf):
-        m = masks[i]
-        o_lo = off + i * nw
-        o_hi = off + (nf + i) * nw
-        for w in range(nw):
-            buf[o_lo + w] = se[w] * np.float32(np.int32(wrow[w]) & m)
-        for w in range(nw):
-            buf[o_hi + w] = se[w] * np.float32(np.int32(wrow[w] >> sh) & m)
+_rowdot32, _unpack32 = _make_row_helpers(16)  # uint32 words: planes of 2, 4, 8 bits
+_rowdot16, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-bit hi plane of 3-bit codes
 
 
 @numba.njit(**REASSOC)
@@ -167,7 +202,7 @@ def _dot(a, b):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, **REASSOC)
-def fused(w1, m1, sh1, Wg1, w2, m2, sh2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
+def fused(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
           u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
     """Decode GEMV over one or two planes (``w2.shape[1] == 0``: one plane); y fp32 ``[T, N]``."""
     N = scales.shape[0]
@@ -182,14 +217,14 @@ def fused(w1, m1, sh1, Wg1, w2, m2, sh2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, 
             if two:
                 _fill_se(scales, n, Wg2, se2)
             for t in range(T):
-                acc = _rowdot(w1[n], xs[t], 0, se1, m1, sh1)
+                acc = _rowdot32(w1[n], xs[t, :off2], se1, m1)
                 if two:
-                    acc += _rowdot(w2[n], xs[t], off2, se2, m2, sh2)
+                    acc += _rowdot16(w2[n], xs[t, off2:], se2, m2)
                 y[t, n] = acc + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
 
 
 @numba.njit(parallel=True, **REASSOC)
-def buffered(w1, m1, sh1, Wg1, w2, m2, sh2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
+def buffered(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
              u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
     """Small-T GEMM: each row unpacked once into fp32 (scales applied), then a dot per token."""
     N = scales.shape[0]
@@ -203,10 +238,10 @@ def buffered(w1, m1, sh1, Wg1, w2, m2, sh2, Wg2, xs, off2, Xg, scales, zp_f, zp_
         buf = np.empty(L, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg1, se1)
-            _unpack_row(w1[n], se1, m1, sh1, buf, 0)
+            _unpack32(w1[n], se1, m1, buf[:off2])
             if two:
                 _fill_se(scales, n, Wg2, se2)
-                _unpack_row(w2[n], se2, m2, sh2, buf, off2)
+                _unpack16(w2[n], se2, m2, buf[off2:])
             for t in range(T):
                 y[t, n] = _dot(xs[t], buf) + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
 
