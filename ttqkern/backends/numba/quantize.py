@@ -32,25 +32,95 @@ INT32_MIN = np.int32(-2147483648)
 
 @numba.njit(**STRICT)
 def _clamp_code(q, lo, hi):  # pragma: no cover - compiled
-    """torch's clamp (nan stays nan) followed by nan_to_num: nan -> 0."""
-    if q < lo:
-        q = lo
-    elif q > hi:
-        q = hi
-    if q != q:
-        q = np.float32(0.0)
-    return q
+    """torch's clamp (nan stays nan) followed by nan_to_num: nan -> 0 (selects, no branches)."""
+    q = lo if q < lo else q
+    q = hi if q > hi else q
+    return q if q == q else np.float32(0.0)
+
+
+@numba.njit(**STRICT)
+def _codes_float(buf, n, mn, s, levels, out):  # pragma: no cover - compiled
+    """out[k] = clamp(round((w - mn) / s), 0, levels): the reference's expression."""
+    for k in range(n):
+        out[k] = np.uint8(_clamp_code(np.rint((buf[k] - mn) / s), np.float32(0.0), levels))
+
+
+@numba.njit(**STRICT)
+def _codes_int(buf, n, s, z, levels, out):  # pragma: no cover - compiled
+    """out[k] = clamp(round(w / s) + z, 0, levels)."""
+    for k in range(n):
+        out[k] = np.uint8(_clamp_code(np.rint(buf[k] / s) + z, np.float32(0.0), levels))
+
+
+@numba.njit(**STRICT)
+def _codes_sym(buf, n, s, qpos, half_range, out):  # pragma: no cover - compiled
+    """out[k] = clamp(round(w / s), -qpos, qpos) + 2^(b-1) (the stored unsigned code)."""
+    for k in range(n):
+        out[k] = np.uint8(_clamp_code(np.rint(buf[k] / s), -qpos, qpos) + half_range)
 
 
 @numba.njit(**STRICT)
 def _pack_row(codes, shift, mask, bits, out):  # pragma: no cover - compiled
-    """Pack ``(codes >> shift) & mask`` as ``bits``-bit fields, little-endian in each byte."""
-    per = 8 // bits
-    for i in range(out.shape[0]):
-        v = np.uint8(0)
-        for j in range(per):
-            v |= np.uint8(((codes[i * per + j] >> shift) & mask) << (bits * j))
-        out[i] = v
+    """Pack ``(codes >> shift) & mask`` as ``bits``-bit fields, little-endian in each byte.
+
+    One loop per bit width with constant strides, so LLVM vectorises each.
+    """
+    n = out.shape[0]
+    if bits == 8:
+        for i in range(n):
+            out[i] = codes[i]
+    elif bits == 4:
+        for i in range(n):
+            out[i] = (codes[2 * i] & 15) | ((codes[2 * i + 1] & 15) << 4)
+    elif bits == 2:
+        for i in range(n):
+            c = codes[4 * i:4 * i + 4]
+            out[i] = ((c[0] >> shift) & 3) | (((c[1] >> shift) & 3) << 2) | (((c[2] >> shift) & 3) << 4) \
+                | (((c[3] >> shift) & 3) << 6)
+    else:
+        for i in range(n):
+            c = codes[8 * i:8 * i + 8]
+            v = np.uint8(0)
+            for j in range(8):
+                v |= ((c[j] >> shift) & 1) << j
+            out[i] = v
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _scale_into(w, d, has_D, buf):  # pragma: no cover - compiled
+    """buf = w * d (w' = W_res * D; a copy of w without D); True when a value is nan or inf.
+
+    The check is ``sum(v * 0) != 0``: 0 exactly for finite v, nan otherwise.  Only
+    ``reassoc`` (to vectorise that sum): each product ``w * d`` is still one IEEE
+    multiply, and without ``nnan``/``ninf`` LLVM may not fold ``v * 0`` to 0.
+    """
+    acc = np.float32(0.0)
+    zero = np.float32(0.0)
+    if has_D:
+        for k in range(w.shape[0]):
+            v = w[k] * d[k]
+            buf[k] = v
+            acc += v * zero
+    else:
+        for k in range(w.shape[0]):
+            v = w[k]
+            buf[k] = v
+            acc += v * zero
+    return acc != zero
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "reassoc"})
+def _minmax_finite(buf, n):  # pragma: no cover - compiled
+    """(min, max) of buf[:n], vectorised.  Only called on finite groups (checked by
+    `_scale_into` first), where the no-nan / no-inf / no-signed-zero assumptions hold
+    (the sign of a zero minimum changes neither s nor any code)."""
+    mn = buf[0]
+    mx = buf[0]
+    for k in range(n):
+        v = buf[k]
+        mn = min(mn, v)
+        mx = max(mx, v)
+    return mn, mx
 
 
 @numba.njit(parallel=True, **STRICT)
@@ -74,33 +144,34 @@ def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales,
             for j in range(G):
                 k0 = j * g
                 k1 = min(K, k0 + g)
-                mn = np.float32(np.inf)
-                mx = np.float32(-np.inf)
-                amax = zero
+                L = k1 - k0
                 finite = True
-                has_nan = False
-                for k in range(k0, k1):
-                    v = W[n, k] * D[k] if has_D else W[n, k]
-                    buf[k - k0] = v
-                    if v != v:
-                        has_nan = True
-                    elif v < mn:
-                        mn = v
-                    if v > mx:
-                        mx = v
-                    a = abs(v)
-                    if a > amax:
-                        amax = a
-                    if not (a < np.inf):
-                        finite = False
-                if has_nan:  # amin / amax propagate nan
-                    mn = mx = amax = np.float32(np.nan)
+                if not _scale_into(W[n, k0:k1], D[k0:k1] if has_D else D, has_D, buf):
+                    mn, mx = _minmax_finite(buf, L)
+                    amax = max(-mn, mx)
+                else:  # strict scan: nan-propagating min / max like torch's amin / amax
+                    mn = np.float32(np.inf)
+                    mx = np.float32(-np.inf)
+                    amax = zero
+                    finite = False
+                    has_nan = False
+                    for k in range(L):
+                        v = buf[k]
+                        if v != v:
+                            has_nan = True
+                        elif v < mn:
+                            mn = v
+                        if v > mx:
+                            mx = v
+                        a = abs(v)
+                        if a > amax:
+                            amax = a
+                    if has_nan:
+                        mn = mx = amax = np.float32(np.nan)
                 if form == FORM_SYM:
                     am = amax * beta32
                     s = am / qpos if am > zero else one
-                    for k in range(k0, k1):
-                        q = _clamp_code(np.rint(buf[k - k0] / s), -qpos, qpos)
-                        codes[k] = np.uint8(np.int32(q) + half_range)
+                    _codes_sym(buf, L, s, qpos, np.float32(half_range), codes[k0:k1])
                 else:
                     centre = (mx + mn) / two
                     half = (mx - mn) / two * beta32  # range expansion about the centre
@@ -110,17 +181,13 @@ def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales,
                     if form == FORM_FLOAT:
                         if not (s > zero):
                             s = one  # constant group: q = 0, w = mn exactly
-                        for k in range(k0, k1):
-                            q = _clamp_code(np.rint((buf[k - k0] - mn) / s), zero, levels)
-                            codes[k] = np.uint8(np.int32(q))
+                        _codes_float(buf, L, mn, s, levels, codes[k0:k1])
                         mins[n, j] = mn
                     else:
                         if not (s > zero):
                             s = abs(mn) if mn != zero else one  # z = -sign(mn), q = 0 rebuilds it
                         z = np.rint(-mn / s)
-                        for k in range(k0, k1):
-                            q = _clamp_code(np.rint(buf[k - k0] / s) + z, zero, levels)
-                            codes[k] = np.uint8(np.int32(q))
+                        _codes_int(buf, L, s, z, levels, codes[k0:k1])
                         # torch: nan_to_num(z).to(int32); out-of-range -> INT32_MIN as on x86
                         if z != z:
                             zeros[n, j] = 0
