@@ -52,6 +52,15 @@ def _offset_args(pw: PackedWeight):
     return as_np(pw.mins), i0, gemv.OFF_MINS, half
 
 
+def _epilogue(y: torch.Tensor, u: np.ndarray, B: np.ndarray, bias: np.ndarray) -> torch.Tensor:
+    """y += u B^T + bias (fp32, in place) for the BLAS paths."""
+    if B.shape[1]:
+        y += torch.from_numpy(u) @ torch.from_numpy(B).mT
+    if bias.shape[0]:
+        y += torch.from_numpy(bias)
+    return y
+
+
 def qmatmul(
     x: torch.Tensor,
     pw: PackedWeight,
@@ -78,34 +87,31 @@ def qmatmul(
     gemv.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
     scales = as_np(pw.scales)
     zp_f, zp_i, off_mode, half = _offset_args(pw)
-    qw = as_np(pw.qweight)
-    qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
-
-    if T >= cfg["DEQUANT_MIN_T"]:  # prefill: compute bound, let BLAS do the GEMM
-        W = np.empty((N, K), np.float32)
-        gemv.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
-        y = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
-        if A is not None:
-            x_t = torch.from_numpy(x32)
-            y += (x_t @ A.to(torch.float32).mT) @ B.to(torch.float32).mT
-        if bias is not None:
-            y += bias.to(torch.float32)
-        return y.to(x.dtype)
-
-    if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row
+    if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row (one GEMM for prefill)
         u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
         Bn = as_f32(B)
     else:
         u, Bn = np.empty((T, 0), np.float32), np.empty((N, 0), np.float32)
     bn = as_f32(bias)
+    prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
     y = np.empty((T, N), np.float32)
+
     pl = planes(pw)
-    if pl is None:
+    if pl is None:  # group sizes that are not whole words
+        qw = as_np(pw.qweight)
+        qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
+        if prefill:
+            W = np.empty((N, K), np.float32)
+            gemv.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
+            yt = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
+            return _epilogue(yt, u, Bn, bn).to(x.dtype)
         gemv.generic(qw, qhi, pw.bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
         return torch.from_numpy(y).to(x.dtype)
 
     L = sum(p.words.shape[1] * p.cpw for p in pl)
-    xs = np.empty((T, L), np.float32)
+    fused = T <= cfg["FUSED_MAX_T"] and not prefill
+    T2 = T + (T & 1) if fused and T > 1 else T  # the fused kernel takes tokens 2 at a time
+    xs = np.zeros((T2, L), np.float32) if T2 > T else np.empty((T, L), np.float32)
     off = 0
     for p in pl:
         gemv.permute(xp, xs, off, p.words.shape[1], p.nf, p.b, p.factor)
@@ -117,7 +123,13 @@ def qmatmul(
     else:
         second = (_EMPTY_U16, _DUMMY_MASKS, 1)
     off2 = p1.words.shape[1] * p1.cpw  # where the second plane's block starts (= L with one plane)
-    kernel = gemv.fused if T <= cfg["FUSED_MAX_T"] else gemv.buffered
+    if prefill:  # x~ (s u)^T by BLAS on the unpacked rows, + X~ m^T, + the epilogue
+        Wp = np.empty((N, L), np.float32)
+        gemv.unpack_rows(p1.words, p1.masks, p1.Wg, *second, off2, scales, cfg["BLOCK_N"], Wp)
+        yt = torch.from_numpy(xs[:T]) @ torch.from_numpy(Wp).mT
+        yt += torch.from_numpy(Xg) @ pw.offsets().mT
+        return _epilogue(yt, u, Bn, bn).to(x.dtype)
+    kernel = gemv.fused if fused else gemv.buffered
     kernel(p1.words, p1.masks, p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
            half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
     return torch.from_numpy(y).to(x.dtype)

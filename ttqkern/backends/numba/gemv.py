@@ -26,8 +26,10 @@ not per code.
 - `generic` (group sizes that do not fill whole words, e.g. g = 37): codes are
   extracted one by one from the bytes into a per-group fp32 buffer; correct for every
   canonical weight, used only where the fast layout does not apply.
-- `dequantize` (``T >= DEQUANT_MIN_T``): ``Wq' = s * u + m`` as fp32 ``[N, K]`` for
-  a BLAS matmul (see `__init__.qmatmul`).
+- `unpack_rows` (``T >= DEQUANT_MIN_T``, fast layout): every row's ``s * u`` in the
+  permuted order as fp32 ``[N, L]`` for a BLAS matmul with the permuted activations
+  (the offsets term is a small ``X~ m^T`` GEMM); `dequantize` does the same in
+  natural order, ``Wq' = s * u + m``, for the generic layouts (see `__init__.qmatmul`).
 """
 
 from __future__ import annotations
@@ -169,6 +171,31 @@ def _make_row_helpers(sh: int):
             acc += se[w] * p
         return acc
 
+    @numba.njit(**REASSOC)
+    def rowdot2(wrow, x0, x1, se, masks):  # pragma: no cover - compiled
+        """`rowdot` for 2 tokens at once (x0, x1: their plane blocks, each a contiguous
+        1-D view -- a 2-D slice would lose the unit stride and the vectorisation): each
+        field is unpacked and converted once, then feeds 2 FMAs.  (4 tokens spill.)"""
+        nw = wrow.shape[0]
+        nf = len(masks)
+        a0 = a1 = np.float32(0.0)
+        for w in range(nw):
+            wd = wrow[w]
+            lo = np.int32(wd)
+            hi = np.int32(wd >> sh)
+            p0 = p1 = np.float32(0.0)
+            for i in range(nf):
+                cl = np.float32(np.int32(lo & masks[i]))
+                ch = np.float32(np.int32(hi & masks[i]))
+                il = i * nw + w
+                ih = (nf + i) * nw + w
+                p0 += x0[il] * cl + x0[ih] * ch
+                p1 += x1[il] * cl + x1[ih] * ch
+            s = se[w]
+            a0 += s * p0
+            a1 += s * p1
+        return a0, a1
+
     @numba.njit(**STRICT)
     def unpack_row(wrow, se, masks, buf):  # pragma: no cover - compiled
         """buf[(c * nf + i) * nw + w] = se[w] * field(c, i) of word w (the permuted order)."""
@@ -183,11 +210,11 @@ def _make_row_helpers(sh: int):
             for w in range(nw):
                 b_hi[w] = se[w] * np.float32(np.int32(np.int32(wrow[w] >> sh) & m))
 
-    return rowdot, unpack_row
+    return rowdot, rowdot2, unpack_row
 
 
-_rowdot32, _unpack32 = _make_row_helpers(16)  # uint32 words: planes of 2, 4, 8 bits
-_rowdot16, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-bit hi plane of 3-bit codes
+_rowdot32, _rowdot32x2, _unpack32 = _make_row_helpers(16)  # uint32 words: planes of 2, 4, 8 bits
+_rowdot16, _rowdot16x2, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-bit hi plane of 3-bit codes
 
 
 @numba.njit(**REASSOC)
@@ -204,9 +231,13 @@ def _dot(a, b):  # pragma: no cover - compiled
 @numba.njit(parallel=True, **REASSOC)
 def fused(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
           u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
-    """Decode GEMV over one or two planes (``w2.shape[1] == 0``: one plane); y fp32 ``[T, N]``."""
+    """Decode GEMV over one or two planes (``w2.shape[1] == 0``: one plane); y fp32 ``[T, N]``.
+
+    One token: `rowdot`.  Several: pairs of tokens through `rowdot2` (xs has its rows
+    padded to an even count with zeros; a padded output is dropped).
+    """
     N = scales.shape[0]
-    T = Xg.shape[0]
+    T = y.shape[0]
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
@@ -216,11 +247,21 @@ def fused(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, 
             _fill_se(scales, n, Wg1, se1)
             if two:
                 _fill_se(scales, n, Wg2, se2)
-            for t in range(T):
-                acc = _rowdot32(w1[n], xs[t, :off2], se1, m1)
+            if T == 1:
+                acc = _rowdot32(w1[n], xs[0, :off2], se1, m1)
                 if two:
-                    acc += _rowdot16(w2[n], xs[t, off2:], se2, m2)
-                y[t, n] = acc + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+                    acc += _rowdot16(w2[n], xs[0, off2:], se2, m2)
+                y[0, n] = acc + _row_tail(n, 0, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+                continue
+            for t0 in range(0, T, 2):
+                a0, a1 = _rowdot32x2(w1[n], xs[t0, :off2], xs[t0 + 1, :off2], se1, m1)
+                if two:
+                    b0, b1 = _rowdot16x2(w2[n], xs[t0, off2:], xs[t0 + 1, off2:], se2, m2)
+                    a0 += b0
+                    a1 += b1
+                y[t0, n] = a0 + _row_tail(n, t0, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+                if t0 + 1 < T:
+                    y[t0 + 1, n] = a1 + _row_tail(n, t0 + 1, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
 
 
 @numba.njit(parallel=True, **REASSOC)
@@ -244,6 +285,28 @@ def buffered(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mod
                 _unpack16(w2[n], se2, m2, buf[off2:])
             for t in range(T):
                 y[t, n] = _dot(xs[t], buf) + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+
+
+@numba.njit(parallel=True, **STRICT)
+def unpack_rows(w1, m1, Wg1, w2, m2, Wg2, off2, scales, block_n, out):  # pragma: no cover - compiled
+    """out fp32 ``[N, L]``: every row's ``s * code`` in the permuted order of `buffered`.
+
+    Multiplied by the permuted, pre-scaled activations this is ``x~ (s * u)^T`` -- the
+    prefill path hands it to BLAS (the offsets term is added separately).
+    """
+    N = scales.shape[0]
+    two = w2.shape[1] > 0
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        se1 = np.empty(w1.shape[1], np.float32)
+        se2 = np.empty(w2.shape[1], np.float32)
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            row = out[n]
+            _fill_se(scales, n, Wg1, se1)
+            _unpack32(w1[n], se1, m1, row[:off2])
+            if two:
+                _fill_se(scales, n, Wg2, se2)
+                _unpack16(w2[n], se2, m2, row[off2:])
 
 
 @numba.njit(**STRICT)
