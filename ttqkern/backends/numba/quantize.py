@@ -60,10 +60,12 @@ def _codes_sym(buf, n, s, qpos, half_range, out):  # pragma: no cover - compiled
 
 
 @numba.njit(**STRICT)
-def _pack_row(codes, shift, mask, bits, out):  # pragma: no cover - compiled
-    """Pack ``(codes >> shift) & mask`` as ``bits``-bit fields, little-endian in each byte.
+def _pack_row(codes, bits, out):  # pragma: no cover - compiled
+    """Pack codes as ``bits``-bit fields, little-endian in each byte (spec §3).
 
-    One loop per bit width with constant strides, so LLVM vectorises each.
+    bits 8 / 4: the codes; 2: their low two bits (the ``lo`` plane of 3-bit codes is
+    ``q & 3``); 1: bit 2 (the ``hi`` plane, ``q >> 2``).  One loop per width with
+    constant strides and shifts, so LLVM vectorises each.
     """
     n = out.shape[0]
     if bits == 8:
@@ -74,53 +76,53 @@ def _pack_row(codes, shift, mask, bits, out):  # pragma: no cover - compiled
             out[i] = (codes[2 * i] & 15) | ((codes[2 * i + 1] & 15) << 4)
     elif bits == 2:
         for i in range(n):
-            c = codes[4 * i:4 * i + 4]
-            out[i] = ((c[0] >> shift) & 3) | (((c[1] >> shift) & 3) << 2) | (((c[2] >> shift) & 3) << 4) \
-                | (((c[3] >> shift) & 3) << 6)
+            j = 4 * i
+            out[i] = (codes[j] & 3) | ((codes[j + 1] & 3) << 2) | ((codes[j + 2] & 3) << 4) | ((codes[j + 3] & 3) << 6)
     else:
         for i in range(n):
-            c = codes[8 * i:8 * i + 8]
-            v = np.uint8(0)
-            for j in range(8):
-                v |= ((c[j] >> shift) & 1) << j
-            out[i] = v
+            j = 8 * i
+            out[i] = (((codes[j] >> 2) & 1) | (((codes[j + 1] >> 2) & 1) << 1) | (((codes[j + 2] >> 2) & 1) << 2)
+                      | (((codes[j + 3] >> 2) & 1) << 3) | (((codes[j + 4] >> 2) & 1) << 4)
+                      | (((codes[j + 5] >> 2) & 1) << 5) | (((codes[j + 6] >> 2) & 1) << 6)
+                      | (((codes[j + 7] >> 2) & 1) << 7))
+
+
+@numba.njit(**STRICT)
+def _key(v):  # pragma: no cover - compiled
+    """An int32 ordered like the fp32 ``v`` (finite values): sign-magnitude -> two's complement."""
+    b = np.float32(v).view(np.int32)
+    return np.int32(b ^ np.int32(np.int32(b >> 31) & np.int32(0x7FFFFFFF)))
+
+
+@numba.njit(**STRICT)
+def _unkey(k):  # pragma: no cover - compiled
+    """Inverse of `_key` (the map is an involution)."""
+    return np.int32(k ^ np.int32(np.int32(k >> 31) & np.int32(0x7FFFFFFF))).view(np.float32)
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
 def _scale_into(w, d, has_D, buf):  # pragma: no cover - compiled
-    """buf = w * d (w' = W_res * D; a copy of w without D); True when a value is nan or inf.
+    """buf = w * d (w' = W_res * D; a copy of w without D).  Returns (nonfinite, min, max).
 
-    The check is ``sum(v * 0) != 0``: 0 exactly for finite v, nan otherwise.  Only
-    ``reassoc`` (to vectorise that sum): each product ``w * d`` is still one IEEE
-    multiply, and without ``nnan``/``ninf`` LLVM may not fold ``v * 0`` to 0.
+    Non-finite check: ``sum(v * 0) != 0`` (0 exactly for finite v, nan otherwise).
+    Min / max on integer keys ordered like the floats (`_key`): integer min/max
+    reductions vectorise without fastmath; they are exact for finite values and
+    only used when the group is finite.  Only ``reassoc`` (for the sum): each
+    ``w * d`` is still one IEEE multiply, and without ``nnan``/``ninf`` LLVM may not
+    fold ``v * 0`` to 0.
     """
     acc = np.float32(0.0)
     zero = np.float32(0.0)
-    if has_D:
-        for k in range(w.shape[0]):
-            v = w[k] * d[k]
-            buf[k] = v
-            acc += v * zero
-    else:
-        for k in range(w.shape[0]):
-            v = w[k]
-            buf[k] = v
-            acc += v * zero
-    return acc != zero
-
-
-@numba.njit(cache=True, nogil=True, fastmath={"nnan", "ninf", "nsz", "reassoc"})
-def _minmax_finite(buf, n):  # pragma: no cover - compiled
-    """(min, max) of buf[:n], vectorised.  Only called on finite groups (checked by
-    `_scale_into` first), where the no-nan / no-inf / no-signed-zero assumptions hold
-    (the sign of a zero minimum changes neither s nor any code)."""
-    mn = buf[0]
-    mx = buf[0]
-    for k in range(n):
-        v = buf[k]
-        mn = min(mn, v)
-        mx = max(mx, v)
-    return mn, mx
+    kmin = np.int32(0x7FFFFFFF)
+    kmax = np.int32(-0x80000000)
+    for k in range(w.shape[0]):
+        v = w[k] * d[k] if has_D else w[k]
+        buf[k] = v
+        acc += v * zero
+        key = _key(v)
+        kmin = key if key < kmin else kmin
+        kmax = key if key > kmax else kmax
+    return acc != zero, _unkey(kmin), _unkey(kmax)
 
 
 @numba.njit(parallel=True, **STRICT)
@@ -146,8 +148,8 @@ def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales,
                 k1 = min(K, k0 + g)
                 L = k1 - k0
                 finite = True
-                if not _scale_into(W[n, k0:k1], D[k0:k1] if has_D else D, has_D, buf):
-                    mn, mx = _minmax_finite(buf, L)
+                nonfinite, mn, mx = _scale_into(W[n, k0:k1], D[k0:k1] if has_D else D, has_D, buf)
+                if not nonfinite:
                     amax = max(-mn, mx)
                 else:  # strict scan: nan-propagating min / max like torch's amin / amax
                     mn = np.float32(np.inf)
@@ -199,10 +201,10 @@ def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales,
             for k in range(K, Lq):  # padding past K: code 0 (the canonical zero fill)
                 codes[k] = 0
             if bits == 3:
-                _pack_row(codes, 0, 3, 2, qw[n])
-                _pack_row(codes, 2, 1, 1, qhi[n])
+                _pack_row(codes, 2, qw[n])
+                _pack_row(codes, 1, qhi[n])
             else:
-                _pack_row(codes, 0, (1 << bits) - 1, bits, qw[n])
+                _pack_row(codes, bits, qw[n])
     return 0
 
 
