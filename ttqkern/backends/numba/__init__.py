@@ -87,13 +87,17 @@ def qmatmul(
     gemv.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
     scales = as_np(pw.scales)
     zp_f, zp_i, off_mode, half = _offset_args(pw)
+    prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
     if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row (one GEMM for prefill)
-        u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
+        if prefill:
+            u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
+        else:
+            u = np.empty((T, A.shape[0]), np.float32)
+            gemv.lowrank_left(x32, as_f32(A), u)
         Bn = as_f32(B)
     else:
         u, Bn = np.empty((T, 0), np.float32), np.empty((N, 0), np.float32)
     bn = as_f32(bias)
-    prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
     y = np.empty((T, N), np.float32)
 
     pl = planes(pw)

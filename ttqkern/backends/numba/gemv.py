@@ -74,6 +74,24 @@ def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
     _group_sums(xp, g, Xg)
 
 
+@numba.njit(**REASSOC)
+def lowrank_left(x, A, u):  # pragma: no cover - compiled
+    """u = x A^T: x fp32 ``[T, K]`` (unscaled, spec stage 5), A fp32 ``[r, K]`` -> u ``[T, r]``.
+
+    Serial and tiny (T * r dot products of length K); done here rather than by
+    ``torch.matmul`` so a decode step never wakes torch's thread pool between two
+    Numba parallel regions (two OpenMP pools spinning on 2 cores slow each other).
+    """
+    for t in range(x.shape[0]):
+        xt = x[t]
+        for r in range(A.shape[0]):
+            a = A[r]
+            acc = np.float32(0.0)
+            for k in range(xt.shape[0]):
+                acc += xt[k] * a[k]
+            u[t, r] = acc
+
+
 @numba.njit(**STRICT)
 def permute(xp, xs, off, nw, nf, b, factor):  # pragma: no cover - compiled
     """One plane's block of the permuted, pre-scaled activations (see module doc)."""
