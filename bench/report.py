@@ -32,7 +32,8 @@ QUANT_TARGET = ("quantize 4096^2 fp32 -> int4 <= 2x torch copy time", "ttq-quant
 
 def load(path: str) -> tuple[dict, dict, dict]:
     """(decode rows {shape: {kind: info}}, requantize rows {kind: info}, machine info)."""
-    data = json.load(open(path))
+    with open(path) as f:
+        data = json.load(f)
     decode, requant, machine = defaultdict(dict), {}, {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
@@ -58,9 +59,12 @@ def _check(rows: dict, num: str, den: str, bound: float, mode: str) -> tuple[str
 
 def report(path: str) -> str:
     decode, requant, machine = load(path)
-    out = [f"CPU: {machine.get('cpu', '?')}, {machine.get('threads', '?')} thread(s), measured copy bandwidth "
-           f"{machine.get('copy_GBps', '?')} GB/s, LLC {machine.get('llc_MiB', '?')} MiB.  Decode T = 1, fp32 "
-           "activations (bf16 for the bf16 and torch-int4 peers), cold cache (rotated weight copies).", ""]  # fmt: skip
+    head = (
+        f"CPU: {machine.get('cpu', '?')}, {machine.get('threads', '?')} thread(s), measured copy bandwidth "
+        f"{machine.get('copy_GBps', '?')} GB/s, LLC {machine.get('llc_MiB', '?')} MiB.  Decode T = 1, fp32 "
+        "activations (bf16 for the bf16 and torch-int4 peers), cold cache (rotated weight copies)."
+    )
+    out = [head, ""]
     out += ["| N x K | kernel | ms | GB/s | vs fp32 F.linear | vs bf16 F.linear | vs torch int4 |",
             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for (N, K), rows in sorted(decode.items()):

@@ -143,6 +143,7 @@ def test_cpu_requantize(benchmark, machine, kind):
         dst = torch.empty_like(Ws[0])
         _run(benchmark, dst.copy_, [(W,) for W in Ws], 2 * _nbytes(Ws[0]), machine, kind, (N, K))
     else:
+
         def call(W):
             return ops.quantize(W, D, bits=4, group_size=GROUP, backend="numba")
 

@@ -28,8 +28,8 @@ _ok, _why = backends.availability("numba")
 if not _ok:
     pytest.skip(f"numba backend unavailable: {_why}", allow_module_level=True)
 
-from ttqkern.backends import numba as nbk  # noqa: E402
-from ttqkern.backends.numba import _common, config  # noqa: E402
+from ttqkern.backends import numba as nbk
+from ttqkern.backends.numba import _common, config
 
 # kernel path -> qmatmul config forcing it (with T = 1..64 in these tests)
 PATHS = {
@@ -153,8 +153,8 @@ def test_nan_and_inf_propagate_through_every_path(tuned):
     W[2, 40] = float("nan")
     W[4, 3] = float("inf")
     pw = ops.quantize(W, None, bits=4, group_size=32, backend="numba")
-    for path in PATHS:
-        tuned("qmatmul", PATHS[path], bits=4, T=3, N=6, K=64)
+    for path, entry in PATHS.items():
+        tuned("qmatmul", entry, bits=4, T=3, N=6, K=64)
         y = ops.qmatmul(x, pw, None, backend="numba")
         assert torch.isnan(y[:, 2]).all() and not torch.isfinite(y[:, 4]).any(), path
         assert torch.isfinite(y[:, [0, 1, 3, 5]]).all(), path

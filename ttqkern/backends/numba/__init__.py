@@ -19,7 +19,7 @@ compiling again.  Threads: Numba's pool (``numba.set_num_threads``).
 
 from __future__ import annotations
 
-import numba  # an ImportError here is the registry's "why not available" reason
+import numba  # noqa: F401  (an ImportError here is the registry's "why not available" reason)
 import numpy as np
 import torch
 
@@ -139,4 +139,4 @@ def qmatmul(
     return torch.from_numpy(y).to(x.dtype)
 
 
-__all__ = ["DEVICE_TYPES", "available", "act_scale", "quantize", "qmatmul", "config"]
+__all__ = ["DEVICE_TYPES", "act_scale", "available", "config", "qmatmul", "quantize"]

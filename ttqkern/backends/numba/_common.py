@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-STRICT = dict(cache=True, nogil=True)
-REASSOC = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+STRICT = {"cache": True, "nogil": True}
+REASSOC = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract"}}
 
 
 def as_f32(t: torch.Tensor | None) -> np.ndarray:

@@ -37,7 +37,7 @@ def _colnorms(x, p, block_k):  # pragma: no cover - compiled
                 v = abs(np.float64(x[t, k]))
                 if is_inf:
                     # max that propagates nan, as torch's norm does
-                    if v > acc[k] or v != v:
+                    if v > acc[k] or v != v:  # noqa: PLR0124 (v != v: nan test, numba-friendly)
                         acc[k] = v
                 elif p == 2.0:
                     acc[k] += v * v

@@ -152,7 +152,7 @@ def _fill_se(scales, n, Wg, se):  # pragma: no cover - compiled
     """se[w] = s[n, group of word w]: the scale applied once per word."""
     s = scales[n]
     for j in range(s.shape[0]):
-        seg = se[j * Wg:(j + 1) * Wg]  # a view: its index never needs wraparound
+        seg = se[j * Wg : (j + 1) * Wg]  # a view: its index never needs wraparound
         v = s[j]
         for w in range(seg.shape[0]):
             seg[w] = v
@@ -221,8 +221,8 @@ def _make_row_helpers(sh: int):
         nf = len(masks)
         for i in range(nf):
             m = masks[i]
-            b_lo = buf[i * nw:(i + 1) * nw]
-            b_hi = buf[(nf + i) * nw:(nf + i + 1) * nw]
+            b_lo = buf[i * nw : (i + 1) * nw]
+            b_hi = buf[(nf + i) * nw : (nf + i + 1) * nw]
             for w in range(nw):
                 b_lo[w] = se[w] * np.float32(np.int32(np.int32(wrow[w]) & m))
             for w in range(nw):
@@ -354,7 +354,7 @@ def generic(qw, qhi, bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, B, 
                     cb[k] = np.float32(_code(qw, qhi, bits, n, j * g + k))
                 s = scales[n, j]
                 for t in range(T):
-                    y[t, n] += s * _dot(xp[t, j * g:(j + 1) * g], cb)
+                    y[t, n] += s * _dot(xp[t, j * g : (j + 1) * g], cb)
 
 
 @numba.njit(parallel=True, **STRICT)

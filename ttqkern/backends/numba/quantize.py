@@ -33,9 +33,10 @@ INT32_MIN = np.int32(-2147483648)
 @numba.njit(**STRICT)
 def _clamp_code(q, lo, hi):  # pragma: no cover - compiled
     """torch's clamp (nan stays nan) followed by nan_to_num: nan -> 0 (selects, no branches)."""
-    q = lo if q < lo else q
-    q = hi if q > hi else q
-    return q if q == q else np.float32(0.0)
+    # selects, not min()/max(): numba's builtins carry their own nan logic and stay scalar
+    q = lo if q < lo else q  # noqa: FURB136
+    q = hi if q > hi else q  # noqa: FURB136
+    return q if q == q else np.float32(0.0)  # noqa: PLR0124 (nan test)
 
 
 @numba.njit(**STRICT)
@@ -81,10 +82,16 @@ def _pack_row(codes, bits, out):  # pragma: no cover - compiled
     else:
         for i in range(n):
             j = 8 * i
-            out[i] = (((codes[j] >> 2) & 1) | (((codes[j + 1] >> 2) & 1) << 1) | (((codes[j + 2] >> 2) & 1) << 2)
-                      | (((codes[j + 3] >> 2) & 1) << 3) | (((codes[j + 4] >> 2) & 1) << 4)
-                      | (((codes[j + 5] >> 2) & 1) << 5) | (((codes[j + 6] >> 2) & 1) << 6)
-                      | (((codes[j + 7] >> 2) & 1) << 7))
+            out[i] = (
+                ((codes[j] >> 2) & 1)
+                | (((codes[j + 1] >> 2) & 1) << 1)
+                | (((codes[j + 2] >> 2) & 1) << 2)
+                | (((codes[j + 3] >> 2) & 1) << 3)
+                | (((codes[j + 4] >> 2) & 1) << 4)
+                | (((codes[j + 5] >> 2) & 1) << 5)
+                | (((codes[j + 6] >> 2) & 1) << 6)
+                | (((codes[j + 7] >> 2) & 1) << 7)
+            )
 
 
 @numba.njit(**STRICT)
@@ -120,8 +127,8 @@ def _scale_into(w, d, has_D, buf):  # pragma: no cover - compiled
         buf[k] = v
         acc += v * zero
         key = _key(v)
-        kmin = key if key < kmin else kmin
-        kmax = key if key > kmax else kmax
+        kmin = key if key < kmin else kmin  # noqa: FURB136 (a select: vectorises)
+        kmax = key if key > kmax else kmax  # noqa: FURB136
     return acc != zero, _unkey(kmin), _unkey(kmax)
 
 
@@ -159,14 +166,14 @@ def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales,
                     has_nan = False
                     for k in range(L):
                         v = buf[k]
-                        if v != v:
+                        if v != v:  # noqa: PLR0124 (nan test)
                             has_nan = True
                         elif v < mn:
                             mn = v
-                        if v > mx:
+                        if v > mx:  # noqa: PLR1730 (explicit compares: the reference's nan rules)
                             mx = v
                         a = abs(v)
-                        if a > amax:
+                        if a > amax:  # noqa: PLR1730
                             amax = a
                     if has_nan:
                         mn = mx = amax = np.float32(np.nan)
@@ -191,7 +198,7 @@ def _quantize_kernel(W, D, has_D, bits, g, form, beta, block_n, qw, qhi, scales,
                         z = np.rint(-mn / s)
                         _codes_int(buf, L, s, z, levels, codes[k0:k1])
                         # torch: nan_to_num(z).to(int32); out-of-range -> INT32_MIN as on x86
-                        if z != z:
+                        if z != z:  # noqa: PLR0124 (nan test)
                             zeros[n, j] = 0
                         elif z >= np.float32(2147483648.0) or z < np.float32(-2147483648.0):
                             zeros[n, j] = INT32_MIN
