@@ -148,23 +148,24 @@ def _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias):  # prag
 
 
 @numba.njit(**STRICT)
-def _fill_se(scales, n, Wg, se, se64):  # pragma: no cover - compiled
+def _fill_se(scales, n, Wg, se, se128):  # pragma: no cover - compiled
     """se[w] = s[n, group of word w]: the scale applied once per word.
 
     Runs once per row, so it matters: LLVM leaves these short runs (Wg, e.g. 16) as
-    scalar stores, so for even Wg the scale is written twice per store through the
-    uint64 view ``se64`` of ``se`` -- half the stores.
+    scalar stores, so when 4 divides Wg the scale is written four at a time through
+    the complex128 (16-byte) view ``se128`` of ``se`` -- a quarter of the stores.
     """
     s = scales[n]
     G = s.shape[0]
-    if Wg % 2 == 0:
-        h = Wg // 2
+    if Wg % 4 == 0:
+        h = Wg // 4
         for j in range(G):
             b = np.uint64(np.float32(s[j]).view(np.uint32))
-            vv = b | (b << np.uint64(32))
-            seg = se64[j * h : (j + 1) * h]
+            f = np.uint64(b | (b << np.uint64(32))).view(np.float64)  # two copies of the fp32 bits
+            c = complex(f, f)  # four copies
+            seg = se128[j * h : (j + 1) * h]
             for w in range(h):
-                seg[w] = vv
+                seg[w] = c
     else:
         for j in range(G):
             seg = se[j * Wg : (j + 1) * Wg]  # a view: its index never needs wraparound
@@ -274,14 +275,14 @@ def fused(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, 
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1_64 = np.empty((w1.shape[1] + 1) // 2, np.uint64)  # se1 with a uint64 view for `_fill_se`
-        se2_64 = np.empty((w2.shape[1] + 1) // 2, np.uint64)
-        se1 = se1_64.view(np.float32)
-        se2 = se2_64.view(np.float32)
+        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
+        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+        se1 = se1_c.view(np.float32)
+        se2 = se2_c.view(np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            _fill_se(scales, n, Wg1, se1, se1_64)
+            _fill_se(scales, n, Wg1, se1, se1_c)
             if two:
-                _fill_se(scales, n, Wg2, se2, se2_64)
+                _fill_se(scales, n, Wg2, se2, se2_c)
             if T == 1:
                 acc = _rowdot32(w1[n], xs[0, :off2], se1, m1)
                 if two:
@@ -309,16 +310,16 @@ def buffered(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mod
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1_64 = np.empty((w1.shape[1] + 1) // 2, np.uint64)  # se1 with a uint64 view for `_fill_se`
-        se2_64 = np.empty((w2.shape[1] + 1) // 2, np.uint64)
-        se1 = se1_64.view(np.float32)
-        se2 = se2_64.view(np.float32)
+        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
+        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+        se1 = se1_c.view(np.float32)
+        se2 = se2_c.view(np.float32)
         buf = np.empty(L, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            _fill_se(scales, n, Wg1, se1, se1_64)
+            _fill_se(scales, n, Wg1, se1, se1_c)
             _unpack32(w1[n], se1, m1, buf[:off2])
             if two:
-                _fill_se(scales, n, Wg2, se2, se2_64)
+                _fill_se(scales, n, Wg2, se2, se2_c)
                 _unpack16(w2[n], se2, m2, buf[off2:])
             for t in range(T):
                 y[t, n] = _dot(xs[t], buf) + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
@@ -335,16 +336,16 @@ def unpack_rows(w1, m1, Wg1, w2, m2, Wg2, off2, scales, block_n, out):  # pragma
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1_64 = np.empty((w1.shape[1] + 1) // 2, np.uint64)  # se1 with a uint64 view for `_fill_se`
-        se2_64 = np.empty((w2.shape[1] + 1) // 2, np.uint64)
-        se1 = se1_64.view(np.float32)
-        se2 = se2_64.view(np.float32)
+        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
+        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+        se1 = se1_c.view(np.float32)
+        se2 = se2_c.view(np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             row = out[n]
-            _fill_se(scales, n, Wg1, se1, se1_64)
+            _fill_se(scales, n, Wg1, se1, se1_c)
             _unpack32(w1[n], se1, m1, row[:off2])
             if two:
-                _fill_se(scales, n, Wg2, se2, se2_64)
+                _fill_se(scales, n, Wg2, se2, se2_c)
                 _unpack16(w2[n], se2, m2, row[off2:])
 
 
