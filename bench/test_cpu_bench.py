@@ -18,7 +18,8 @@ g = 128, and int4 with the TTQ extras (1/D prologue + rank-16 low-rank epilogue)
 Requantization: ``ops.quantize`` of a 4096 x 4096 fp32 W to int4 (with D) against
 ``dst.copy_(W)`` of the same W.
 
-``benchmark.extra_info`` of every row: kind, shape, threads, ms (median), the bytes
+``benchmark.extra_info`` of every row: kind, shape, threads, ms (median; ms_min the
+fastest round, the robust figure when other jobs share the CPU), the bytes
 a call must stream (weight + scales/offsets, low-rank factors where used) and GB/s,
 and the machine's measured copy bandwidth for context.
 """
@@ -90,7 +91,8 @@ def _run(benchmark, fn, args_list, nbytes, machine, kind, shape):
     fn(*args_list[0])  # warm up: JIT load, first-touch
     benchmark(lambda: fn(*next(cyc)))
     ms = benchmark.stats.stats.median * 1e3
-    benchmark.extra_info.update({"kind": kind, "N": shape[0], "K": shape[1], "ms": ms, "bytes": nbytes,
+    ms_min = benchmark.stats.stats.min * 1e3  # the robust figure on a machine shared with other jobs
+    benchmark.extra_info.update({"kind": kind, "N": shape[0], "K": shape[1], "ms": ms, "ms_min": ms_min, "bytes": nbytes,
                                  "GBps": nbytes / (ms * 1e-3) / 1e9, "copies": len(args_list), **machine})  # fmt: skip
 
 
