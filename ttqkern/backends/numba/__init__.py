@@ -34,6 +34,7 @@ DEVICE_TYPES = ("cpu",)
 
 _EMPTY_U16 = np.empty((0, 0), np.uint16)
 _DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
+_INT4_MASKS = tuple(np.int32(15 << (4 * i)) for i in range(4))
 
 
 def available() -> tuple[bool, str]:
@@ -114,6 +115,13 @@ def qmatmul(
 
     L = sum(p.words.shape[1] * p.cpw for p in pl)
     fused = T <= cfg["FUSED_MAX_T"] and not prefill
+    if fused and pw.bits == 3:  # planes merged into nibble words in registers
+        xs3 = np.empty((T, L), np.float32)
+        gemv.permute3(xp, xs3)
+        lo, hi = pl
+        gemv.fused3(lo.words, hi.words, _INT4_MASKS, lo.Wg, xs3, Xg, scales, zp_f, zp_i, off_mode, half,
+                    u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
+        return torch.from_numpy(y).to(x.dtype)
     T2 = T + (T & 1) if fused and T > 1 else T  # the fused kernel takes tokens 2 at a time
     xs = np.zeros((T2, L), np.float32) if T2 > T else np.empty((T, L), np.float32)
     off = 0

@@ -20,6 +20,8 @@ not per code.
 - `fused` (decode, ``T <= FUSED_MAX_T``): grid = row blocks of ``BLOCK_N``; per row
   and token one pass over the row's words, codes unpacked in registers.  Bytes per
   row: ``K * b / 8`` of codes + ``8 * G`` of scales/offsets; x~ stays in L1/L2.
+- `fused3`: the decode GEMV for 3-bit codes, merging the two planes into nibble
+  words in registers (`_rowdot3`) instead of reading each plane separately.
 - `buffered` (``FUSED_MAX_T < T < DEQUANT_MIN_T``): per row, unpack once into an
   L1-resident fp32 row ``s * code`` (permuted), then one dot per token: the unpack
   is paid once for all T tokens.
@@ -105,6 +107,28 @@ def permute(xp, xs, off, nw, nf, b, factor):  # pragma: no cover - compiled
                 src = c * nf + i
                 for w in range(nw):
                     xs[t, base + w] = xp[t, w * cpw + src] * sc
+
+
+@numba.njit(**STRICT)
+def permute3(xp, xs):  # pragma: no cover - compiled
+    """The activations for `fused3` (3-bit codes as even / odd nibble words, see there).
+
+    Per token: block E then block O, each ``8 * nw`` long (nw = 2-bit words per row);
+    entry ``(c * 4 + i) * nw + w`` of E is ``x~[16 w + 8 c + 2 i] * 2^(-4 i)``, of O the
+    next code ``16 w + 8 c + 2 i + 1``.
+    """
+    T, Kp = xp.shape
+    nw = Kp // 16
+    half = 8 * nw
+    for t in range(T):
+        for c in range(2):
+            for i in range(4):
+                sc = np.float32(2.0 ** (-4 * i))
+                base = (c * 4 + i) * nw
+                src = 8 * c + 2 * i
+                for w in range(nw):
+                    xs[t, base + w] = xp[t, 16 * w + src] * sc
+                    xs[t, half + base + w] = xp[t, 16 * w + src + 1] * sc
 
 
 # --- shared per-row helpers -----------------------------------------------------------
@@ -252,6 +276,45 @@ _rowdot16, _rowdot16x2, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-
 
 
 @numba.njit(**REASSOC)
+def _rowdot3(wlo, whi, xe, xo, se, masks):  # pragma: no cover - compiled
+    """One row of 3-bit codes, the two planes merged into nibble words on the fly.
+
+    For 2-bit word ``lo`` and the 1-bit word ``hi`` of the same 16 codes, ``hi``'s bits
+    are spread to even bit positions (4 shift/or/and steps), then
+    ``E = (lo & 0x33333333) | ((spread & 0x11111111) << 2)`` holds the even codes as
+    nibbles and ``O = ((lo >> 2) & 0x33333333) | (spread & 0x44444444)`` the odd ones:
+    two int4 words, read like `rowdot` reads a 4-bit plane.  About 2/3 of the work
+    of treating the planes separately.  ``np.uint32(...)`` around every step keeps
+    the lanes 32 bits wide (numba widens integer arithmetic to 64 bits).  ``xe`` /
+    ``xo``: the token's E and O blocks of `permute3`, as separate contiguous views.
+    """
+    nw = wlo.shape[0]
+    acc = np.float32(0.0)
+    for w in range(nw):
+        lo = wlo[w]
+        x = np.uint32(whi[w])
+        x = np.uint32(np.uint32(x | np.uint32(x << 8)) & np.uint32(0x00FF00FF))
+        x = np.uint32(np.uint32(x | np.uint32(x << 4)) & np.uint32(0x0F0F0F0F))
+        x = np.uint32(np.uint32(x | np.uint32(x << 2)) & np.uint32(0x33333333))
+        x = np.uint32(np.uint32(x | np.uint32(x << 1)) & np.uint32(0x55555555))
+        e = np.uint32(np.uint32(lo & np.uint32(0x33333333)) | np.uint32(np.uint32(x & np.uint32(0x11111111)) << 2))
+        o = np.uint32(np.uint32(np.uint32(lo >> 2) & np.uint32(0x33333333)) | np.uint32(x & np.uint32(0x44444444)))
+        e_lo = np.int32(e)
+        e_hi = np.int32(e >> 16)
+        o_lo = np.int32(o)
+        o_hi = np.int32(o >> 16)
+        p = np.float32(0.0)
+        for i in range(4):
+            m = masks[i]
+            p += xe[i * nw + w] * np.float32(np.int32(e_lo & m))
+            p += xe[(4 + i) * nw + w] * np.float32(np.int32(e_hi & m))
+            p += xo[i * nw + w] * np.float32(np.int32(o_lo & m))
+            p += xo[(4 + i) * nw + w] * np.float32(np.int32(o_hi & m))
+        acc += se[w] * p
+    return acc
+
+
+@numba.njit(**REASSOC)
 def _dot(a, b):  # pragma: no cover - compiled
     acc = np.float32(0.0)
     for k in range(a.shape[0]):
@@ -298,6 +361,23 @@ def fused(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, 
                 y[t0, n] = a0 + _row_tail(n, t0, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
                 if t0 + 1 < T:
                     y[t0 + 1, n] = a1 + _row_tail(n, t0 + 1, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+
+
+@numba.njit(parallel=True, **REASSOC)
+def fused3(wlo, whi, masks, Wg, xs, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias, block_n, y):  # pragma: no cover
+    """Decode GEMV for 3-bit codes through `_rowdot3` (xs from `permute3`); y fp32 ``[T, N]``."""
+    N = scales.shape[0]
+    T = y.shape[0]
+    half = 8 * wlo.shape[1]
+    nblk = (N + block_n - 1) // block_n
+    for blk in prange(nblk):
+        se_c = np.empty((wlo.shape[1] + 3) // 4, np.complex128)
+        se = se_c.view(np.float32)
+        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
+            _fill_se(scales, n, Wg, se, se_c)
+            for t in range(T):
+                acc = _rowdot3(wlo[n], whi[n], xs[t, :half], xs[t, half:], se, masks)
+                y[t, n] = acc + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
 
 
 @numba.njit(parallel=True, **REASSOC)
