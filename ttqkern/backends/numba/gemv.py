@@ -368,7 +368,7 @@ def fused3(wlo, whi, masks, Wg, xs, Xg, scales, zp_f, zp_i, off_mode, half, u, B
     """Decode GEMV for 3-bit codes through `_rowdot3` (xs from `permute3`); y fp32 ``[T, N]``."""
     N = scales.shape[0]
     T = y.shape[0]
-    half = 8 * wlo.shape[1]
+    split = 8 * wlo.shape[1]  # where a token's O block starts
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
         se_c = np.empty((wlo.shape[1] + 3) // 4, np.complex128)
@@ -376,7 +376,7 @@ def fused3(wlo, whi, masks, Wg, xs, Xg, scales, zp_f, zp_i, off_mode, half, u, B
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg, se, se_c)
             for t in range(T):
-                acc = _rowdot3(wlo[n], whi[n], xs[t, :half], xs[t, half:], se, masks)
+                acc = _rowdot3(wlo[n], whi[n], xs[t, :split], xs[t, split:], se, masks)
                 y[t, n] = acc + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
 
 
