@@ -1,0 +1,77 @@
+"""Shared pieces of the Numba kernels: jit options, tensor <-> array views, plane layouts.
+
+Numerics policy (why fastmath is used where it is):
+
+- `STRICT` (no fastmath) for everything that rounds to codes or must keep nan/inf:
+  fastmath may turn ``w / s`` into ``w * (1 / s)`` (a different value at exact .5
+  ties) and its ``nnan``/``ninf`` flags let LLVM assume away the non-finite groups
+  that the spec says must give nan.
+- `REASSOC` (``reassoc`` + ``contract`` only) for the dot products of the packed
+  GEMV/GEMM: re-ordering fp32 sums (vector lanes, several accumulators, FMA) changes
+  results only within the spec's 1e-4 tolerance, and without ``nnan``/``ninf``/``nsz``
+  a nan or inf in x, D or a scale still propagates to the output.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+STRICT = {"cache": True, "nogil": True}
+REASSOC = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract"}}
+
+
+def as_f32(t: torch.Tensor | None) -> np.ndarray:
+    """A C-contiguous fp32 numpy view (a copy only when dtype/layout differ).
+
+    None becomes an empty ``[0]`` array so that kernels keep one signature.
+    """
+    if t is None:
+        return np.empty(0, np.float32)
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def as_np(t: torch.Tensor) -> np.ndarray:
+    """A C-contiguous numpy view of a CPU tensor, same dtype."""
+    return t.detach().contiguous().numpy()
+
+
+class Plane:
+    """How one bit plane of a `PackedWeight` is read by the fast kernels.
+
+    A plane of ``b``-bit codes (b = 1, 2, 4, 8) is read as machine words of ``WB``
+    bits (uint16 for 1-bit planes, uint32 otherwise), each word split into two
+    ``WB/2``-bit halves of ``nf = WB / 2 / b`` fields.  A field is extracted as
+    ``int32(half & mask_i)`` with ``mask_i = (2^b - 1) << (b * i)`` -- the code
+    times ``2^(b*i)``, converted to fp32 exactly -- so one AND and one convert per
+    code, no shift; the ``2^(-b*i)`` is folded into the permuted activations.
+    Halves are at most 16 bits, so the int32 reinterpretation is never negative.
+
+    ``factor`` multiplies the plane's contribution (4 for the ``hi`` plane of 3-bit
+    codes: ``q = lo + 4 * hi``).  Valid when a group is a whole number of words
+    (``g * b % WB == 0``): every word then lies in one group, rows are whole words.
+    """
+
+    def __init__(self, packed: torch.Tensor, b: int, factor: float, group_size: int):
+        self.b = b
+        self.WB = 16 if b == 1 else 32
+        self.nf = self.WB // 2 // b  # fields per half word
+        self.cpw = 2 * self.nf  # codes per word
+        self.Wg = group_size * b // self.WB  # words per group
+        self.factor = factor
+        self.words = as_np(packed).view(np.uint16 if self.WB == 16 else np.uint32)
+        self.masks = tuple(np.int32(((1 << b) - 1) << (b * i)) for i in range(self.nf))
+        self.shift = self.WB // 2
+
+    @staticmethod
+    def fits(b: int, group_size: int) -> bool:
+        return group_size * b % (16 if b == 1 else 32) == 0
+
+
+def planes(pw) -> list[Plane] | None:
+    """The `Plane` list of a canonical `PackedWeight`, or None when the fast layout does not apply."""
+    g = pw.group_size
+    spec = [(pw.qweight, 2, 1.0), (pw.qweight_hi, 1, 4.0)] if pw.bits == 3 else [(pw.qweight, pw.bits, 1.0)]
+    if not all(Plane.fits(b, g) for _, b, _ in spec):
+        return None
+    return [Plane(t, b, f, g) for t, b, f in spec]
