@@ -112,7 +112,26 @@ def threads_for(elements: int, cfg: dict):
 
 
 def params(op: str, **shape) -> dict:
-    """Parameters of ``op`` for a shape: `DEFAULTS` updated by the tuned entry, if any."""
+    """Parameters of ``op`` for a shape: `DEFAULTS` updated by the tuned entry, if any.
+
+    Memoised per (op, bucketed shape, store generation, defaults): a decode step
+    asks once per layer and call, and building the key and merging the entry cost
+    ~15 us.  The store's generation is the miss count of its (cleared-on-save)
+    file cache, so a new or reloaded config file is always seen.
+    """
+    fields = tuple((f, shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op])
+    gen = store.load.cache_info().misses
+    memo_key = (op, fields, gen, tuple(DEFAULTS[op].items()))
+    cfg = _memo.get(memo_key)
+    if cfg is None:
+        cfg = _memo[memo_key] = _params(op, **shape)
+    return cfg
+
+
+_memo: dict = {}
+
+
+def _params(op: str, **shape) -> dict:
     base = DEFAULTS[op]
     k = key(op, **shape)
     cfg = store.lookup(SLUG, k, base)
