@@ -116,16 +116,19 @@ def params(op: str, **shape) -> dict:
 
     Memoised per (op, bucketed shape, store generation, defaults): a decode step
     asks once per layer and call, and building the key and merging the entry cost
-    ~15 us.  The store's generation is the miss count of its (cleared-on-save)
-    file cache, so a new or reloaded config file is always seen.
+    ~15 us.  The store's generation is the identity of its loaded entries (a new
+    dict whenever a file is saved or the cache cleared; the memo keeps a reference,
+    so the identity cannot be reused), so a new or reloaded config is always seen.
     """
+    entries = store.load(SLUG)
     fields = tuple((f, shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op])
-    gen = store.load.cache_info().misses
-    memo_key = (op, fields, gen, tuple(DEFAULTS[op].items()))
-    cfg = _memo.get(memo_key)
-    if cfg is None:
-        cfg = _memo[memo_key] = _params(op, **shape)
-    return cfg
+    memo_key = (op, fields, id(entries), tuple(DEFAULTS[op].items()))
+    hit = _memo.get(memo_key)
+    if hit is None:
+        if len(_memo) > 4096:  # bounded: shapes x config generations
+            _memo.clear()
+        hit = _memo[memo_key] = (_params(op, **shape), entries)
+    return hit[0]
 
 
 _memo: dict = {}
