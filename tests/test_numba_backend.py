@@ -39,6 +39,17 @@ PATHS = {
 }
 
 
+def _case(T, N, K, r=0, bias=False, dtype=torch.float32):
+    """`helpers.random_case` with random low-rank factors instead of an SVD of W.
+
+    qmatmul takes any (A, B); an SVD per case (~1 s each on a busy 2-core machine)
+    would dominate this file's run time.
+    """
+    x, W, _, b = random_case(T, N, K, bias=bias, dtype=dtype)
+    lowrank = (torch.randn(r, K) / K**0.5, torch.randn(N, r) / r**0.5) if r else None
+    return x, W, lowrank, b
+
+
 @pytest.fixture
 def tuned(tmp_path, monkeypatch):
     """``tuned(op, entry, **shape)`` stores a tuned CPU entry for that op and shape."""
@@ -68,7 +79,7 @@ def test_available_and_auto_picks_numba_on_cpu():
     assert nbk.available() == (True, "")
     assert nbk.DEVICE_TYPES == ("cpu",)
     assert backends.resolve("auto", torch.device("cpu")) is nbk
-    x, W, _, _ = random_case(2, 8, 64)
+    x, W, _, _ = _case(2, 8, 64)
     pw = ops.quantize(W, bits=4, group_size=32)
     assert torch.equal(ops.qmatmul(x, pw), ops.qmatmul(x, pw, backend="numba"))
 
@@ -81,7 +92,7 @@ def test_available_and_auto_picks_numba_on_cpu():
 @pytest.mark.parametrize("sym,zero", QUANT_FORMS)
 @pytest.mark.parametrize("T,N,K,g", [(1, 33, 256, 64), (3, 17, 200, 32), (16, 9, 128, -1), (33, 24, 160, 128)])
 def test_qmatmul_paths_match_torch(tuned, path, bits, sym, zero, T, N, K, g):
-    x, W, lowrank, bias = random_case(T, N, K, r=3, bias=True)
+    x, W, lowrank, bias = _case(T, N, K, r=3, bias=True)
     tuned("qmatmul", PATHS[path], bits=bits, T=T, N=N, K=K)
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = reference.quantize(W, D, bits, g, sym, zero, 1.0)
@@ -91,7 +102,7 @@ def test_qmatmul_paths_match_torch(tuned, path, bits, sym, zero, T, N, K, g):
 @pytest.mark.parametrize("bits,g", [(4, 37), (3, 40), (2, 24), (8, 5), (3, 8)])
 @pytest.mark.parametrize("T", [1, 5])
 def test_generic_kernel_for_groups_that_are_not_whole_words(bits, g, T):
-    x, W, lowrank, bias = random_case(T, 11, 100, r=2, bias=True)
+    x, W, lowrank, bias = _case(T, 11, 100, r=2, bias=True)
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = reference.quantize(W, D, bits, g, False, "float", 1.0)
     assert _common.planes(pw) is None  # the fast layout does not apply: generic kernel
@@ -101,7 +112,7 @@ def test_generic_kernel_for_groups_that_are_not_whole_words(bits, g, T):
 @pytest.mark.parametrize("T", [1, 3, 16, 33, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_qmatmul_tokens_and_dtypes_default_config(T, dtype):
-    x, W, lowrank, bias = random_case(T, 48, 256, r=4, bias=True, dtype=dtype)
+    x, W, lowrank, bias = _case(T, 48, 256, r=4, bias=True, dtype=dtype)
     D = reference.act_scale(x.float(), 2.0, 1.0, 0.25)
     pw = reference.quantize(W, D, 4, 128, False, "float", 1.0)
     y = _compare(x, pw, D, lowrank, bias)
@@ -112,7 +123,7 @@ def test_qmatmul_tokens_and_dtypes_default_config(T, dtype):
                                                            (False, True, False), (True, False, True)])  # fmt: skip
 @pytest.mark.parametrize("bits", [3, 4])
 def test_qmatmul_prologue_and_epilogue_combinations(with_D, with_lowrank, with_bias, bits):
-    x, W, lowrank, bias = random_case(2, 40, 192, r=5 if with_lowrank else 0, bias=with_bias)
+    x, W, lowrank, bias = _case(2, 40, 192, r=5 if with_lowrank else 0, bias=with_bias)
     D = reference.act_scale(x, 2.0, 1.0, 0.25) if with_D else None
     pw = reference.quantize(W, D, bits, 64, False, "float", 1.0)
     for xx in (x[:1], x):
@@ -132,7 +143,7 @@ def test_qmatmul_prologue_and_epilogue_combinations(with_D, with_lowrank, with_b
 )
 def test_random_shapes_every_path(T, N, K, g, bits, form, path, r, seed):
     torch.manual_seed(seed)
-    x, W, lowrank, bias = random_case(T, N, K, r=min(r, N, K), bias=bool(seed & 1))
+    x, W, lowrank, bias = _case(T, N, K, r=min(r, N, K), bias=bool(seed & 1))
     D = ops.act_scale(x, backend="numba")
     pw = ops.quantize(W, D, bits=bits, group_size=g, sym=form[0], zero=form[1], backend="numba")
     g_res = K if g == -1 else g
@@ -149,7 +160,7 @@ def test_random_shapes_every_path(T, N, K, g, bits, form, path, r, seed):
 
 
 def test_nan_and_inf_propagate_through_every_path(tuned):
-    x, W, _, _ = random_case(3, 6, 64)
+    x, W, _, _ = _case(3, 6, 64)
     W[2, 40] = float("nan")
     W[4, 3] = float("inf")
     pw = ops.quantize(W, None, bits=4, group_size=32, backend="numba")
@@ -202,7 +213,7 @@ def test_quantize_nonfinite_groups_match_the_reference_exactly(bits, sym, zero):
 @pytest.mark.parametrize("sym,zero", QUANT_FORMS)
 @pytest.mark.parametrize("N,K,g,beta", [(7, 100, 32, 1.0), (5, 37, -1, 0.9), (12, 300, 128, 1.1), (3, 33, 5, 1.0)])
 def test_quantize_matches_reference(tuned, bits, sym, zero, N, K, g, beta):
-    x, W, _, _ = random_case(4, N, K)
+    x, W, _, _ = _case(4, N, K)
     tuned("quantize", {"BLOCK_N": 2}, bits=bits, N=N, K=K)  # several tasks, a ragged last one
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, beta=beta, backend="numba")
@@ -225,7 +236,7 @@ def test_quantize_half_precision_weights(dtype):
 @pytest.mark.parametrize("p", [2.0, 1.0, 0.5, 3.0, float("inf")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_act_scale_matches_reference(tuned, p, dtype):
-    x = random_case(33, 1, 300, dtype=dtype)[0]
+    x = _case(33, 1, 300, dtype=dtype)[0]
     tuned("act_scale", {"BLOCK_K": 64}, T=33, K=300)
     D = ops.act_scale(x, p=p, lam=0.3, alpha=0.5, backend="numba")
     torch.testing.assert_close(D, reference.act_scale(x, p, 0.3, 0.5), rtol=1e-5, atol=0)
@@ -235,7 +246,7 @@ def test_act_scale_matches_reference(tuned, p, dtype):
 
 
 def test_invalid_tuned_entry_warns_and_uses_defaults(tuned):
-    x, W, _, _ = random_case(2, 8, 64)
+    x, W, _, _ = _case(2, 8, 64)
     pw = reference.quantize(W, None, 4, 32, False, "float", 1.0)
     tuned("qmatmul", {"BLOCK_N": -3}, check=False, bits=4, T=2, N=8, K=64)
     with pytest.warns(UserWarning, match=r"tuned config numba/qmatmul/bits=4/T=2/N=8/K=64 .* invalid values"):
@@ -249,6 +260,18 @@ def test_defaults_and_search_space_are_valid():
         for field, values in config.SPACE[op].items():
             assert all(config._valid(op, {field: v}) for v in values), (op, field)
     assert config.key("qmatmul", bits=3, T=5, N=4000, K=4096) == "numba/qmatmul/bits=3/T=8/N=4096/K=4096"
+
+
+def test_serial_and_parallel_runs_agree(tuned):
+    """Small problems run on one thread (SERIAL_MAX); forcing the thread team gives the same bits."""
+    x, W, lowrank, bias = _case(5, 64, 256, r=2, bias=True)
+    pw = ops.quantize(W, bits=4, group_size=64, backend="numba")
+    y = ops.qmatmul(x, pw, lowrank=lowrank, bias=bias, backend="numba")
+    tuned("quantize", {"SERIAL_MAX": 0, "BLOCK_N": 4}, bits=4, N=64, K=256)
+    tuned("qmatmul", {"SERIAL_MAX": 0, "BLOCK_N": 4}, bits=4, T=5, N=64, K=256)
+    pw_par = ops.quantize(W, bits=4, group_size=64, backend="numba")
+    assert all(torch.equal(t, getattr(pw_par, n)) for n, t in pw.tensors().items())
+    assert torch.equal(ops.qmatmul(x, pw_par, lowrank=lowrank, bias=bias, backend="numba"), y)
 
 
 def test_kernels_are_cached_on_disk():
@@ -265,7 +288,7 @@ def test_kernels_are_cached_on_disk():
 
 
 def test_linear_end_to_end_matches_the_torch_backend():
-    x, W, _, b = random_case(3, 48, 256, bias=True)
+    x, W, _, b = _case(3, 48, 256, bias=True)
     y = ttqkern.linear(x, W, b, r=4, bits=4, group_size=64, backend="numba")
     assert_output_close(y, ttqkern.linear(x, W, b, r=4, bits=4, group_size=64, backend="torch"))
     assert rel_err(y, x @ W.T + b) < 0.15

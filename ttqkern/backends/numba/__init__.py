@@ -77,10 +77,17 @@ def qmatmul(
     Returns ``[T, N]`` in x.dtype, accumulated in fp32.
     """
     T, K = x.shape
-    N, g = pw.N, pw.group_size
-    if x.numel() == 0 or N == 0:
+    if x.numel() == 0 or pw.N == 0:
         return reference.qmatmul(x, pw, D, A, B, bias)
-    cfg = config.params("qmatmul", bits=pw.bits, T=T, N=N, K=K)
+    cfg = config.params("qmatmul", bits=pw.bits, T=T, N=pw.N, K=K)
+    with config.threads_for(pw.N * K, cfg):
+        return _qmatmul(x, pw, D, A, B, bias, cfg)
+
+
+def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
+    """`qmatmul` for a non-empty problem with its config ``cfg`` (see there)."""
+    T, K = x.shape
+    N, g = pw.N, pw.group_size
     x32 = as_f32(x)
     G = pw.num_groups
     xp = np.empty((T, G * g), np.float32)

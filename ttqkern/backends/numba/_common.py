@@ -36,6 +36,12 @@ def as_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
+# per code width b: the field masks of a half word (see `Plane`)
+_MASKS = {
+    b: tuple(np.int32(((1 << b) - 1) << (b * i)) for i in range((16 if b == 1 else 32) // 2 // b)) for b in (1, 2, 4, 8)
+}
+
+
 class Plane:
     """How one bit plane of a `PackedWeight` is read by the fast kernels.
 
@@ -60,7 +66,7 @@ class Plane:
         self.Wg = group_size * b // self.WB  # words per group
         self.factor = factor
         self.words = as_np(packed).view(np.uint16 if self.WB == 16 else np.uint32)
-        self.masks = tuple(np.int32(((1 << b) - 1) << (b * i)) for i in range(self.nf))
+        self.masks = _MASKS[b]
         self.shift = self.WB // 2
 
     @staticmethod

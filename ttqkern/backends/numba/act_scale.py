@@ -62,5 +62,6 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tens
     if K == 0:
         return reference.act_scale(x, p, lam, alpha)
     cfg = config.params("act_scale", T=T, K=K)
-    n = _colnorms(as_f32(x), float(p), cfg["BLOCK_K"])
+    with config.threads_for(T * K, cfg):
+        n = _colnorms(as_f32(x), float(p), cfg["BLOCK_K"])
     return reference.scale_from_norms(torch.from_numpy(n), lam, alpha)

@@ -18,8 +18,9 @@ code; the group scale is applied once per word (``se[w]``, the word's group scal
 not per code.
 
 - `fused` (decode, ``T <= FUSED_MAX_T``): grid = row blocks of ``BLOCK_N``; per row
-  and token one pass over the row's words, codes unpacked in registers.  Bytes per
-  row: ``K * b / 8`` of codes + ``8 * G`` of scales/offsets; x~ stays in L1/L2.
+  one pass over the row's words per token (T = 1) or per pair of tokens, codes
+  unpacked in registers.  Bytes per row: ``K * b / 8`` of codes + ``8 * G`` of
+  scales/offsets; x~ stays in L1/L2.
 - `fused3`: the decode GEMV for 3-bit codes, merging the two planes into nibble
   words in registers (`_rowdot3`) instead of reading each plane separately.
 - `buffered` (``FUSED_MAX_T < T < DEQUANT_MIN_T``): per row, unpack once into an

@@ -238,8 +238,9 @@ def quantize(
     zeros = np.empty((N, G) if form == FORM_INT else (0, 0), np.int32)
     cfg = config.params("quantize", bits=bits, N=N, K=K)
     Dn = as_f32(D) if D is not None else np.empty(0, np.float32)
-    _quantize_kernel(as_f32(W), Dn, D is not None, bits, g, form, float(beta), cfg["BLOCK_N"],
-                     qw, qhi, scales, mins, zeros)  # fmt: skip
+    with config.threads_for(N * K, cfg):
+        _quantize_kernel(as_f32(W), Dn, D is not None, bits, g, form, float(beta), cfg["BLOCK_N"],
+                         qw, qhi, scales, mins, zeros)  # fmt: skip
     t = torch.from_numpy
     return PackedWeight(
         qweight=t(qw),
