@@ -96,18 +96,32 @@ def _load_hf(folder: Path, **kw):
 
 
 def _load_gguf(path: Path, progress: bool) -> tuple[nn.Module, object, Path]:
-    """Dequantize a GGUF once and keep the fp32 result as a safetensors folder in the cache."""
+    """Dequantize a GGUF once and keep the fp32 weights (safetensors), config and tokenizer in the cache."""
+    transformers = _require("transformers", "loading a model")
+    from safetensors.torch import load_model, save_model
+
     cached = cache_dir() / "models" / f"{path.stem}-{_sha256(path)[:16]}"
-    if (cached / "config.json").is_file():
-        model, tok = _load_hf(cached)
-        return model, tok, cached
+    if (cached / "model.safetensors").is_file():
+        tok = transformers.AutoTokenizer.from_pretrained(cached, local_files_only=True)
+        config = transformers.AutoConfig.from_pretrained(cached, local_files_only=True)
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        load_model(model, cached / "model.safetensors", strict=False)  # tied lm_head is stored once
+        model.tie_weights()
+        return model.eval(), tok, cached
     _require("gguf", "loading a .gguf model")
     if progress:
         print(f"dequantizing {path.name} to fp32 (first run only; cached at {cached}) ...", flush=True)
     model, tok = _load_hf(path.parent, gguf_file=path.name)
     tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    tmp.mkdir(parents=True)
+    # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain fp32
+    # tensors by now, so store them directly (save_model handles the tied embedding).
+    save_model(model, str(tmp / "model.safetensors"))
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     # Atomic publish: a concurrent run sees either nothing or a complete folder.
     try:

@@ -367,7 +367,7 @@ def run(a: argparse.Namespace) -> dict:
 
         bar = tqdm(total=len(jobs), desc="eval", unit="model")
     for m, b, g, r, ct in jobs:
-        desc = "fp32" if m == "fp" else f"{m}{'' if r is None else r} b{b} g{g}" + ("" if ct is None else f" c{ct}")
+        desc = "fp32" if m == "fp" else f"{m}{r if m == 'ttq' else ''} b{b} g{g}" + ("" if ct is None else f" c{ct}")
         t0 = time.perf_counter()
         if m == "fp":
             q = model
