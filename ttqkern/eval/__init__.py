@@ -97,17 +97,12 @@ def _load_hf(folder: Path, **kw):
 
 def _load_gguf(path: Path, progress: bool) -> tuple[nn.Module, object, Path]:
     """Dequantize a GGUF once and keep the fp32 weights (safetensors), config and tokenizer in the cache."""
-    transformers = _require("transformers", "loading a model")
-    from safetensors.torch import load_model, save_model
+    from safetensors.torch import save_model
 
     cached = cache_dir() / "models" / f"{path.stem}-{_sha256(path)[:16]}"
     if (cached / "model.safetensors").is_file():
-        tok = transformers.AutoTokenizer.from_pretrained(cached, local_files_only=True)
-        config = transformers.AutoConfig.from_pretrained(cached, local_files_only=True)
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        load_model(model, cached / "model.safetensors", strict=False)  # tied lm_head is stored once
-        model.tie_weights()
-        return model.eval(), tok, cached
+        model, tok = _load_hf(cached)  # seconds, against a minute of dequantizing
+        return model, tok, cached
     _require("gguf", "loading a .gguf model")
     if progress:
         print(f"dequantizing {path.name} to fp32 (first run only; cached at {cached}) ...", flush=True)

@@ -259,10 +259,10 @@ def markdown(result: dict) -> str:
         out.append("|---|" + "---|" * len(bits))
         if fp:
             out.append("| fp32 | " + " | ".join(_fmt(fp[0]["ppl"]) for _ in bits) + " |")
-        labels = []
-        for r in rows:
-            if r["method"] != "fp" and r["group_size"] == g and _label(r) not in labels:
-                labels.append(_label(r))
+        order = {"rtn": 0, "awq": 1, "ttq": 2}  # the paper's row order: baselines first, then TTQ by rank
+        ranked = sorted((r for r in rows if r["method"] != "fp" and r["group_size"] == g),
+                        key=lambda r: (order[r["method"]], r["calib_tokens"] or 0, r["r"] or 0))  # fmt: skip
+        labels = list(dict.fromkeys(_label(r) for r in ranked))
         for lab in labels:
             cells = []
             for b in bits:
