@@ -66,20 +66,65 @@ def test_auto_group_size_and_method_names():
 
 
 def _result():
-    rows = [dict(method="fp", bits=None, group_size=None, r=None, ppl=20.0, tokens_per_s=100.0, calib_tokens=None)]
+    rows = [
+        {
+            "method": "fp",
+            "bits": None,
+            "group_size": None,
+            "r": None,
+            "ppl": 20.0,
+            "tokens_per_s": 100.0,
+            "calib_tokens": None,
+        }
+    ]
     for g in (64, 128):
         for b in (2, 3):
             rows += [
-                dict(method="rtn", bits=b, group_size=g, r=0, ppl=90.0 * g / 64, tokens_per_s=90.0, calib_tokens=None),
-                dict(method="ttq", bits=b, group_size=g, r=0, ppl=30.0, tokens_per_s=50.0, calib_tokens=None),
-                dict(method="ttq", bits=b, group_size=g, r=16, ppl=28.0, tokens_per_s=50.0, calib_tokens=None),
+                {
+                    "method": "rtn",
+                    "bits": b,
+                    "group_size": g,
+                    "r": 0,
+                    "ppl": 90.0 * g / 64,
+                    "tokens_per_s": 90.0,
+                    "calib_tokens": None,
+                },
+                {
+                    "method": "ttq",
+                    "bits": b,
+                    "group_size": g,
+                    "r": 0,
+                    "ppl": 30.0,
+                    "tokens_per_s": 50.0,
+                    "calib_tokens": None,
+                },
+                {
+                    "method": "ttq",
+                    "bits": b,
+                    "group_size": g,
+                    "r": 16,
+                    "ppl": 28.0,
+                    "tokens_per_s": 50.0,
+                    "calib_tokens": None,
+                },
             ]
-            rows += [dict(method="awq", bits=b, group_size=g, r=0, ppl=40.0 - ct / 1000, tokens_per_s=80.0,
-                          calib_tokens=ct) for ct in (0, 512, 2048)]  # fmt: skip
-    settings = dict(model="m", text="wikitext2", calib="wikitext2-valid", windows=2, seqlen=64, tokens=128,
-                    total_windows=10, full_text=False, backend="auto", ttq=dict(alpha=0.25, lam=1.0, p=2.0))  # fmt: skip
-    fid = [dict(method="ttq", label="TTQ r=0", bits=3, group_size=128, r=0, cosine=0.9, sentences=4, model="enc")]
-    return dict(command="python -m ttqkern.eval --x", settings=settings, rows=rows, fidelity=fid)
+            rows += [{"method": "awq", "bits": b, "group_size": g, "r": 0, "ppl": 40.0 - ct / 1000, "tokens_per_s": 80.0,
+                          "calib_tokens": ct} for ct in (0, 512, 2048)]  # fmt: skip
+    settings = {"model": "m", "text": "wikitext2", "calib": "wikitext2-valid", "windows": 2, "seqlen": 64, "tokens": 128,
+                    "total_windows": 10, "full_text": False, "backend": "auto", "ttq": {"alpha": 0.25, "lam": 1.0, "p": 2.0}}  # fmt: skip
+    fid = [
+        {
+            "method": "ttq",
+            "label": "TTQ r=0",
+            "bits": 3,
+            "group_size": 128,
+            "r": 0,
+            "cosine": 0.9,
+            "sentences": 4,
+            "model": "enc",
+        }
+    ]
+    return {"command": "python -m ttqkern.eval --x", "settings": settings, "rows": rows, "fidelity": fid}
 
 
 def test_markdown_and_plots(tmp_path):
@@ -143,14 +188,29 @@ def smollm2():
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     model, tok, _ = load_causal_lm()
     ids = token_ids(tok, data.read_text("wikitext2")[:20_000])  # the head is enough, and quick to tokenize
-    return model, ids
+    return model, tok, ids
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(smollm2, tmp_path_factory):
+    """A 2-layer random Llama with SmolLM2's tokenizer, as a local HF folder: the CLIs' plumbing in seconds."""
+    _, tok, _ = smollm2
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True,
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("tiny-llama")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
 
 
 @needs_smollm2
 def test_fp_perplexity_of_bundled_model_is_sane(smollm2):
     from ttqkern.eval import perplexity
 
-    model, ids = smollm2
+    model, _, ids = smollm2
     res = perplexity(model, windows(ids, 128, max_windows=2))
     # SmolLM2-135M on WikiText-2 is ~28 at 512 tokens; random weights give ~71,000.
     assert math.isfinite(res.ppl) and 5 < res.ppl < 100
@@ -161,23 +221,23 @@ def test_fp_perplexity_of_bundled_model_is_sane(smollm2):
 def test_quantize_model_at_8_bits_keeps_bundled_model_close(smollm2):
     from ttqkern.eval import quantized_copy
 
-    model, ids = smollm2
+    model, _, ids = smollm2
     x = ids[:48].unsqueeze(0)
     with torch.no_grad():
         ref = model(x).logits
-        for method, r in (("ttq", 0), ("rtn", 0)):
-            q = quantized_copy(model, method, bits=8, group_size=64, r=r, backend="torch")
-            err = (q(x).logits - ref).norm() / ref.norm()
-            # 8 bits through 30 layers: ~2% relative error in the logits (3 bits: well above 50%)
-            assert err < 5e-2, (method, float(err))
+        q = quantized_copy(model, "ttq", bits=8, group_size=64, r=0, backend="torch")
+        err = (q(x).logits - ref).norm() / ref.norm()
+    # 8 bits through all 30 layers: ~2% relative error in the logits (3 bits: well above 50%).
+    # RTN and AWQ at 8 bits are checked on a toy model in test_modules.py.
+    assert err < 5e-2, float(err)
 
 
 @needs_smollm2
-def test_eval_cli_end_to_end_on_a_tiny_slice(tmp_path, capsys):
+def test_eval_cli_end_to_end_on_a_tiny_slice(tiny_model_dir, tmp_path, capsys):
     from ttqkern.eval.cli import main
 
     out = tmp_path / "res" / "table"
-    argv = ["--max-windows", "1", "--seqlen", "64", "--methods", "fp,rtn,ttq16", "--bits", "3",
+    argv = ["--model", str(tiny_model_dir), "--max-windows", "1", "--seqlen", "64", "--methods", "fp,rtn,ttq16", "--bits", "3",
             "--threads", "2", "--json", str(tmp_path / "rows.json"), "--out", str(out), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -187,18 +247,18 @@ def test_eval_cli_end_to_end_on_a_tiny_slice(tmp_path, capsys):
     for r in rows:
         assert set(r) >= {"method", "bits", "group_size", "r", "ppl", "tokens_per_s", "text", "calib"}
         assert math.isfinite(r["ppl"]) and r["ppl"] > 1 and r["tokens_per_s"] > 0 and r["text"] == "wikitext2"
-    assert rows[1]["group_size"] == 64  # auto: 128 does not divide SmolLM2's 576
+    assert rows[1]["group_size"] == 64  # auto: 128 does not divide the tiny model's K in {64, 192}
     full = json.loads(out.with_suffix(".json").read_text())
-    assert full["command"].startswith("python -m ttqkern.eval --max-windows 1 --seqlen 64")
+    assert full["command"].startswith("python -m ttqkern.eval --model ")
     assert "| TTQ r=16 |" in out.with_suffix(".md").read_text()
 
 
 @needs_smollm2
 @needs_optuna
-def test_tune_hparams_runs_two_trials(tmp_path, capsys):
+def test_tune_hparams_runs_two_trials(tiny_model_dir, tmp_path, capsys):
     from ttqkern.tune.__main__ import main
 
-    argv = ["--hparams", "--max-windows", "1", "--seqlen", "32", "--trials", "2", "--r", "0", "--threads", "2",
+    argv = ["--hparams", "--model", str(tiny_model_dir), "--max-windows", "1", "--seqlen", "32", "--trials", "2", "--r", "0", "--threads", "2",
             "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--out", str(tmp_path / "hp"), "--no-progress"]  # fmt: skip
     assert main(argv) == 0
     s = json.loads((tmp_path / "hp_b3.json").read_text())
