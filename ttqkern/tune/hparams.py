@@ -134,6 +134,7 @@ def _summary(study, optuna, bits: int, settings: dict, command: str, elapsed: fl
     best = done[0] if done else None
     return {
         "command": command,
+        "study_commands": study.user_attrs.get("commands", [command]),
         "bits": bits,
         "objective": f"perplexity of TTQ (r={settings['r']}) on {settings['text']}, "
         f"{settings['windows']} windows x {settings['seqlen']} tokens",
@@ -168,6 +169,8 @@ def markdown(s: dict) -> str:
     for t in s["top_trials"]:
         out.append(f"| {t['number']} | {t['ppl']:.3f} | " + " | ".join(f"{t.get(k, '—'):.4g}" for k in keys) + " |")
     out += ["", f"Command: `{s['command']}`", ""]
+    if len(s.get("study_commands", [])) > 1:
+        out += ["Commands that fed this study:", ""] + [f"- `{c}`" for c in s["study_commands"]] + [""]
     return "\n".join(out)
 
 
@@ -200,6 +203,8 @@ def main(argv=None) -> int:
         study_name = (a.study or f"ttq-{name}-r{a.r}-g{g}-{Path(a.text).name}-{len(wins)}x{a.seqlen}") + f"-b{bits}"
         study = optuna.create_study(study_name=study_name, storage=storage, direction="minimize",
                                     sampler=optuna.samplers.TPESampler(seed=a.seed), load_if_exists=True)  # fmt: skip
+        # Several runs (or workers) may feed one study: keep every command that did.
+        study.set_user_attr("commands", [*study.user_attrs.get("commands", []), command])
         if not any(all(t.params.get(k) == v for k, v in SPEC_START.items()) for t in study.trials):
             study.enqueue_trial({**SPEC_START, **({"beta": 1.0} if a.beta else {})})
         # Build once (SVD split included); trials only change hparams on the layers.
