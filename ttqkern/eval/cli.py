@@ -21,10 +21,11 @@ import torch
 from .. import __version__, backends, data, defaults
 
 DEFAULT_METHODS = "fp,rtn,awq,ttq0,ttq16"
-# 8 windows x 512 tokens at bits 3,4 with all five methods takes ~5-6 min on two busy
-# CPU cores (measured; ~35 s per window across the nine model variants, plus loading
-# and AWQ calibration), leaving margin under the 10-minute budget.
-DEFAULT_MAX_WINDOWS = 8
+# On two quiet cores a run costs ~170 s fixed (loading, AWQ calibration + alpha search
+# and the r=16 SVDs, per bit width) plus ~20 s per window across the nine model
+# variants at bits 3,4 (measured: ~373 s for 12 windows); 6 windows (~5 min) leaves
+# margin for a busy machine under the 10-minute budget.
+DEFAULT_MAX_WINDOWS = 6
 DEFAULT_CALIB_TOKENS = "2048"
 
 
