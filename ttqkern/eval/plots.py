@@ -18,7 +18,7 @@ def _axes(n: int):
     matplotlib.use("Agg")  # files only: no display on these machines
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.2 * n), 4.4), squeeze=False)
     return plt, fig, axes[0]
 
 
@@ -48,6 +48,7 @@ def plot_calib(result: dict, path: Path) -> None:
         if fp:
             ax.axhline(fp[0], color="black", lw=0.8, label="fp32")
         ax.set_xscale("symlog", linthresh=max(1, min([x for x, _ in awq if x > 0] or [1])))
+        ax.set_xlim(left=0)  # symlog would otherwise show a meaningless negative range
         ax.set_yscale("log")
         ax.set_xlabel("AWQ calibration tokens")
         ax.set_ylabel("perplexity")
@@ -55,7 +56,7 @@ def plot_calib(result: dict, path: Path) -> None:
         ax.set_title(f"{b} bits, group {','.join(map(str, g))}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("Perplexity vs calibration tokens — " + _title(result), fontsize=10)
+    fig.suptitle("Perplexity vs calibration tokens\n" + _title(result), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -88,7 +89,7 @@ def plot_group(result: dict, path: Path) -> None:
         ax.set_title(f"{b} bits")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    fig.suptitle("Perplexity vs group size — " + _title(result), fontsize=10)
+    fig.suptitle("Perplexity vs group size\n" + _title(result), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -102,3 +103,26 @@ def plot(kind: str, result: dict, path: Path) -> None:
         plot_group(result, path)
     else:
         raise ValueError(f"plot kind must be 'calib' or 'group', got {kind!r}")
+
+
+def main(argv=None) -> int:
+    """``python -m ttqkern.eval.plots {calib,group} RESULT.json [OUT.png]``: redraw from a saved result."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m ttqkern.eval.plots", description=main.__doc__)
+    p.add_argument("kind", choices=("calib", "group"))
+    p.add_argument("result", help="a JSON written by python -m ttqkern.eval --out PREFIX")
+    p.add_argument("png", nargs="?", help="output PNG (default: the JSON's path with .png)")
+    a = p.parse_args(argv)
+    path = Path(a.result)
+    if not path.is_file():
+        p.error(f"result {a.result!r} does not exist")
+    out = Path(a.png) if a.png else path.with_suffix(".png")
+    plot(a.kind, json.loads(path.read_text()), out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
