@@ -178,7 +178,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.calib_tokens = _int_list("--calib-tokens")(a.calib_tokens)
     for name in ("bits", "methods", "group_size"):
         v = getattr(a, name)
-        if isinstance(v, str):  # argparse does not run `type` on string defaults of nargs=None? it does; be safe
+        if isinstance(v, str):  # a default not yet converted by `type`: convert it here
             setattr(a, name, p._option_string_actions["--" + name.replace("_", "-")].type(v))
     if a.seqlen is not None and a.seqlen < 2:
         p.error(f"--seqlen must be >= 2, got {a.seqlen}")
