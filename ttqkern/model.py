@@ -22,6 +22,7 @@ class QuantConfig:
     ``dynamic``), ``"rtn"`` (D = 1, static) or ``"awq"`` (static D from calibration
     activations, alpha searched per layer on the output error, the l2 statistic).
     r: rank of the full-precision low-rank part; None means 16 for ttq, 0 otherwise.
+    lam, p: None means `ttqkern.defaults` LAM / P for ttq, and AWQ's classic 0 / 2 otherwise.
     skip: names (last component) of linear layers to leave alone.
     """
 
@@ -31,7 +32,7 @@ class QuantConfig:
     r: int | None = None
     alpha: float = defaults.ALPHA
     lam: float | None = None
-    p: float = defaults.P
+    p: float | None = None
     sym: bool = False
     zero: str = "float"
     beta: float = 1.0
@@ -52,7 +53,8 @@ class QuantConfig:
             bits=self.bits, group_size=self.group_size, alpha=self.alpha,
             # AWQ's classic statistic has no damping; TTQ's default damping is relative to the mean.
             lam=(defaults.LAM if ttq else 0.0) if self.lam is None else self.lam,
-            p=self.p, sym=self.sym, zero=self.zero, beta=self.beta,
+            # AWQ keeps its classic l2 statistic whatever TTQ's tuned p is.
+            p=(defaults.P if ttq else 2.0) if self.p is None else self.p, sym=self.sym, zero=self.zero, beta=self.beta,
             mode=self.mode if ttq else "static", min_tokens=self.min_tokens,
             search_alpha=self.method == "awq", backend=self.backend,
         )  # fmt: skip
