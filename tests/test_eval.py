@@ -173,7 +173,6 @@ def test_tune_cli_modes(capsys):
 
     assert main([]) == 2 and "no mode given" in capsys.readouterr().err
     assert main(["--frobnicate"]) == 2 and "unknown mode --frobnicate" in capsys.readouterr().err
-    assert main(["--gpu"]) == 2 and "not implemented in this version" in capsys.readouterr().err
     assert main(["--hparams", "--gpu"]) == 2 and "one mode per run" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--hparams", "--text", "wikitext2"])  # a test split

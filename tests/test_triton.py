@@ -383,7 +383,10 @@ def test_gpu_real_shape_matches_torch_backend_and_fp16_linear(T, bits):
     y = ops.qmatmul(x, pw, D, backend="triton")
     assert_output_close(y, ops.qmatmul(x, pw, D, backend="torch"))
     assert rel_err(y, x @ W.T) < (0.12 if bits == 4 else 0.25)
-    assert torch.equal(ops.qmatmul(x, pw, D, backend="auto"), y)  # auto is triton on CUDA tensors
+    # auto is triton on CUDA tensors; not bitwise equal to y: split-K sums with fp32
+    # atomics, whose order varies from run to run (seen on an H200 at T = 16)
+    assert backends.resolve("auto", x.device).__name__.endswith(".triton")
+    assert_output_close(ops.qmatmul(x, pw, D, backend="auto"), y)
 
 
 @pytest.mark.gpu

@@ -6,8 +6,11 @@ Modes (one per run):
   *validation* perplexity, per bit width (`ttqkern.tune.hparams`); results go to
   ``results/hparams/`` and the chosen values into `ttqkern.defaults`.
 
-Adding a mode (e.g. ``--gpu`` for kernel tile tuning, whose results belong in the
-run-time config store `ttqkern.tuning`): write a module with ``main(argv) -> int`` and
+- ``--gpu``: Optuna search of the Triton kernels' launch parameters on this GPU
+  (`ttqkern.tune.gpu`); the best configs go into the run-time config store
+  (`ttqkern.tuning.store`).
+
+Adding a mode: write a module with ``main(argv) -> int`` and
 register it in `MODES`; `PLANNED` lists modes that are named but not built yet, so
 asking for one gives a clear error instead of "unrecognized argument".
 """
@@ -17,9 +20,7 @@ from __future__ import annotations
 # mode -> (module implementing ``main(argv) -> int``, one-line help)
 MODES: dict[str, tuple[str, str]] = {
     "hparams": ("ttqkern.tune.hparams", "Optuna search of TTQ alpha/lam/p on validation perplexity"),
+    "gpu": ("ttqkern.tune.gpu", "Optuna search of the Triton kernels' tiles for this GPU"),
 }
 # mode -> why it is not available yet
-PLANNED: dict[str, str] = {
-    "gpu": "GPU kernel tile tuning is not implemented in this version (planned: it will write "
-    "per-device configs for ttqkern.tuning)",
-}
+PLANNED: dict[str, str] = {}

@@ -15,6 +15,7 @@ with a warning and the backend's defaults are used (spec §5).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -72,9 +73,23 @@ def load(slug: str) -> dict:
     return entries
 
 
+# (slug, key) -> entry tried by a tuner in this process; consulted before the files
+_overrides: dict[tuple[str, str], dict] = {}
+
+
+@contextlib.contextmanager
+def override(slug: str, key: str, entry: dict):
+    """Within the block, ``lookup(slug, key, ...)`` answers ``entry`` (a tuner's candidate)."""
+    _overrides[(slug, key)] = entry
+    try:
+        yield
+    finally:
+        del _overrides[(slug, key)]
+
+
 def lookup(slug: str, key: str, defaults: dict) -> dict:
     """``defaults`` updated by the tuned entry for ``key`` (unknown fields dropped with a warning)."""
-    tuned = load(slug).get(key)
+    tuned = _overrides.get((slug, key)) or load(slug).get(key)
     if not tuned:
         return dict(defaults)
     if not isinstance(tuned, dict) or set(tuned) - set(defaults):
