@@ -20,16 +20,16 @@ PY=${PYTHON:-python3}
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-timeout "${TUNE_TIMEOUT:-340}" $PY -m ttqkern.tune --gpu --shapes qwen3-8b --ops gemv,gemm,quantize --bits 4,3 \
-  --decode-T 1,16 --prefill-T 512 --trials 60 --time-per-case "${TUNE_SECONDS:-11}" --report "$out/tune" \
+timeout "${TUNE_TIMEOUT:-330}" $PY -m ttqkern.tune --gpu --shapes qwen3-8b --ops gemv,gemm,quantize --bits 4,3 \
+  --decode-T 1,16 --prefill-T 512 --trials 60 --time-per-case "${TUNE_SECONDS:-9}" --report "$out/tune" \
   > "$out/tune.log" 2>&1
 echo "tune exit $?"; grep -A40 "^case  " "$out/tune.log"; tail -3 "$out/tune.log"
 cp "$out"/configs/*.json "$out/" 2>/dev/null
 
-timeout "${BENCH_TIMEOUT:-120}" $PY -m pytest bench/test_gpu_triton.py -s -q -p no:cacheprovider > "$out/bench.log" 2>&1
+timeout "${BENCH_TIMEOUT:-110}" $PY -m pytest bench/test_gpu_triton.py -s -q -p no:cacheprovider > "$out/bench.log" 2>&1
 echo "bench exit $?"; tail -3 "$out/bench.log"
 cp results/bench/triton_*.json "$out/" 2>/dev/null
 
 n=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
-timeout "${TEST_TIMEOUT:-75}" $PY -m pytest -m gpu -q -p no:cacheprovider $n -rfE > "$out/gpu_tests.log" 2>&1
+timeout "${TEST_TIMEOUT:-70}" $PY -m pytest -m gpu -q -p no:cacheprovider $n -rfE > "$out/gpu_tests.log" 2>&1
 echo "gpu tests exit $?"; tail -5 "$out/gpu_tests.log"

@@ -106,10 +106,16 @@ def main(argv=None) -> int:
     print(f"tuning {len(todo)} cases on {name} ({slug}), up to {args.trials} trials / {args.time_per_case:.0f} s each",
           flush=True)  # fmt: skip
     t0 = time.perf_counter()
-    results, entries = tuner.tune(todo, device, trials=args.trials, timeout=args.time_per_case, seed=args.seed,
-                                  dtype=dtype, log=lambda m: print(m, flush=True))  # fmt: skip
     out_dir = store.PACKAGE_DIR if args.ship else args.out
-    path = store.save(slug, entries, out_dir) if entries else None
+    path = None
+
+    def save(result, entries):  # after every case: a run stopped half way keeps what it found
+        nonlocal path
+        if result.key in entries:
+            path = store.save(slug, {result.key: entries[result.key]}, out_dir)
+
+    results, entries = tuner.tune(todo, device, trials=args.trials, timeout=args.time_per_case, seed=args.seed,
+                                  dtype=dtype, log=lambda m: print(m, flush=True), on_result=save)  # fmt: skip
     rows = [r.as_dict() for r in results]
     print(f"\n{'case':<44} {'default us':>11} {'best us':>9} {'speedup':>8}")
     for r in rows:

@@ -234,10 +234,12 @@ def tune_case(case: Case, device: torch.device, *, trials: int, timeout: float, 
     return Result(case, key, default_us, best_us, best, len(study.trials), failures)
 
 
-def tune(cases_, device: torch.device, *, trials: int, timeout: float, seed: int = 0, dtype=torch.float16, log=print):
+def tune(cases_, device: torch.device, *, trials: int, timeout: float, seed: int = 0, dtype=torch.float16, log=print,
+         on_result=None):  # fmt: skip
     """Tune every case; returns ``(results, entries)`` where entries is ``{key: best config}``.
 
-    A case whose default and every trial failed contributes no entry.
+    A case whose default and every trial failed contributes no entry.  ``on_result(result,
+    entries)`` is called after each case (the CLI saves there, so a killed run keeps its work).
     """
     results, entries = [], {}
     for i, case in enumerate(cases_):
@@ -246,4 +248,6 @@ def tune(cases_, device: torch.device, *, trials: int, timeout: float, seed: int
         results.append(r)
         if math.isfinite(r.best_us):
             entries[r.key] = r.best
+        if on_result is not None:
+            on_result(r, entries)
     return results, entries
