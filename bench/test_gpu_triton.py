@@ -11,6 +11,8 @@ Layers (``nn.Linear`` weights ``[N, K]``) of Qwen3-8B (hidden 4096, intermediate
   (what the paper did around Marlin), ``F.linear`` fp16 (cuBLAS), and where
   installed torchao int4 (tinygemm) and gemlite (through torchao) at 4 bits.
   Cold cache: ``triton.testing.do_bench`` clears the L2 before every timed run.
+  Each decode kernel is timed twice: called eagerly from Python, and replayed from a
+  CUDA graph (``*-graph`` rows: GPU time without the host's launch overhead).
   Reported: us, GB/s over the bytes that must move (packed weight + scales/mins,
   x, y, D, A, B, bias), and % of the device's HBM roofline (`ttqkern.tuning.devices`).
 - requantization per prompt (act_scale over 512 prompt tokens + quantize of the fp16
@@ -64,6 +66,25 @@ def _ms(fn) -> float:
     import triton.testing
 
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def _graph_ms(fn) -> float:
+    """``_ms`` of ``fn`` replayed from a CUDA graph: the GPU time without Python / launch overhead.
+
+    Eager decode calls of a few microseconds of GPU work are bound by the host (argument
+    checks and one Python launch per kernel); serving stacks replay CUDA graphs (the
+    paper's runtime numbers did too), so both are reported.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compile, allocate) outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _ms(graph.replay)
 
 
 def _nbytes(*ts) -> int:
@@ -168,6 +189,8 @@ def test_gpu_decode_and_requantization(report, layer):
         t_fp16[T] = _ms(lambda: F.linear(x, W, bias)) * 1e3
         _row(report, layer=layer, N=N, K=K, bits=16, T=T, kernel="fp16-F.linear", us=t_fp16[T],
              bytes=_nbytes(W, x, bias) + T * N * 2)  # fmt: skip
+        _row(report, layer=layer, N=N, K=K, bits=16, T=T, kernel="fp16-F.linear-graph",
+             us=_graph_ms(lambda: F.linear(x, W, bias)) * 1e3, bytes=_nbytes(W, x, bias) + T * N * 2)  # fmt: skip
     for name, (fn, why) in _baselines_int4(W).items():
         if fn is None:
             report["unavailable"][name] = why
@@ -204,6 +227,9 @@ def test_gpu_decode_and_requantization(report, layer):
             common = dict(layer=layer, N=N, K=K, bits=bits, T=T)
             _row(report, **common, kernel="ttq-fused", us=t_fused, bytes=moved, rel_err_vs_torch_backend=err)
             _row(report, **common, kernel="ttq-unfused-torch-ops", us=t_unfused, bytes=moved)
+            fused_graph = _graph_ms(lambda: ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="triton"))
+            _row(report, **common, kernel="ttq-fused-graph", us=fused_graph * 1e3, bytes=moved)
+            _row(report, **common, kernel="ttq-unfused-torch-ops-graph", us=_graph_ms(unfused) * 1e3, bytes=moved)
             saving = t_fp16[T] - t_fused
             _row(
                 report,
