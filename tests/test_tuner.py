@@ -43,7 +43,6 @@ def test_cases_cover_ops_and_dedupe_buckets():
     # 48x96 and 50x100 share the buckets N=64, K=128: tuned once
     assert len(labels) == len(set(labels)) == 2 * 2 + 2 * 1 + 2 + 1
     assert "gemv bits=3 T=16 N=48 K=96" in labels and "act_scale T=20 K=96" in labels
-    assert "gemv1 bits=4 N=48 K=96" in labels  # one token: the one-token kernel's key
 
 
 def test_override_is_what_the_backend_launches_with():
@@ -59,7 +58,7 @@ def test_override_is_what_the_backend_launches_with():
 
 
 def test_wrong_answers_score_inf_and_are_reported(monkeypatch):
-    case = tuner.Case("gemv1", 4, 1, 48, 96)
+    case = tuner.Case("gemv", 4, 1, 48, 96)
     run, check = tuner.workload(case, torch.device(DEVICE), torch.float32)
     assert check(run()) == ""
     assert "differs from the torch backend" in check(run() + 1.0)
@@ -81,15 +80,15 @@ def test_cli_writes_configs_the_backend_reads(config_dir, tmp_path, capsys):
             "--trials", "3", "--time-per-case", "30", "--dtype", "float32", "--report", str(tmp_path / "rep")]  # fmt: skip
     assert gpu.main(argv) == 0
     out = capsys.readouterr().out
-    assert "gemv1 bits=4 N=48 K=96" in out and "2 configs written" in out
+    assert "gemv bits=4 T=1 N=48 K=96" in out and "2 configs written" in out
     slug = devices.device_slug(torch.device(DEVICE))
     data = json.loads((config_dir / f"{slug}.json").read_text())
-    key = config.key("gemv1", bits=4, N=48, K=96)
+    key = config.key("gemv", bits=4, T=1, N=48, K=96)
     assert set(data["entries"]) == {key, config.key("quantize", bits=4, N=48, K=96)}
     store.load.cache_clear()
-    assert config.params("gemv1", torch.device(DEVICE), tb.INTERPRET, bits=4, N=48, K=96) == data["entries"][key]
+    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == data["entries"][key]
     rep = json.loads((tmp_path / "rep.json").read_text())
-    assert [r["case"] for r in rep["rows"]] == ["gemv1 bits=4 N=48 K=96", "quantize bits=4 N=48 K=96"]
+    assert [r["case"] for r in rep["rows"]] == ["gemv bits=4 T=1 N=48 K=96", "quantize bits=4 N=48 K=96"]
     assert all(r["best_us"] <= r["default_us"] for r in rep["rows"])
 
 

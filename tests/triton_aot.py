@@ -84,11 +84,7 @@ def representative_launches():
     quantize(W, None, 3, 37, True, "float", 1.1, False)  # 8 groups per program, two passes, 3-bit planes
     pw = reference.quantize(W, D, 4, 64, False, "float", 1.0)
     A, B, _ = reference.lowrank(W, 4)
-    qmatmul(torch.randn(1, 256, dtype=torch.float16), pw, D, A, B, torch.randn(64), False)  # one-token GEMV
-    pw3 = reference.quantize(W, D, 3, 128, True, "float", 1.0)
-    qmatmul(torch.randn(1, 256, dtype=torch.bfloat16), pw3, D, None, None, None, False)  # one token, 3-bit planes
-    pw37 = reference.quantize(W, D, 4, 37, False, "int", 1.0)
-    qmatmul(torch.randn(1, 256), pw37, D, A, B, None, False)  # one token, tiles span groups: GEMV, vector units
+    qmatmul(torch.randn(1, 256, dtype=torch.float16), pw, D, A, B, torch.randn(64), False)  # GEMV, vector units
     qmatmul(torch.randn(8, 256, dtype=torch.bfloat16), pw, D, A, B, None, False)  # GEMV, tl.dot
     qmatmul(torch.randn(64, 256), pw, D, None, None, torch.randn(64), False)  # GEMM fp32 (IEEE dot)
     pw8 = reference.quantize(W, D, 8, 37, False, "int", 1.0)

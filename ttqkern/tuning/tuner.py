@@ -33,9 +33,9 @@ GROUP = 128
 
 @dataclass(frozen=True)
 class Case:
-    """One tuning problem: ``op`` in gemv1 / gemv / gemm / quantize / act_scale and its shape.
+    """One tuning problem: ``op`` in gemv / gemm / quantize / act_scale and its shape.
 
-    gemv1 (T = 1) / gemv / gemm: ``qmatmul`` of x ``[T, K]`` with a packed ``[N, K]`` weight (D,
+    gemv / gemm: ``qmatmul`` of x ``[T, K]`` with a packed ``[N, K]`` weight (D,
     rank-16 low-rank and bias on); quantize: ``[N, K]`` weight; act_scale: x ``[T, K]``.
     """
 
@@ -94,8 +94,7 @@ def cases(ops, shapes, bits, decode_T, prefill_T, prompt_T) -> list[Case]:
                 if op == "quantize":
                     out.append(Case(op, b, 0, N, K))
                 for T in decode_T if op == "gemv" else prefill_T if op == "gemm" else ():
-                    # one token runs the one-token kernel (gemv1) whenever the K tile fits a group
-                    out.append(Case("gemv1" if op == "gemv" and T == 1 else op, b, T, N, K))
+                    out.append(Case(op, b, T, N, K))
     # a key is tuned once even if two shapes share its bucket
     seen, unique = set(), []
     for c in out:

@@ -7,7 +7,6 @@ Every launch asks `params(op, device, **shape)`.  The answer is the op's default
     triton/act_scale/T=<t>/K=<k>
     triton/quantize/bits=<b>/N=<n>/K=<k>
     triton/lowrank/T=<t>/K=<k>
-    triton/gemv1/bits=<b>/N=<n>/K=<k>               (decode, one token, K tile inside a group)
     triton/gemv/bits=<b>/T=<t>/N=<n>/K=<k>          (decode, T <= DECODE_MAX_T)
     triton/gemm/bits=<b>/T=<t>/N=<n>/K=<k>          (prefill)
 
@@ -34,12 +33,11 @@ DECODE_MAX_T = 16
 # tl.dot needs every tile dimension >= 16 on GPUs.
 DOT_MIN = 16
 
-OPS = ("act_scale", "quantize", "lowrank", "gemv1", "gemv", "gemm")
+OPS = ("act_scale", "quantize", "lowrank", "gemv", "gemm")
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
     "quantize": ("bits", "N", "K"),
     "lowrank": ("T", "K"),
-    "gemv1": ("bits", "N", "K"),
     "gemv": ("bits", "T", "N", "K"),
     "gemm": ("bits", "T", "N", "K"),
 }
@@ -60,14 +58,6 @@ SPACE = {
         "SPLIT_K": [0, 1, 2, 4, 8, 16],
         "USE_DOT": [0, 1],
         "num_warps": [2, 4, 8],
-    },
-    "gemv1": {
-        "BLOCK_N": [2, 4, 8, 16, 32, 64],
-        "BLOCK_K": [64, 128, 256, 512, 1024],
-        "SPLIT_K": [0, 1, 2, 4, 8],
-        "BLOCK_R": [16, 32],
-        "num_warps": [1, 2, 4, 8],
-        "num_stages": [1, 2, 3, 4],
     },
     "gemv": {
         "BLOCK_N": [8, 16, 32, 64, 128],
@@ -106,7 +96,6 @@ def defaults(op: str, interpret: bool, *, T: int = 1, **_) -> dict:
             "act_scale": {"BLOCK_T": 64, "BLOCK_K": 256, "SPLIT_T": 1, "num_warps": 4},
             "quantize": {"BLOCK_N": 64, "BLOCK_K": 512, "num_warps": 4},
             "lowrank": {"BLOCK_T": 64, "BLOCK_R": 64, "BLOCK_K": 256, "SPLIT_K": 1, "USE_DOT": 1, "num_warps": 4},
-            "gemv1": {"BLOCK_N": 64, "BLOCK_K": 128, "SPLIT_K": 1, "BLOCK_R": 64, "num_warps": 4, "num_stages": 1},
             "gemv": {
                 "BLOCK_N": 64,
                 "BLOCK_K": 128,
@@ -138,8 +127,6 @@ def defaults(op: str, interpret: bool, *, T: int = 1, **_) -> dict:
                 "USE_DOT": int(T > 16),
                 "num_warps": 4,
             },
-            # 16 rows x 256 codes: 2 KB of 4-bit codes per tile, rows of 128 contiguous bytes
-            "gemv1": {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT_K": 0, "BLOCK_R": 16, "num_warps": 4, "num_stages": 2},
             "gemv": {
                 "BLOCK_N": 32,
                 "BLOCK_K": 128 if T == 1 else 64,

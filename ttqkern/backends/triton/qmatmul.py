@@ -10,7 +10,6 @@ from ...format import PackedWeight
 from . import config
 from .gemm import _gemm_kernel
 from .gemv import _gemv_kernel
-from .gemv1 import _gemv1_kernel
 from .lowrank import x_at
 from .tiles import mode_of
 
@@ -60,23 +59,6 @@ def qmatmul(
     flags = dict(BITS=pw.bits, MODE=mode_of(pw.sym, pw.zero), HAS_D=D is not None, HAS_LR=xa is not None,
                  HAS_BIAS=bias is not None, ROUND_DT=round_dt, DOT_DT=dot_dt)  # fmt: skip
     shape = dict(bits=pw.bits, T=T, N=N, K=K)
-
-    if T == 1:
-        cfg = config.params("gemv1", x.device, interpret, bits=pw.bits, N=N, K=K)
-        BK, aligned = config.fit_block_k(cfg["BLOCK_K"], g, K, 16)
-        if aligned:  # one scale per row and K tile; otherwise the general GEMV below
-            BN = min(cfg["BLOCK_N"], config.triton_next_pow2(N))
-            BR = max(min(cfg["BLOCK_R"], config.triton_next_pow2(max(R, 1))), 16)
-            split = config.auto_split(cfg["SPLIT_K"], triton.cdiv(N, BN), triton.cdiv(K, BK), x.device)
-            k_per = triton.cdiv(triton.cdiv(K, split), BK) * BK
-            split = triton.cdiv(K, k_per)
-            y = torch.zeros(1, N, dtype=torch.float32, device=x.device) if split > 1 else x.new_empty(1, N)
-            _gemv1_kernel[(triton.cdiv(N, BN), split)](
-                *args, y, N, K, G, g, R, *strides, k_per, BITS=pw.bits, MODE=flags["MODE"], HAS_D=flags["HAS_D"],
-                HAS_LR=flags["HAS_LR"], HAS_BIAS=flags["HAS_BIAS"], SPLIT=split, BLOCK_N=BN, BLOCK_K=BK, BLOCK_R=BR,
-                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], enable_fp_fusion=True,
-            )  # fmt: skip
-            return y.to(x.dtype)
 
     if T <= config.DECODE_MAX_T:
         cfg = config.params("gemv", x.device, interpret, **shape)
