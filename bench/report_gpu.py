@@ -1,6 +1,7 @@
-"""Markdown tables from the GPU benchmark JSON (bench/test_gpu_triton.py).
+"""Markdown tables from the GPU benchmark JSON (bench/test_gpu_triton.py) or a tuning report.
 
     python bench/report_gpu.py results/bench/triton_h200.json [> table.md]
+    python bench/report_gpu.py results/tune/h200.json          # python -m ttqkern.tune --gpu --report
 
 Decode: per layer, bit width and T, the fused TTQ kernel, the same math as separate
 torch ops around the packed GEMM, and cuBLAS fp16 ``F.linear``: microseconds, % of
@@ -20,9 +21,22 @@ def _f(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
+def tune_report(data: dict) -> str:
+    """The table of a ``python -m ttqkern.tune --gpu --report`` JSON: default vs tuned time per case."""
+    out = [f"Triton kernel tuning on **{data['device']}** ({data['date']}, {data['seconds']:.0f} s): "
+           f"`{data['command']}`", "", "| case | default us | tuned us | speed-up | trials |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    for r in data["rows"]:
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        out.append(f"| {r['case']} | {r['default_us']:.1f} | {r['best_us']:.1f} | {sp} | {r['trials']} |")
+    return "\n".join(out) + "\n"
+
+
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
+    if "command" in data and "tune" in data["command"]:
+        return tune_report(data)
     rows = data["rows"]
     by = defaultdict(dict)  # (layer, bits, T) -> kernel -> row
     fp16 = {}  # (layer, T) -> row
@@ -34,16 +48,19 @@ def report(path: str) -> str:
         else:
             by[(r["layer"], r["bits"], r["T"])][r["kernel"]] = r
     cat = data.get("catalog") or {}
+    header = [
+        "| layer | N x K | bits | T | TTQ fused us | % HBM | torch-ops TTQ us | fused speed-up | fp16 us | % HBM | fp16 / fused |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     out = [
         f"GPU benchmark on **{data['device']}** ({data['date']}; torch {data['versions']['torch']}, "
         f"triton {data['versions']['triton']}); {data['method']}; group {data['group_size']}, "
         f"low-rank r={data['rank']} + bias in the decode rows.  Roofline: {cat.get('hbm_gbps', '?')} GB/s HBM, "
         f"{cat.get('fp16_tflops', '?')} TFLOP/s fp16 (catalog).",
         "",
-        "Decode (cold L2):",
+        "Decode (cold L2), called eagerly from Python:",
         "",
-        "| layer | N x K | bits | T | TTQ fused us | % HBM | torch-ops TTQ us | fused speed-up | fp16 us | % HBM | fp16 / fused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *header,
     ]
     graph_rows = []
     for (layer, bits, T), ks in by.items():
@@ -65,7 +82,7 @@ def report(path: str) -> str:
                 f"{_f(rg and rg.get('pct_hbm_roofline'))} | {_f(rg and rg['us'] / fg['us'], '.2f')}x |"
             )
     if graph_rows:
-        out += ["", "Decode replayed from CUDA graphs (GPU time, no host launch overhead):", "", out[4], out[5]]
+        out += ["", "Decode replayed from CUDA graphs (GPU time, no host launch overhead):", "", *header]
         out += graph_rows
     out += ["", "Requantization per prompt (act_scale over 512 tokens + quantize of the fp16 weight):", "",
             "| layer | bits | us | GB/s | % HBM |", "|---|---|---|---|---|"]  # fmt: skip

@@ -75,16 +75,9 @@ def _graph_ms(fn) -> float:
     checks and one Python launch per kernel); serving stacks replay CUDA graphs (the
     paper's runtime numbers did too), so both are reported.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm up (compile, allocate) outside the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return _ms(graph.replay)
+    from ttqkern.tuning.tuner import graph_replay
+
+    return _ms(graph_replay(fn))
 
 
 def _nbytes(*ts) -> int:

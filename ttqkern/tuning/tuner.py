@@ -8,8 +8,10 @@ study over the op's search space (`ttqkern.backends.triton.config.SPACE`):
    exact store key the backend will look up, run once and checked against the
    torch backend (a config that gives a wrong answer is a kernel bug: it scores
    ``inf``, is reported, and is never saved);
-3. then timed: ``triton.testing.do_bench`` (median, L2 flushed) on a GPU, a
-   wall-clock median on the CPU interpreter (used by the tests, not for speed).
+3. then timed: ``triton.testing.do_bench`` (median, L2 flushed) of a CUDA-graph
+   replay on a GPU -- the kernels' time without Python launch overhead, which
+   dominates eager decode calls -- and a wall-clock median on the CPU
+   interpreter (used by the tests, not for speed).
 
 The best config of each case goes into the store file ``<device slug>.json``
 (`ttqkern.tuning.store.save`), which the backend reads at run time without
@@ -158,12 +160,32 @@ def workload(case: Case, device: torch.device, dtype: torch.dtype):
     return (lambda: ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="triton")), check
 
 
+def graph_replay(fn):
+    """``fn`` captured in a CUDA graph; returns the graph's ``replay`` (warm-up runs on a side stream).
+
+    Timing a replay measures the GPU's time alone: an eager decode call of a few
+    microseconds of GPU work is bound by its Python launches, which would drown the
+    difference between tile configs.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile and allocate outside the capture
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def time_us(fn, device: torch.device) -> float:
-    """Median time of ``fn()`` in microseconds (cold L2 on a GPU)."""
+    """Median time of ``fn()`` in microseconds: GPU time of a CUDA-graph replay with a cold L2
+    on a GPU, wall-clock on the CPU interpreter."""
     if device.type == "cuda":
         import triton.testing
 
-        return 1e3 * triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+        return 1e3 * triton.testing.do_bench(graph_replay(fn), warmup=10, rep=40, return_mode="median")
     fn()
     times = []
     for _ in range(3):
