@@ -27,3 +27,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    """A private tuned-config folder (``$TTQKERN_CONFIG_DIR``) with the store's cache cleared."""
+    from ttqkern.tuning import store
+
+    monkeypatch.setenv("TTQKERN_CONFIG_DIR", str(tmp_path))
+    store.load.cache_clear()
+    yield tmp_path
+    store.load.cache_clear()

@@ -29,14 +29,6 @@ from ttqkern.tuning import tuner  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture
-def config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TTQKERN_CONFIG_DIR", str(tmp_path))
-    store.load.cache_clear()
-    yield tmp_path
-    store.load.cache_clear()
-
-
 def test_cases_cover_ops_and_dedupe_buckets():
     cs = tuner.cases(["gemv", "gemm", "quantize", "act_scale"], [(48, 96), (50, 100)], [4, 3], [1, 16], [33], 20)
     labels = [c.label() for c in cs]

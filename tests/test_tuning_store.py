@@ -5,26 +5,19 @@ import pytest
 from ttqkern.tuning import devices, store
 
 
-@pytest.fixture
-def cfg_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("TTQKERN_CONFIG_DIR", str(tmp_path))
-    store.load.cache_clear()
-    yield tmp_path
-    store.load.cache_clear()
 
-
-def test_save_then_lookup_overrides_defaults(cfg_dir):
+def test_save_then_lookup_overrides_defaults(config_dir):
     key = store.make_key("numba", "qmatmul", bits=4, T=store.bucket(3), N=store.bucket(4000), K=4096)
     assert key == "numba/qmatmul/bits=4/T=4/N=4096/K=4096"
     assert store.lookup("cpu", key, {"A": 1, "B": 2}) == {"A": 1, "B": 2}
     path = store.save("cpu", {key: {"A": 7}})
-    assert path.parent == cfg_dir
+    assert path.parent == config_dir
     assert store.lookup("cpu", key, {"A": 1, "B": 2}) == {"A": 7, "B": 2}
     store.save("cpu", {"other": {"A": 3}})  # merges, keeps the first entry
     assert store.lookup("cpu", key, {"A": 1}) == {"A": 7}
 
 
-def test_entry_with_unknown_fields_is_ignored_with_warning(cfg_dir):
+def test_entry_with_unknown_fields_is_ignored_with_warning(config_dir):
     store.save("cpu", {"k": {"NOPE": 1}})
     with pytest.warns(UserWarning, match="unexpected fields"):
         assert store.lookup("cpu", "k", {"A": 1}) == {"A": 1}
