@@ -80,6 +80,12 @@ def test_device_types_follow_the_interpreter():
     assert ("cpu" in tb.DEVICE_TYPES) == tb.INTERPRET == bool(triton.knobs.runtime.interpret)
 
 
+def test_interpreter_version_gate():
+    assert tb.interpreter_supported(triton.__version__) or not tb.INTERPRET  # else this module was skipped
+    assert not tb.interpreter_supported("3.6.0")
+    assert tb.interpreter_supported("3.9.0") and tb.interpreter_supported("3.10.1") and tb.interpreter_supported("4.0")
+
+
 def test_auto_picks_triton_for_cuda_tensors():
     assert backends.resolve("auto", torch.device("cuda")) is tb
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import numpy as np
 import torch
@@ -37,6 +38,18 @@ try:
 except AttributeError:  # triton < 3.4 has no knobs and reads the variable directly
     INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
+# Oldest Triton whose interpreter runs these kernels: 3.6's turns a loop bound derived
+# from tl.program_id into a 1-element array and fails in range() (seen with 3.6.0;
+# compiled GPU kernels are fine there).  Versions in between were not tried.
+INTERPRETER_MIN_VERSION = (3, 9)
+
+
+def interpreter_supported(version: str) -> bool:
+    """Can Triton ``version`` (e.g. ``"3.9.0"``) interpret this backend's kernels?"""
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    return parts >= INTERPRETER_MIN_VERSION
+
+
 from . import config  # noqa: E402
 from .act_scale import act_scale as _act_scale  # noqa: E402
 from .qmatmul import qmatmul as _qmatmul  # noqa: E402
@@ -48,6 +61,12 @@ DEVICE_TYPES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 def available() -> tuple[bool, str]:
     """``(True, '')`` with a CUDA / ROCm device or under the interpreter, else why not."""
+    if INTERPRET and not interpreter_supported(triton.__version__):
+        need = ".".join(map(str, INTERPRETER_MIN_VERSION))
+        return False, (
+            f"TRITON_INTERPRET=1 needs triton >= {need} to interpret these kernels (this is triton "
+            f"{triton.__version__}); upgrade triton, or unset TRITON_INTERPRET on a GPU machine"
+        )
     if INTERPRET or torch.cuda.is_available():
         return True, ""
     return False, (
