@@ -86,10 +86,12 @@ def report(path: str) -> str:
         out += graph_rows
     out += ["", "Requantization per prompt (act_scale over 512 tokens + quantize of the fp16 weight):", "",
             "| layer | bits | us | GB/s | % HBM |", "|---|---|---|---|---|"]  # fmt: skip
-    for (layer, bits, T), ks in by.items():
+    for (layer, bits, _T), ks in by.items():
         r = ks.get("ttq-requantize")
         if r:
-            out.append(f"| {layer} | {bits} | {_f(r['us'])} | {_f(r['GBps'], '.0f')} | {_f(r.get('pct_hbm_roofline'))} |")
+            out.append(
+                f"| {layer} | {bits} | {_f(r['us'])} | {_f(r['GBps'], '.0f')} | {_f(r.get('pct_hbm_roofline'))} |"
+            )
     out += ["", "Prefill:", "", "| layer | T | bits | TTQ us | TFLOP/s | % fp16 peak | fp16 us | fp16 TFLOP/s |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (layer, bits, T), ks in by.items():

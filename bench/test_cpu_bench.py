@@ -132,7 +132,7 @@ def test_cpu_decode(benchmark, machine, shape, kind):
         def call(pw, lr):
             return ops.qmatmul(x, pw, D, lowrank=lr, backend="numba")
 
-        _run(benchmark, call, list(zip(pws, lrs)), pw0.nbytes + lr_bytes, machine, kind, shape)
+        _run(benchmark, call, list(zip(pws, lrs, strict=True)), pw0.nbytes + lr_bytes, machine, kind, shape)
 
 
 @pytest.mark.parametrize("kind", ["ttq-quantize-int4", "torch-copy"])

@@ -113,7 +113,7 @@ def _baselines_int4(W: torch.Tensor):
         lin.weight.data.copy_(W)
         quantize_(lin, GemliteUIntXWeightOnlyConfig(group_size=GROUP, bit_width=4))
         lin(torch.randn(1, W.shape[1], device=W.device, dtype=torch.float16))
-        out["gemlite-int4-fp16"] = (lambda x: lin(x), "")
+        out["gemlite-int4-fp16"] = (lin, "")
     except Exception as e:
         out["gemlite-int4-fp16"] = (None, f"{type(e).__name__}: {e}"[:300])
     return out

@@ -52,7 +52,7 @@ def test_eager_fast_path_equals_custom_op_path():
         pw = ttqkern.ops.quantize(W, D, bits=bits, group_size=24, sym=sym, zero=zero, backend="torch")
         outs = torch.ops.ttqkern.quantize.default(W, D, bits, 24, sym, zero, 1.0, "torch")
         pw_op = packed_from_op(outs, N=24, K=64, bits=bits, group_size=24, sym=sym, zero=zero)
-        assert all(torch.equal(a, b) for a, b in zip(op_args(pw), op_args(pw_op)))
+        assert all(torch.equal(a, b) for a, b in zip(op_args(pw), op_args(pw_op), strict=True))
         assert (pw.group_size, pw.zero, pw.sym) == (pw_op.group_size, pw_op.zero, pw_op.sym)
         y = ttqkern.ops.qmatmul(x, pw, D, backend="torch")
         y_op = torch.ops.ttqkern.qmatmul.default(

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import QUANT_FORMS, assert_output_close, assert_packed_match, random_case
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import QUANT_FORMS, assert_output_close, assert_packed_match, random_case
 from ttqkern import backends, ops, reference
 
 
@@ -90,7 +90,9 @@ def test_qmatmul(backend, device, bits, sym, zero, T, N, K, g):
 
 @pytest.mark.parametrize("backend,device", BACKEND)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("with_D,with_lowrank,with_bias", [(False, False, False), (True, False, True), (True, True, False)])
+@pytest.mark.parametrize(
+    "with_D,with_lowrank,with_bias", [(False, False, False), (True, False, True), (True, True, False)]
+)
 @pytest.mark.parametrize("T", [1, 3, 16, 33])
 def test_qmatmul_epilogues_and_dtypes(backend, device, dtype, with_D, with_lowrank, with_bias, T):
     x, W, lowrank, bias = random_case(T, 24, 96, r=4 if with_lowrank else 0, bias=with_bias, dtype=dtype, device=device)

@@ -22,13 +22,24 @@ x, W = torch.randn(4, 64), torch.randn(32, 64)
         (lambda: ops.quantize(W[None], bits=4), ValueError, r"W must be 2-D"),
         (lambda: ops.act_scale(torch.tensor(2.0)), ValueError, r"x must have at least 1 dim"),
         # K mismatch
-        (lambda: ttqkern.linear(torch.randn(4, 63), W), ValueError, r"x's last dim \(63\) must equal W's in-features K"),
-        (lambda: ops.qmatmul(torch.randn(4, 63), ops.quantize(W)), ValueError, r"x's last dim \(63\) must equal the packed"),
+        (
+            lambda: ttqkern.linear(torch.randn(4, 63), W),
+            ValueError,
+            r"x's last dim \(63\) must equal W's in-features K",
+        ),
+        (
+            lambda: ops.qmatmul(torch.randn(4, 63), ops.quantize(W)),
+            ValueError,
+            r"x's last dim \(63\) must equal the packed",
+        ),
         (lambda: ops.qmatmul(x, ops.quantize(W), torch.ones(5)), ValueError, r"D must have shape \[K\] = \[64\]"),
         (lambda: ops.quantize(W, torch.ones(63)), ValueError, r"D must have shape \[K\] = \[64\]"),
         (lambda: ttqkern.linear(x, W, torch.zeros(31)), ValueError, r"bias must have shape \[N\] = \[32\]"),
-        (lambda: ops.qmatmul(x, ops.quantize(W), lowrank=(torch.ones(2, 64), torch.ones(31, 2))), ValueError,
-         r"lowrank \(A, B\) must have shapes"),
+        (
+            lambda: ops.qmatmul(x, ops.quantize(W), lowrank=(torch.ones(2, 64), torch.ones(31, 2))),
+            ValueError,
+            r"lowrank \(A, B\) must have shapes",
+        ),
         (lambda: ops.qmatmul(x, ops.quantize(W), lowrank=torch.ones(2, 64)), TypeError, r"lowrank must be a pair"),
         # bits / group size / forms
         (lambda: ttqkern.linear(x, W, bits=5), ValueError, r"bits must be one of \[2, 3, 4, 8\], got 5"),
@@ -58,21 +69,51 @@ x, W = torch.randn(4, 64), torch.randn(32, 64)
         (lambda: ttqkern.linear(x.numpy(), W), TypeError, r"x must be a torch.Tensor"),
         (lambda: ops.qmatmul(x, W), TypeError, r"pw must be a ttqkern.PackedWeight"),
         # mixed devices (meta stands in for a second device on a CPU-only machine)
-        (lambda: ttqkern.linear(x, W.to("meta")), RuntimeError, r"all tensors must be on one device.*x on cpu.*W on meta"),
+        (
+            lambda: ttqkern.linear(x, W.to("meta")),
+            RuntimeError,
+            r"all tensors must be on one device.*x on cpu.*W on meta",
+        ),
         (lambda: ops.quantize(W, torch.ones(64, device="meta")), RuntimeError, r"all tensors must be on one device"),
-        (lambda: ops.qmatmul(x, ops.quantize(W), bias=torch.ones(32, device="meta")), RuntimeError,
-         r"all tensors must be on one device"),
+        (
+            lambda: ops.qmatmul(x, ops.quantize(W), bias=torch.ones(32, device="meta")),
+            RuntimeError,
+            r"all tensors must be on one device",
+        ),
         # backends
-        (lambda: ttqkern.linear(x, W, backend="cuda"), ValueError, r"backend must be 'auto' or one of \['numba', 'torch', 'triton'\]"),
+        (
+            lambda: ttqkern.linear(x, W, backend="cuda"),
+            ValueError,
+            r"backend must be 'auto' or one of \['numba', 'torch', 'triton'\]",
+        ),
         (lambda: ops.quantize(W, backend="fast"), ValueError, r"backend must be 'auto' or one of"),
         # modules
-        (lambda: ttqkern.TTQLinear(64, 32, mode="lazy"), ValueError, r"mode must be one of \['dynamic', 'prompt', 'static'\]"),
+        (
+            lambda: ttqkern.TTQLinear(64, 32, mode="lazy"),
+            ValueError,
+            r"mode must be one of \['dynamic', 'prompt', 'static'\]",
+        ),
         (lambda: ttqkern.TTQLinear(64, 32, min_tokens=0), ValueError, r"min_tokens must be an int >= 1"),
-        (lambda: ttqkern.TTQLinear.from_linear(torch.nn.Conv1d(2, 2, 1)), TypeError, r"linear must be a torch.nn.Linear"),
-        (lambda: ttqkern.quantize_model(torch.nn.Linear(4, 4), method="gptq"), ValueError, r"method must be one of \['ttq', 'rtn', 'awq'\]"),
-        (lambda: ttqkern.quantize_model(torch.nn.Sequential(torch.nn.ReLU())), ValueError, r"found no nn.Linear layers"),
-        (lambda: ttqkern.quantize_model(torch.nn.Linear(4, 4), method="ttq", mode="static"), ValueError,
-         r"mode must be 'prompt' or 'dynamic'"),
+        (
+            lambda: ttqkern.TTQLinear.from_linear(torch.nn.Conv1d(2, 2, 1)),
+            TypeError,
+            r"linear must be a torch.nn.Linear",
+        ),
+        (
+            lambda: ttqkern.quantize_model(torch.nn.Linear(4, 4), method="gptq"),
+            ValueError,
+            r"method must be one of \['ttq', 'rtn', 'awq'\]",
+        ),
+        (
+            lambda: ttqkern.quantize_model(torch.nn.Sequential(torch.nn.ReLU())),
+            ValueError,
+            r"found no nn.Linear layers",
+        ),
+        (
+            lambda: ttqkern.quantize_model(torch.nn.Linear(4, 4), method="ttq", mode="static"),
+            ValueError,
+            r"mode must be 'prompt' or 'dynamic'",
+        ),
     ],
 )
 def test_bad_input_is_rejected_with_a_useful_message(call, exc, match):

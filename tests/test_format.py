@@ -34,7 +34,7 @@ def test_little_endian_within_byte():
 )
 def test_pack_unpack_round_trip(bits, sym, N, K, g, seed):
     gen = torch.Generator().manual_seed(seed)
-    lo, hi = ((-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1) if sym else (0, 2**bits - 1))
+    lo, hi = (-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1) if sym else (0, 2**bits - 1)
     q = torch.randint(lo, hi + 1, (N, K), generator=gen)
     G = -(-K // (K if g == -1 else g))
     scales = torch.rand(N, G, generator=gen) + 0.1

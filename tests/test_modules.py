@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import rel_err
 from torch import nn
 
 import ttqkern
-from helpers import rel_err
 from ttqkern import ops
 from ttqkern.functional import lowrank_cache
 

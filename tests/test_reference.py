@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import QUANT_FORMS, rel_err
 from hypothesis import given
 from hypothesis import strategies as st
 
-from helpers import QUANT_FORMS, rel_err
 import ttqkern
 from ttqkern import ops, reference
 
@@ -93,8 +93,8 @@ def test_lowrank_factors():
 def test_lowrank_randomized_path_is_deterministic_and_accurate(monkeypatch):
     monkeypatch.setattr(reference, "FULL_SVD_MAX_ELEMENTS", 100)
     W = torch.randn(300, 20) @ torch.randn(20, 200) + 0.01 * torch.randn(300, 200)
-    A1, B1, R1 = ops.lowrank(W, 20)
-    A2, B2, R2 = ops.lowrank(W, 20)
+    A1, _B1, R1 = ops.lowrank(W, 20)
+    A2, _B2, R2 = ops.lowrank(W, 20)
     assert torch.equal(A1, A2) and torch.equal(R1, R2)
     assert float(R1.norm() / W.norm()) < 0.02
 

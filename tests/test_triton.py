@@ -101,7 +101,9 @@ def test_cpu_tensors_without_the_interpreter_are_a_clear_error():
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stderr
     if torch.cuda.is_available():
         assert "ERROR: backend 'triton' cannot run on cpu tensors (it runs on: cuda)" in out.stdout
@@ -124,7 +126,7 @@ def test_kernels_compile_for_nvidia_and_amd_targets():
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, str(ROOT / "tests" / "triton_aot.py"), "cuda:90", "hip:gfx942"],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     kernels = "_colpow_kernel, _gemm_kernel, _gemv_kernel, _quantize_kernel, _scale_kernel, _xa_kernel"

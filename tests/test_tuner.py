@@ -59,10 +59,12 @@ def test_wrong_answers_score_inf_and_are_reported(monkeypatch):
         return (lambda: run() * 2), check
 
     monkeypatch.setattr(tuner, "workload", broken)
-    r = tuner.tune_case(case, torch.device(DEVICE), trials=2, timeout=60, seed=0, dtype=torch.float32, log=lambda m: None)
+    r = tuner.tune_case(
+        case, torch.device(DEVICE), trials=2, timeout=60, seed=0, dtype=torch.float32, log=lambda m: None
+    )
     assert r.default_us == float("inf") and r.best_us == float("inf")
     assert r.failures and "differs from the torch backend" in r.failures[0]
-    results, entries = tuner.tune([case], torch.device(DEVICE), trials=2, timeout=60, dtype=torch.float32,
+    _, entries = tuner.tune([case], torch.device(DEVICE), trials=2, timeout=60, dtype=torch.float32,
                                   log=lambda m: None)  # fmt: skip
     assert entries == {}  # never saved
 

@@ -5,7 +5,6 @@ import pytest
 from ttqkern.tuning import devices, store
 
 
-
 def test_save_then_lookup_overrides_defaults(config_dir):
     key = store.make_key("numba", "qmatmul", bits=4, T=store.bucket(3), N=store.bucket(4000), K=4096)
     assert key == "numba/qmatmul/bits=4/T=4/N=4096/K=4096"

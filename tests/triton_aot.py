@@ -40,7 +40,7 @@ def compile_launches(target: GPUTarget, launches) -> list[str]:
 
     def aot_run(self, *args, grid, warmup, **kwargs):
         options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
-        values = dict(zip(self.arg_names, args), **kwargs)
+        values = dict(zip(self.arg_names, args, strict=False), **kwargs)  # the rest come as keywords
         signature, constexprs = {}, {}
         for p in self.params:
             v = values[p.name]

@@ -14,13 +14,13 @@ from .nn import TTQLinear
 __version__ = "0.1.0"
 
 __all__ = [
+    "PackedWeight",
+    "QuantConfig",
+    "TTQLinear",
+    "__version__",
+    "backends",
+    "calibrate",
     "linear",
     "ops",
-    "backends",
-    "PackedWeight",
-    "TTQLinear",
-    "QuantConfig",
     "quantize_model",
-    "calibrate",
-    "__version__",
 ]

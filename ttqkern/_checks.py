@@ -86,9 +86,7 @@ def check_x_W(x, W):
     check_tensor(W, "W", dims=2)
     check_same_device(x=x, W=W)
     if x.shape[-1] != W.shape[1]:
-        raise ValueError(
-            f"x's last dim ({x.shape[-1]}) must equal W's in-features K = W.shape[1] ({W.shape[1]})"
-        )
+        raise ValueError(f"x's last dim ({x.shape[-1]}) must equal W's in-features K = W.shape[1] ({W.shape[1]})")
 
 
 def check_D(D, K: int):

@@ -8,8 +8,6 @@ so the ops take and return its tensors; `ttqkern.ops` rebuilds the dataclass.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -40,7 +38,7 @@ def _(x, p, lam, alpha, backend):
 
 @torch.library.custom_op("ttqkern::quantize", mutates_args=())
 def quantize_op(
-    W: Tensor, D: Optional[Tensor], bits: int, group_size: int, sym: bool, zero: str, beta: float, backend: str
+    W: Tensor, D: Tensor | None, bits: int, group_size: int, sym: bool, zero: str, beta: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (qweight, qweight_hi or empty, scales, mins | zeros | empty)."""
     g = resolve_group_size(W.shape[1], group_size)  # backends receive a positive group length
@@ -82,10 +80,10 @@ def qmatmul_op(
     qweight_hi: Tensor,
     scales: Tensor,
     zp: Tensor,
-    D: Optional[Tensor],
-    A: Optional[Tensor],
-    B: Optional[Tensor],
-    bias: Optional[Tensor],
+    D: Tensor | None,
+    A: Tensor | None,
+    B: Tensor | None,
+    bias: Tensor | None,
     bits: int,
     group_size: int,
     N: int,
@@ -94,7 +92,9 @@ def qmatmul_op(
     zero: str,
     backend: str,
 ) -> Tensor:
-    pw = packed_from_op((qweight, qweight_hi, scales, zp), N=N, K=K, bits=bits, group_size=group_size, sym=sym, zero=zero)
+    pw = packed_from_op(
+        (qweight, qweight_hi, scales, zp), N=N, K=K, bits=bits, group_size=group_size, sym=sym, zero=zero
+    )
     return backends.resolve(backend, x.device).qmatmul(x, pw, D, A, B, bias)
 
 

@@ -241,14 +241,14 @@ def expected_plane_shapes(N: int, K: int, bits: int, group_size: int) -> dict[st
 
 
 __all__ = [
-    "PackedWeight",
-    "pack",
-    "unpack",
-    "dequantize",
-    "pack_bits",
-    "unpack_bits",
-    "num_groups",
-    "resolve_group_size",
     "SUPPORTED_BITS",
     "ZERO_MODES",
+    "PackedWeight",
+    "dequantize",
+    "num_groups",
+    "pack",
+    "pack_bits",
+    "resolve_group_size",
+    "unpack",
+    "unpack_bits",
 ]

@@ -73,7 +73,7 @@ class TTQLinear(nn.Module):
         self.register_buffer("lowrank_B", torch.empty(out_features, r, **kw) if r else None)
         self.register_buffer("bias", torch.empty(out_features, **kw) if bias else None)
         # Quantization state: runtime data, so not part of the state_dict.
-        for name in PACKED_FIELDS + ("D",):
+        for name in (*PACKED_FIELDS, "D"):
             self.register_buffer(name, None, persistent=False)
         self._stats: calibration.ColumnStats | None = None
         self.quantize_calls = 0
@@ -135,7 +135,7 @@ class TTQLinear(nn.Module):
 
     def reset(self) -> None:
         """Drop the packed weight (and calibration), e.g. before a new prompt."""
-        for name in PACKED_FIELDS + ("D",):
+        for name in (*PACKED_FIELDS, "D"):
             setattr(self, name, None)
         self._stats = None
 

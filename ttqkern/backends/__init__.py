@@ -89,7 +89,6 @@ def resolve(name: str, device: torch.device) -> ModuleType:
     mod = _modules[name]
     if device.type not in mod.DEVICE_TYPES:
         raise RuntimeError(
-            f"backend {name!r} cannot run on {device.type} tensors "
-            f"(it runs on: {', '.join(mod.DEVICE_TYPES)})"
+            f"backend {name!r} cannot run on {device.type} tensors (it runs on: {', '.join(mod.DEVICE_TYPES)})"
         )
     return mod

@@ -52,8 +52,8 @@ def sentences(text: str = "wikitext2", n: int = 64, min_words: int = 8, max_word
     Headings (`` = Title = ``) and empty rows are skipped; paragraphs are split at `` . ``.
     """
     out = []
-    for row in data.rows(text):
-        row = row.strip()
+    for raw in data.rows(text):
+        row = raw.strip()
         if not row or row.startswith("="):
             continue
         for s in row.split(" . "):

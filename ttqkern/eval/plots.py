@@ -33,7 +33,7 @@ def plot_calib(result: dict, path: Path) -> None:
     bits = sorted({r["bits"] for r in rows if r["method"] == "awq"})
     plt, fig, axes = _axes(len(bits))
     fp = [r["ppl"] for r in rows if r["method"] == "fp"]
-    for ax, b in zip(axes, bits):
+    for ax, b in zip(axes, bits, strict=True):
         awq = sorted((r["calib_tokens"], r["ppl"]) for r in rows if r["method"] == "awq" and r["bits"] == b)
         ax.plot([x for x, _ in awq], [y for _, y in awq], "o-", color="tab:blue", label="AWQ (calibrated)")
         ttq = sorted({r["r"] for r in rows if r["method"] == "ttq"})
@@ -69,7 +69,7 @@ def plot_group(result: dict, path: Path) -> None:
     plt, fig, axes = _axes(len(bits))
     fp = [r["ppl"] for r in rows if r["method"] == "fp"]
     ranks = sorted({r["r"] for r in rows if r["method"] == "ttq"})
-    for ax, b in zip(axes, bits):
+    for ax, b in zip(axes, bits, strict=True):
         series = [("rtn", None), ("awq", None)] + [("ttq", rank) for rank in ranks]
         for m, rank in series:
             pts = sorted(

@@ -38,8 +38,8 @@ def _ints(text: str) -> list[int]:
 
 def _shapes(text: str) -> list[tuple[int, int]]:
     out = []
-    for item in text.split(","):
-        item = item.strip()
+    for raw in text.split(","):
+        item = raw.strip()
         if item in PRESETS:
             out += PRESETS[item]
         elif "x" in item:
@@ -53,7 +53,9 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 def build_parser() -> argparse.ArgumentParser:
     """The ``--gpu`` mode's argument parser."""
     p = argparse.ArgumentParser(prog="python -m ttqkern.tune --gpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ops", default="gemv,gemm,quantize", help=f"comma list of {', '.join(OPS)} (default gemv,gemm,quantize)")
+    p.add_argument(
+        "--ops", default="gemv,gemm,quantize", help=f"comma list of {', '.join(OPS)} (default gemv,gemm,quantize)"
+    )
     p.add_argument("--shapes", type=_shapes, default=PRESETS["qwen3-8b"],
                    help="NxK weight shapes and/or presets " + ", ".join(PRESETS) + " (default qwen3-8b)")  # fmt: skip
     p.add_argument("--bits", type=_ints, default=[4, 3], help="bit widths (default 4,3)")
@@ -64,10 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-per-case", type=float, default=60.0, help="seconds per case at most (default 60)")
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None, help="config folder (default $TTQKERN_CONFIG_DIR or ~/.cache/ttqkern/configs)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="config folder (default $TTQKERN_CONFIG_DIR or ~/.cache/ttqkern/configs)"
+    )
     p.add_argument("--ship", action="store_true", help="write into the package's ttqkern/tuning/configs")
     p.add_argument("--report", type=Path, default=None, help="also write the study summary (JSON + .md) here")
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu: the Triton interpreter, for smoke tests only")
+    p.add_argument(
+        "--device", default="cuda", help="cuda (default) or cpu: the Triton interpreter, for smoke tests only"
+    )
     return p
 
 

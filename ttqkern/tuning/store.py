@@ -62,7 +62,7 @@ def _read(path: Path) -> dict:
     return data["entries"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(slug: str) -> dict:
     """All entries for a device slug: package file first, the user's file overriding it."""
     entries = {}

@@ -123,4 +123,4 @@ def qmatmul(
         return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
 
 
-__all__ = ["DEVICE_TYPES", "INTERPRET", "available", "act_scale", "quantize", "qmatmul", "config"]
+__all__ = ["DEVICE_TYPES", "INTERPRET", "act_scale", "available", "config", "qmatmul", "quantize"]

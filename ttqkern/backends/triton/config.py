@@ -155,7 +155,7 @@ def key(op: str, **shape) -> str:
     return store.make_key("triton", op, **fields)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _slug(device: torch.device) -> str:
     return devices.device_slug(device)
 
@@ -194,7 +194,7 @@ def params(op: str, device: torch.device, interpret: bool, **shape) -> dict:
     return cfg
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
