@@ -253,6 +253,21 @@ def test_eval_cli_end_to_end_on_a_tiny_slice(tiny_model_dir, tmp_path, capsys):
 
 
 @needs_smollm2
+def test_sensitivity_cli_on_a_tiny_slice(tiny_model_dir, tmp_path, capsys):
+    from ttqkern.eval.sensitivity import main
+
+    out = tmp_path / "sens"
+    argv = ["--model", str(tiny_model_dir), "--max-windows", "1", "--seqlen", "32", "--threads", "2", "--out", str(out)]
+    assert main(argv) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["run"] for r in rows] == [
+        "backend torch", "backend numba", "backend torch, D x (1+2e-07)", "backend torch, D x (1-2e-07)"
+    ]
+    assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows)
+    assert "Spread (max - min) / min" in capsys.readouterr().out
+
+
+@needs_smollm2
 @needs_optuna
 def test_tune_hparams_runs_two_trials(tiny_model_dir, tmp_path, capsys):
     from ttqkern.tune.__main__ import main

@@ -245,7 +245,8 @@ def markdown(result: dict) -> str:
             f"Perplexity of **{s['model']}** on `{s['text']}` ({s['windows']} windows x {s['seqlen']} tokens = "
             f"{s['tokens']:,} tokens{subset}); "
             f"AWQ calibrated on `{s['calib']}`; TTQ alpha={s['ttq']['alpha']}, lam={s['ttq']['lam']}, "
-            f"p={s['ttq']['p']}; backend {s['backend']}."
+            f"p={s['ttq']['p']}; backend {s['backend']}"
+            + (f" ({s['backend_used']})." if s.get("backend_used", s["backend"]) != s["backend"] else ".")
         ),
         "",
     ]
@@ -417,6 +418,8 @@ def run(a: argparse.Namespace) -> dict:
             "methods": a.methods,
             "calib_tokens": a.calib_tokens,
             "backend": a.backend,
+            # what "auto" resolved to for the model's CPU tensors
+            "backend_used": backends.resolve(a.backend, torch.device("cpu")).__name__.rsplit(".", 1)[-1],
             "threads": torch.get_num_threads(),
             "ttq": ttq_hp,
             "ttqkern": __version__,
