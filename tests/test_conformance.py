@@ -129,6 +129,24 @@ def test_pipeline_random_shapes(backend, device, T, N, K, g, bits, form, seed):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND)
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("sym,zero", QUANT_FORMS)
+def test_quantize_nonfinite_groups_match_the_reference_exactly(backend, device, bits, sym, zero):
+    W = torch.randn(6, 70)
+    W[0, 5] = float("nan")
+    W[1, 40] = float("inf")
+    W[2, 33] = float("-inf")
+    W[3, 1], W[3, 2] = float("inf"), float("-inf")
+    W[4, 69] = float("nan")  # in the ragged last group
+    pw = ops.quantize(W.to(device), None, bits=bits, group_size=32, sym=sym, zero=zero, backend=backend)
+    ref = reference.quantize(W, None, bits, 32, sym, zero, 1.0)
+    assert torch.equal(ops.unpack(pw).cpu(), ops.unpack(ref))
+    for name, t in ref.tensors().items():
+        torch.testing.assert_close(getattr(pw, name).cpu(), t, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(pw.scales.cpu()[[0, 1, 2, 3, 4], [0, 1, 1, 0, 2]]).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND)
 def test_nonfinite_never_gives_finite_answers(backend, device):
     x, W, _, _ = random_case(4, 6, 64, device=device)
     W[2, 40] = float("nan")  # row 2, group 1 (g = 32)

@@ -261,7 +261,10 @@ def test_sensitivity_cli_on_a_tiny_slice(tiny_model_dir, tmp_path, capsys):
     assert main(argv) == 0
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert [r["run"] for r in rows] == [
-        "backend torch", "backend numba", "backend torch, D x (1+2e-07)", "backend torch, D x (1-2e-07)"
+        "backend torch",
+        "backend numba",
+        "backend torch, D x (1+2e-07)",
+        "backend torch, D x (1-2e-07)",
     ]
     assert all(math.isfinite(r["ppl"]) and r["ppl"] > 1 for r in rows)
     assert "Spread (max - min) / min" in capsys.readouterr().out
