@@ -15,28 +15,23 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+# run as a script from a checkout: the package beside bench/ renders the tuning table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _f(v, spec=".1f"):
     return "-" if v is None else format(v, spec)
 
 
-def tune_report(data: dict) -> str:
-    """The table of a ``python -m ttqkern.tune --gpu --report`` JSON: default vs tuned time per case."""
-    out = [f"Triton kernel tuning on **{data['device']}** ({data['date']}, {data['seconds']:.0f} s): "
-           f"`{data['command']}`", "", "| case | default us | tuned us | speed-up | trials |",
-           "|---|---|---|---|---|"]  # fmt: skip
-    for r in data["rows"]:
-        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        out.append(f"| {r['case']} | {r['default_us']:.1f} | {r['best_us']:.1f} | {sp} | {r['trials']} |")
-    return "\n".join(out) + "\n"
-
-
 def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
     if "command" in data and "tune" in data["command"]:
-        return tune_report(data)
+        from ttqkern.tuning.tuner import report_markdown
+
+        return report_markdown(data)
     rows = data["rows"]
     by = defaultdict(dict)  # (layer, bits, T) -> kernel -> row
     fp16 = {}  # (layer, T) -> row

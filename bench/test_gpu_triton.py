@@ -34,6 +34,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ttqkern.tuning.tuner import graph_replay, rel_err
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(
@@ -75,17 +77,11 @@ def _graph_ms(fn) -> float:
     checks and one Python launch per kernel); serving stacks replay CUDA graphs (the
     paper's runtime numbers did too), so both are reported.
     """
-    from ttqkern.tuning.tuner import graph_replay
-
     return _ms(graph_replay(fn))
 
 
 def _nbytes(*ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
-
-
-def _rel_err(y, ref) -> float:
-    return float((y.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
 
 
 def _baselines_int4(W: torch.Tensor):
@@ -207,7 +203,7 @@ def test_gpu_decode_and_requantization(report, layer):
 
         for T, x in xs.items():
             y = ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="triton")
-            err = _rel_err(y, ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="torch"))
+            err = rel_err(y, ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="torch"))
             assert err < 1e-2, f"{layer} bits={bits} T={T}: triton vs torch backend rel err {err:.3g}"
             moved = pw.nbytes + _nbytes(x, y, D, A, B, bias)
             t_fused = _ms(lambda: ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="triton")) * 1e3
@@ -248,7 +244,7 @@ def test_gpu_prefill(report, layer):
         for bits in BITS:
             pw = ops.quantize(W, D, bits=bits, group_size=GROUP, backend="triton")
             y = ops.qmatmul(x, pw, D, backend="triton")
-            err = _rel_err(y, ops.qmatmul(x, pw, D, backend="torch"))
+            err = rel_err(y, ops.qmatmul(x, pw, D, backend="torch"))
             assert err < 1e-2, f"{layer} bits={bits} T={T}: triton vs torch backend rel err {err:.3g}"
             t = _ms(lambda: ops.qmatmul(x, pw, D, backend="triton")) * 1e3
             _row(report, layer=layer, N=N, K=K, bits=bits, T=T, kernel="ttq-gemm", us=t, flops=2 * T * N * K,

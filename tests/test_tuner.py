@@ -84,6 +84,7 @@ def test_cli_writes_configs_the_backend_reads(config_dir, tmp_path, capsys):
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert [r["case"] for r in rep["rows"]] == ["gemv bits=4 T=1 N=48 K=96", "quantize bits=4 N=48 K=96"]
     assert all(r["best_us"] <= r["default_us"] for r in rep["rows"])
+    assert "| gemv bits=4 T=1 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
 
 
 @pytest.mark.parametrize(

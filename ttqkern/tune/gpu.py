@@ -143,10 +143,5 @@ def main(argv=None) -> int:
             "rows": rows,
         }
         args.report.with_suffix(".json").write_text(json.dumps(summary, indent=1) + "\n")
-        lines = [f"Triton kernel tuning on {name}: `{summary['command']}`", "",
-                 "| case | default us | tuned us | speedup | trials |", "|---|---|---|---|---|"]  # fmt: skip
-        for r in rows:
-            sp = f"{r['speedup']:.2f}x" if r["speedup"] else "-"
-            lines.append(f"| {r['case']} | {r['default_us']:.1f} | {r['best_us']:.1f} | {sp} | {r['trials']} |")
-        args.report.with_suffix(".md").write_text("\n".join(lines) + "\n")
+        args.report.with_suffix(".md").write_text(tuner.report_markdown(summary))
     return 0 if entries else 1

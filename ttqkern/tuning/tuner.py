@@ -113,7 +113,19 @@ def _key(case: Case) -> str:
     return config.key(case.op, **case.shape())
 
 
-def _rel_err(y, ref) -> float:
+def report_markdown(summary: dict) -> str:
+    """The markdown table of a tuning report (``python -m ttqkern.tune --gpu --report``'s JSON)."""
+    out = [f"Triton kernel tuning on **{summary['device']}** ({summary['date']}, {summary['seconds']:.0f} s): "
+           f"`{summary['command']}`", "", "| case | default us | tuned us | speed-up | trials |",
+           "|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["rows"]:
+        sp = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        out.append(f"| {r['case']} | {r['default_us']:.1f} | {r['best_us']:.1f} | {sp} | {r['trials']} |")
+    return "\n".join(out) + "\n"
+
+
+def rel_err(y, ref) -> float:
+    """``||y - ref|| / ||ref||`` in fp32."""
     y, ref = y.float(), ref.float()
     return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
 
@@ -132,7 +144,7 @@ def workload(case: Case, device: torch.device, dtype: torch.dtype):
         ref = ops.act_scale(x, backend="torch")
 
         def check(D):
-            err = _rel_err(D, ref)
+            err = rel_err(D, ref)
             return "" if err < 1e-4 else f"act_scale differs from the torch backend: rel err {err:.3g}"
 
         return (lambda: ops.act_scale(x, backend="triton")), check
@@ -143,7 +155,7 @@ def workload(case: Case, device: torch.device, dtype: torch.dtype):
         ref = ops.dequantize(ops.quantize(W, D, bits=case.bits, group_size=GROUP, backend="torch"))
 
         def check(pw):
-            err = _rel_err(ops.dequantize(pw), ref)
+            err = rel_err(ops.dequantize(pw), ref)
             return "" if err < 1e-3 else f"quantize differs from the torch backend: rel err {err:.3g}"
 
         return (lambda: ops.quantize(W, D, bits=case.bits, group_size=GROUP, backend="triton")), check
@@ -154,7 +166,7 @@ def workload(case: Case, device: torch.device, dtype: torch.dtype):
     ref = ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="torch")
 
     def check(y):
-        err = _rel_err(y, ref)
+        err = rel_err(y, ref)
         return "" if err < 1e-2 else f"qmatmul differs from the torch backend: rel err {err:.3g}"
 
     return (lambda: ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="triton")), check
