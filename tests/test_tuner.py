@@ -30,27 +30,28 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def test_cases_cover_ops_and_dedupe_buckets():
-    cs = tuner.cases(["gemv", "gemm", "quantize", "act_scale"], [(48, 96), (50, 100)], [4, 3], [1, 16], [33], 20)
+    ops = ["decode1", "decode", "prefill", "quantize", "act_scale"]
+    cs = tuner.cases(ops, [(48, 96), (50, 100)], [4, 3], [1, 16], [33], 20)
     labels = [c.label() for c in cs]
     # 48x96 and 50x100 share the buckets N=64, K=128: tuned once
     assert len(labels) == len(set(labels)) == 2 * 2 + 2 * 1 + 2 + 1
-    assert "gemv bits=3 T=16 N=48 K=96" in labels and "act_scale T=20 K=96" in labels
+    assert "decode bits=3 T=16 N=48 K=96" in labels and "act_scale T=20 K=96" in labels
+    assert "decode1 bits=4 N=48 K=96" in labels and "prefill bits=4 T=33 N=48 K=96" in labels
 
 
 def test_override_is_what_the_backend_launches_with():
-    key = config.key("gemv", bits=4, T=1, N=48, K=96)
+    key = config.key("decode1", bits=4, N=48, K=96)
     slug = devices.device_slug(torch.device(DEVICE))
-    entry = {"BLOCK_N": 16, "SPLIT_K": 2}
+    entry = {"ROWS": 2, "PREFETCH": 0}
+    default = config.device_defaults("decode1", torch.device(DEVICE), tb.INTERPRET, bits=4, N=48, K=96)
     with store.override(slug, key, entry):
-        got = config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96)
-        assert got == {**config.defaults("gemv", tb.INTERPRET, T=1), **entry}
-    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == config.defaults(
-        "gemv", tb.INTERPRET, T=1
-    )
+        got = config.params("decode1", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96)
+        assert got == {**default, **entry}
+    assert config.params("decode1", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == default
 
 
 def test_wrong_answers_score_inf_and_are_reported(monkeypatch):
-    case = tuner.Case("gemv", 4, 1, 48, 96)
+    case = tuner.Case("decode1", 4, 1, 48, 96)
     run, check = tuner.workload(case, torch.device(DEVICE), torch.float32)
     assert check(run()) == ""
     assert "differs from the torch backend" in check(run() + 1.0)
@@ -70,27 +71,27 @@ def test_wrong_answers_score_inf_and_are_reported(monkeypatch):
 
 
 def test_cli_writes_configs_the_backend_reads(config_dir, tmp_path, capsys):
-    argv = ["--device", DEVICE, "--shapes", "tiny", "--ops", "gemv,quantize", "--bits", "4", "--decode-T", "1",
+    argv = ["--device", DEVICE, "--shapes", "tiny", "--ops", "decode1,quantize", "--bits", "4", "--decode-T", "1",
             "--trials", "3", "--time-per-case", "30", "--dtype", "float32", "--report", str(tmp_path / "rep")]  # fmt: skip
     assert gpu.main(argv) == 0
     out = capsys.readouterr().out
-    assert "gemv bits=4 T=1 N=48 K=96" in out and "2 configs written" in out
+    assert "decode1 bits=4 N=48 K=96" in out and "2 configs written" in out
     slug = devices.device_slug(torch.device(DEVICE))
     data = json.loads((config_dir / f"{slug}.json").read_text())
-    key = config.key("gemv", bits=4, T=1, N=48, K=96)
+    key = config.key("decode1", bits=4, N=48, K=96)
     assert set(data["entries"]) == {key, config.key("quantize", bits=4, N=48, K=96)}
     store.load.cache_clear()
-    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == data["entries"][key]
+    assert config.params("decode1", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == data["entries"][key]
     rep = json.loads((tmp_path / "rep.json").read_text())
-    assert [r["case"] for r in rep["rows"]] == ["gemv bits=4 T=1 N=48 K=96", "quantize bits=4 N=48 K=96"]
+    assert [r["case"] for r in rep["rows"]] == ["decode1 bits=4 N=48 K=96", "quantize bits=4 N=48 K=96"]
     assert all(r["best_us"] <= r["default_us"] for r in rep["rows"])
-    assert "| gemv bits=4 T=1 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
+    assert "| decode1 bits=4 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
 
 
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--ops", "gemv,frob"], "unknown"),
+        (["--ops", "decode1,frob"], "unknown"),
         (["--decode-T", "32"], "--decode-T values must be 1..16"),
         (["--prefill-T", "8"], "--prefill-T values > 16"),
     ],

@@ -29,7 +29,7 @@ PRESETS = {
     "qwen3-32b": [(8192, 5120), (25600, 5120), (5120, 25600)],
     "tiny": [(48, 96)],  # a smoke test (CPU interpreter)
 }
-OPS = ("gemv", "gemm", "quantize", "act_scale")
+OPS = ("decode1", "decode", "prefill", "dequant", "quantize", "act_scale")
 
 
 def _ints(text: str) -> list[int]:
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``--gpu`` mode's argument parser."""
     p = argparse.ArgumentParser(prog="python -m ttqkern.tune --gpu", description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--ops", default="gemv,gemm,quantize", help=f"comma list of {', '.join(OPS)} (default gemv,gemm,quantize)"
+        "--ops",
+        default="decode1,decode,prefill,quantize",
+        help=f"comma list of {', '.join(OPS)} (default decode1,decode,prefill,quantize)",
     )
     p.add_argument("--shapes", type=_shapes, default=PRESETS["qwen3-8b"],
                    help="NxK weight shapes and/or presets " + ", ".join(PRESETS) + " (default qwen3-8b)")  # fmt: skip

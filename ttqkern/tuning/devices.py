@@ -1,6 +1,6 @@
 """Device catalog: the roofline numbers benchmarks divide by, and config file names.
 
-Peak figures are the vendors' datasheet values (dense, no sparsity); they are
+Peak figures and SM counts are the vendors' datasheet values (dense, no sparsity); they are
 the ceilings "% of roofline" is measured against, not measurements.  A CPU has
 no fixed entry: its bandwidth is measured on the machine (`measure_cpu_bandwidth`).
 """
@@ -26,19 +26,21 @@ class Device:
     fp16_tflops: float  # peak dense fp16 tensor throughput with fp32 accumulate
     l2_mib: float  # last-level (L2 / Infinity) cache, MiB: cold-cache benches exceed it
     match: tuple[str, ...]
+    sms: int | None = None  # streaming multiprocessors (AMD: compute units); kernel defaults size grids by it
+    boost_ghz: float | None = None  # boost clock: static issue-rate ceilings (backends/sass.py) multiply by it
 
 
 CATALOG: tuple[Device, ...] = (
-    Device("a40", "NVIDIA A40", "nvidia", 696, 149.7, 6, ("A40",)),
-    Device("a100-80gb", "NVIDIA A100 80GB SXM", "nvidia", 2039, 312, 40, ("A100-SXM4-80GB", "A100 80GB")),
-    Device("a100-40gb", "NVIDIA A100 40GB", "nvidia", 1555, 312, 40, ("A100",)),
-    Device("l40", "NVIDIA L40", "nvidia", 864, 181, 96, ("L40",)),
-    Device("rtx3090", "NVIDIA GeForce RTX 3090", "nvidia", 936, 71, 6, ("RTX 3090",)),
-    Device("rtx4090", "NVIDIA GeForce RTX 4090", "nvidia", 1008, 165, 72, ("RTX 4090",)),
-    Device("h100-pcie", "NVIDIA H100 PCIe", "nvidia", 2000, 756, 50, ("H100 PCIe",)),
-    Device("h100", "NVIDIA H100 SXM", "nvidia", 3350, 989, 50, ("H100",)),
-    Device("h200", "NVIDIA H200", "nvidia", 4800, 989, 50, ("H200",)),
-    Device("mi300x", "AMD Instinct MI300X", "amd", 5300, 1307, 256, ("MI300X",)),
+    Device("a40", "NVIDIA A40", "nvidia", 696, 149.7, 6, ("A40",), 84, 1.74),
+    Device("a100-80gb", "NVIDIA A100 80GB SXM", "nvidia", 2039, 312, 40, ("A100-SXM4-80GB", "A100 80GB"), 108, 1.41),
+    Device("a100-40gb", "NVIDIA A100 40GB", "nvidia", 1555, 312, 40, ("A100",), 108, 1.41),
+    Device("l40", "NVIDIA L40", "nvidia", 864, 181, 96, ("L40",), 142, 2.49),
+    Device("rtx3090", "NVIDIA GeForce RTX 3090", "nvidia", 936, 71, 6, ("RTX 3090",), 82, 1.7),
+    Device("rtx4090", "NVIDIA GeForce RTX 4090", "nvidia", 1008, 165, 72, ("RTX 4090",), 128, 2.52),
+    Device("h100-pcie", "NVIDIA H100 PCIe", "nvidia", 2000, 756, 50, ("H100 PCIe",), 114, 1.755),
+    Device("h100", "NVIDIA H100 SXM", "nvidia", 3350, 989, 50, ("H100",), 132, 1.98),
+    Device("h200", "NVIDIA H200", "nvidia", 4800, 989, 50, ("H200",), 132, 1.98),
+    Device("mi300x", "AMD Instinct MI300X", "amd", 5300, 1307, 256, ("MI300X",), 304, 2.1),
 )
 
 

@@ -35,9 +35,9 @@ GROUP = 128
 
 @dataclass(frozen=True)
 class Case:
-    """One tuning problem: ``op`` in gemv / gemm / quantize / act_scale and its shape.
+    """One tuning problem: ``op`` in decode1 / decode / prefill / dequant / quantize / act_scale and its shape.
 
-    gemv / gemm: ``qmatmul`` of x ``[T, K]`` with a packed ``[N, K]`` weight (D,
+    decode1 / decode / prefill / dequant: ``qmatmul`` of x ``[T, K]`` with a packed ``[N, K]`` weight (D,
     rank-16 low-rank and bias on); quantize: ``[N, K]`` weight; act_scale: x ``[T, K]``.
     """
 
@@ -95,7 +95,7 @@ def cases(ops, shapes, bits, decode_T, prefill_T, prompt_T) -> list[Case]:
             for b in bits:
                 if op == "quantize":
                     out.append(Case(op, b, 0, N, K))
-                for T in decode_T if op == "gemv" else prefill_T if op == "gemm" else ():
+                for T in _token_counts(op, decode_T, prefill_T):
                     out.append(Case(op, b, T, N, K))
     # a key is tuned once even if two shapes share its bucket
     seen, unique = set(), []
@@ -105,6 +105,19 @@ def cases(ops, shapes, bits, decode_T, prefill_T, prompt_T) -> list[Case]:
             seen.add(k)
             unique.append(c)
     return unique
+
+
+def _token_counts(op: str, decode_T, prefill_T) -> list[int]:
+    """Token counts at which a qmatmul op is tuned (dequant: at the largest prefill, where it runs)."""
+    if op == "decode1":
+        return [t for t in decode_T if t == 1]
+    if op == "decode":
+        return [t for t in decode_T if t > 1]
+    if op == "prefill":
+        return list(prefill_T)
+    if op == "dequant":
+        return list(prefill_T)[-1:]
+    return []
 
 
 def _key(case: Case) -> str:
@@ -221,7 +234,7 @@ def tune_case(case: Case, device: torch.device, *, trials: int, timeout: float, 
     slug = devices.device_slug(device)
     key = _key(case)
     space = config.SPACE[case.op]
-    default = config.defaults(case.op, device.type != "cuda", T=max(case.T, 1))
+    default = config.device_defaults(case.op, device, device.type != "cuda", **case.shape())
     run, check = workload(case, device, dtype)
     seen: dict[tuple, float] = {}
     failures: list[str] = []

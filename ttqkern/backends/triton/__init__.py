@@ -1,15 +1,23 @@
-"""The Triton backend: TTQ's stages as fused, portable Triton kernels.
+"""The Triton backend: TTQ's stages as portable Triton kernels, designed from their machine code.
 
-Kernels (one module each, named by what they compute):
+Kernels (one module each, named by what they compute; docs/triton-kernels.md has the
+design and the static figures of each):
 
 - `act_scale`: column p-norms of x over the tokens, then D in one program.
 - `quantize`: scale by D, groupwise min/max, round, pack -- one pass over W,
-  writing the canonical packed layout directly.
-- `gemv` (T <= 16, split-K) and `gemm` (tiled, ``tl.dot``): the packed GEMM with
-  the ``x / D`` prologue and the low-rank + bias epilogue fused; `lowrank` is the
-  tiny ``x A^T`` pre-pass.
-- `config`: tile sizes, warps, stages and split factors per device, op, bit width
-  and shape bucket (defaults, overridden by tuned entries of `ttqkern.tuning.store`).
+  writing the canonical packed layout, which the GEMMs read as 32-bit words
+  (`ttqkern.backends.words`; odd group sizes are padded to whole chunks).
+- `prologue`: x~ = x / D once per call, laid out for the GEMM that follows, with
+  its chunk sums and the partials of ``x A^T``.
+- `gemv` (one token, vector units), `qdot` (2+ tokens, tensor cores) and
+  `dequant` (long prefills: dequantize once, then cuBLAS): the packed GEMM with
+  the low-rank + bias epilogue; `qmatmul` picks one and launches 2 kernels.
+- `unpack`: codes to floats without integer-to-float conversion.
+- `config`: tiles, warps, stages and thresholds per device, op, bit width and
+  shape bucket (defaults from the device's SM count, overridden by tuned entries).
+- `aot` / `inspect`: compile for a GPU target as the JIT would, without a GPU, and
+  report the static performance figures and gates (``python -m
+  ttqkern.backends.triton.inspect``).
 
 Only portable Triton is used, so the same source targets NVIDIA and AMD GPUs.
 With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels are

@@ -1,152 +1,211 @@
-"""Launch parameters of the Triton kernels: defaults, overridden by tuned entries.
+"""Launch parameters of the Triton kernels: declarative fields, search spaces and defaults per op.
 
-Every launch asks `params(op, device, **shape)`.  The answer is the op's defaults
-(`defaults`) updated by the entry the tuned-config store holds for this device
+Every launch asks `params(op, device, interpret, **shape)`: the op's defaults
+(`defaults`, derived from the device's SM count where that is what decides a
+tile) updated by the tuned entry the config store holds for the device
 (`ttqkern.tuning.store.lookup`, file ``<device_slug>.json``) under the key
 
     triton/act_scale/T=<t>/K=<k>
     triton/quantize/bits=<b>/N=<n>/K=<k>
-    triton/lowrank/T=<t>/K=<k>
-    triton/gemv/bits=<b>/T=<t>/N=<n>/K=<k>          (decode, T <= DECODE_MAX_T)
-    triton/gemm/bits=<b>/T=<t>/N=<n>/K=<k>          (prefill)
+    triton/decode1/bits=<b>/N=<n>/K=<k>            (one token: `gemv`)
+    triton/decode/bits=<b>/T=<t>/N=<n>/K=<k>       (2 <= T <= DECODE_MAX_T: `qdot`)
+    triton/prefill/bits=<b>/T=<t>/N=<n>/K=<k>      (T > DECODE_MAX_T: `qdot` or `dequant` + cuBLAS)
+    triton/dequant/bits=<b>/N=<n>/K=<k>            (the prefill fallback's dequantization)
 
-with every dimension rounded up to a power of two (`store.bucket`), see `key`.
-An entry may set any subset of the op's fields; `SPACE` lists the values a tuner
-should try.  ``SPLIT_K = 0`` / ``SPLIT_T = 0`` mean "enough programs to fill the
-device" (`auto_split`).  A tuned entry with invalid values is ignored with a
-warning.  The kernels adapt what they must (block sizes to tiny shapes, BLOCK_K to
-the group size, the minimum tile of ``tl.dot``) at launch, so every value in SPACE
-is valid for every shape.
+with every dimension rounded up to a power of two (`store.bucket`).  An entry
+may set any subset of the op's `FIELDS`; `SPACE` lists the values a tuner tries
+(every combination launches correctly: the launchers adapt tiles to tiny shapes).
+A tuned entry with invalid values is ignored with a warning.
+
+Stale entries: the op names ``gemv`` / ``gemm`` / ``lowrank`` of the kernels this
+version replaced are no longer looked up (their keys simply never match), and
+their entries were removed from the shipped ``h200.json``: they tuned tiles of
+kernels that no longer exist.  The ``quantize`` and ``act_scale`` kernels are
+unchanged, so their tuned entries stay valid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from ...tuning import devices, store
 
-# qmatmul takes the decode kernel (gemv.py) up to this many tokens, the GEMM above.
+# qmatmul: one token -> decode1 (vector units), up to DECODE_MAX_T -> decode, more -> prefill
 DECODE_MAX_T = 16
 # tl.dot needs every tile dimension >= 16 on GPUs.
 DOT_MIN = 16
 
-OPS = ("act_scale", "quantize", "lowrank", "gemv", "gemm")
+
+@dataclass(frozen=True)
+class Pow2:
+    """A power of two in ``[lo, hi]``."""
+
+    lo: int
+    hi: int
+
+    def ok(self, v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and self.lo <= v <= self.hi and v & (v - 1) == 0
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a fixed set of values."""
+
+    values: tuple
+
+    def ok(self, v) -> bool:
+        return not isinstance(v, bool) and v in self.values
+
+
+_WARPS = OneOf((1, 2, 4, 8, 16))
+_STAGES = OneOf((1, 2, 3, 4, 5, 6))
+_FLAG = OneOf((0, 1))
+
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
     "quantize": ("bits", "N", "K"),
-    "lowrank": ("T", "K"),
-    "gemv": ("bits", "T", "N", "K"),
-    "gemm": ("bits", "T", "N", "K"),
+    "decode1": ("bits", "N", "K"),
+    "decode": ("bits", "T", "N", "K"),
+    "prefill": ("bits", "T", "N", "K"),
+    "dequant": ("bits", "N", "K"),
 }
+OPS = tuple(KEY_FIELDS)
+
+FIELDS = {
+    "act_scale": {"BLOCK_T": Pow2(1, 1024), "BLOCK_K": Pow2(1, 4096), "SPLIT_T": OneOf(tuple(range(0, 1025))),
+                  "num_warps": _WARPS},
+    "quantize": {"BLOCK_N": Pow2(1, 1024), "BLOCK_K": Pow2(8, 4096), "num_warps": _WARPS},
+    # ROWS rows per thread x num_warps rows per CTA; PREFETCH: load step i+1 before computing step i
+    "decode1": {"ROWS": Pow2(1, 16), "num_warps": OneOf((1, 2, 4, 8)), "PREFETCH": _FLAG},
+    # CHUNK: codes per tl.dot (capped by the group size); SWAP: weights as the MMA's M operand
+    # SPLIT_K: 0 = enough chunk ranges for one CTA per SM (summed by the last program of a tile)
+    "decode": {"BLOCK_N": Pow2(16, 256), "CHUNK": Pow2(16, 512), "SWAP": _FLAG, "SPLIT_K": OneOf((0, 1, 2, 4, 8, 16)),
+               "num_warps": _WARPS, "num_stages": _STAGES},
+    "prefill": {"BLOCK_T": Pow2(16, 256), "BLOCK_N": Pow2(16, 256), "CHUNK": Pow2(16, 512), "GROUP_T": Pow2(1, 64),
+                "SWAP": _FLAG, "DEQ_TILE": _FLAG, "num_warps": _WARPS, "num_stages": _STAGES, "DEQUANT_MIN_T": Pow2(16, 1 << 30)},
+    "dequant": {"BLOCK_N": Pow2(16, 256), "CHUNK": Pow2(16, 512), "num_warps": _WARPS},
+}  # fmt: skip
 
 # What a tuner may try per op (every combination launches correctly).
 SPACE = {
-    "act_scale": {
-        "BLOCK_T": [8, 16, 32, 64],
-        "BLOCK_K": [32, 64, 128, 256],
-        "SPLIT_T": [0, 1, 2, 4, 8],
-        "num_warps": [2, 4, 8],
-    },
+    "act_scale": {"BLOCK_T": [8, 16, 32, 64], "BLOCK_K": [32, 64, 128, 256], "SPLIT_T": [0, 1, 2, 4, 8],
+                  "num_warps": [2, 4, 8]},
     "quantize": {"BLOCK_N": [1, 2, 4, 8, 16, 32], "BLOCK_K": [64, 128, 256, 512, 1024], "num_warps": [1, 2, 4, 8]},
-    "lowrank": {
-        "BLOCK_T": [1, 2, 4, 8, 16, 32, 64],
-        "BLOCK_R": [16, 32, 64],
-        "BLOCK_K": [32, 64, 128, 256],
-        "SPLIT_K": [0, 1, 2, 4, 8, 16],
-        "USE_DOT": [0, 1],
-        "num_warps": [2, 4, 8],
-    },
-    "gemv": {
-        "BLOCK_N": [8, 16, 32, 64, 128],
-        "BLOCK_K": [16, 32, 64, 128, 256],
-        "SPLIT_K": [0, 1, 2, 4, 8, 16],
-        "USE_DOT": [0, 1],
-        "BLOCK_R": [16, 32, 64],
-        "num_warps": [1, 2, 4, 8],
-        "num_stages": [1, 2, 3, 4],
-    },
-    "gemm": {
-        "BLOCK_T": [16, 32, 64, 128],
-        "BLOCK_N": [32, 64, 128, 256],
-        "BLOCK_K": [16, 32, 64, 128],
-        "GROUP_T": [1, 4, 8, 16],
-        "BLOCK_R": [16, 32, 64],
-        "num_warps": [2, 4, 8],
-        "num_stages": [1, 2, 3, 4, 5],
-    },
-}
+    "decode1": {"ROWS": [1, 2, 4, 8], "num_warps": [2, 4, 8], "PREFETCH": [0, 1]},
+    "decode": {"BLOCK_N": [16, 32, 64, 128], "CHUNK": [32, 64, 128, 256], "SWAP": [0, 1], "SPLIT_K": [0, 1, 2, 4],
+               "num_warps": [4, 8], "num_stages": [1, 2, 3, 4]},
+    "prefill": {"BLOCK_T": [32, 64, 128], "BLOCK_N": [64, 128, 256], "CHUNK": [64, 128], "GROUP_T": [1, 4, 8, 16],
+                "SWAP": [0, 1], "DEQ_TILE": [0, 1], "num_warps": [4, 8], "num_stages": [2, 3, 4],
+                "DEQUANT_MIN_T": [64, 256, 512, 1024, 2048, 1 << 30]},
+    "dequant": {"BLOCK_N": [16, 32, 64, 128], "CHUNK": [64, 128, 256], "num_warps": [2, 4, 8]},
+}  # fmt: skip
 
 
-def defaults(op: str, interpret: bool, *, T: int = 1, **_) -> dict:
-    """Untuned parameters of ``op``.
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the defaults depend on: the store's device slug, the multiprocessor count and the
+    compute capability (``major * 10 + minor``; 0 when not NVIDIA)."""
 
-    On a GPU: tiles that compile without register spills for sm_90 (checked with
-    ``ptxas -v`` on the AOT build of tests/triton_aot.py; not yet timed on a GPU --
-    the tuning issue measures), deterministic reductions (no split over T by
-    default), split-K chosen to fill the device.
-    Under the interpreter every program instance and every tile op costs Python
-    time, so tiles are as large as the small test shapes and nothing is split.
+    slug: str
+    sms: int
+    cc: int = 90
+
+
+_override: list[DeviceInfo] = []
+_untuned: list[bool] = []
+
+
+@contextlib.contextmanager
+def defaults_only():
+    """Within the block, `params` ignores tuned entries (the static inspection of the defaults)."""
+    _untuned.append(True)
+    try:
+        yield
+    finally:
+        _untuned.pop()
+
+
+@contextlib.contextmanager
+def device_override(info: DeviceInfo):
+    """Within the block, every device is `info` (the static inspection compiles for a GPU it does not have)."""
+    _override.append(info)
+    try:
+        yield
+    finally:
+        _override.pop()
+
+
+@functools.cache
+def _device_info(device: torch.device) -> DeviceInfo:
+    slug = devices.device_slug(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        cc = 0 if getattr(torch.version, "hip", None) else props.major * 10 + props.minor
+        return DeviceInfo(slug, props.multi_processor_count, cc)
+    return DeviceInfo(slug, 1, 0)
+
+
+def device_info(device) -> DeviceInfo:
+    """`DeviceInfo` of a torch device (or the `device_override` in force)."""
+    return _override[-1] if _override else _device_info(torch.device(device))
+
+
+def catalog_info(slug: str, cc: int = 90) -> DeviceInfo:
+    """`DeviceInfo` of a catalog device (`ttqkern.tuning.devices`) by slug, e.g. ``"h200"``, for capability cc."""
+    for d in devices.CATALOG:
+        if d.slug == slug:
+            if d.sms is None:
+                raise ValueError(f"the device catalog has no SM count for {slug!r}")
+            return DeviceInfo(slug, d.sms, cc)
+    raise ValueError(f"unknown device {slug!r}; catalog: {', '.join(d.slug for d in devices.CATALOG)}")
+
+
+def _pow2_floor(n: float) -> int:
+    return 1 << max(0, int(n).bit_length() - 1) if n >= 1 else 1
+
+
+def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 132, cc: int = 90, **_) -> dict:
+    """Untuned parameters of ``op`` for a shape (``sms``: the device's multiprocessor count, ``cc``:
+    its compute capability).
+
+    GPU reasoning, per op (docs/triton-kernels.md has the static figures):
+    decode1: 4 warps, rows per thread as many as keep >= 2 CTAs per SM (x~ loads and
+    scale lookups are shared by a thread's rows), prefetch on.  decode: 64-row tiles
+    with the weights as the MMA's M operand (64 rows amortise the x~ tile), split
+    over K until there is a CTA per SM.  prefill: on Hopper 128 x 128 tiles (64 x 128 below 128
+    tokens), 8 warps; before Hopper both MMA operands live in registers, so 64 x 128 and 4
+    warps (128 x 128 spills there); 64-code chunks; dequantize + cuBLAS from 512 tokens.  Under the interpreter every program costs
+    Python time: tiles as large as the test shapes.
     """
-    decode_dot = int(T > 1)  # one token: broadcast-reduce on vector units, no M >= 16 padding
     if interpret:
         table = {
             "act_scale": {"BLOCK_T": 64, "BLOCK_K": 256, "SPLIT_T": 1, "num_warps": 4},
             "quantize": {"BLOCK_N": 64, "BLOCK_K": 512, "num_warps": 4},
-            "lowrank": {"BLOCK_T": 64, "BLOCK_R": 64, "BLOCK_K": 256, "SPLIT_K": 1, "USE_DOT": 1, "num_warps": 4},
-            "gemv": {
-                "BLOCK_N": 64,
-                "BLOCK_K": 128,
-                "SPLIT_K": 1,
-                "USE_DOT": decode_dot,
-                "BLOCK_R": 64,
-                "num_warps": 4,
-                "num_stages": 1,
-            },
-            "gemm": {
-                "BLOCK_T": 64,
-                "BLOCK_N": 64,
-                "BLOCK_K": 128,
-                "GROUP_T": 1,
-                "BLOCK_R": 64,
-                "num_warps": 4,
-                "num_stages": 1,
-            },
-        }
-    else:
-        table = {
-            "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
-            "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
-            "lowrank": {
-                "BLOCK_T": 16,
-                "BLOCK_R": 16,
-                "BLOCK_K": 128,
-                "SPLIT_K": 0,
-                "USE_DOT": int(T > 16),
-                "num_warps": 4,
-            },
-            "gemv": {
-                "BLOCK_N": 32,
-                "BLOCK_K": 128 if T == 1 else 64,
-                "SPLIT_K": 0,
-                "USE_DOT": decode_dot,
-                "BLOCK_R": 16,
-                "num_warps": 4,
-                "num_stages": 3,
-            },
-            "gemm": {
-                "BLOCK_T": 64,
-                "BLOCK_N": 128,
-                "BLOCK_K": 64,
-                "GROUP_T": 8,
-                "BLOCK_R": 16,
-                "num_warps": 8,
-                "num_stages": 3,
-            },
-        }
-    return table[op]
+            "decode1": {"ROWS": 8, "num_warps": 4, "PREFETCH": 1},
+            "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1},
+            "prefill": {"BLOCK_T": 64, "BLOCK_N": 64, "CHUNK": 128, "GROUP_T": 1, "SWAP": 1, "DEQ_TILE": 1, "num_warps": 4,
+                        "num_stages": 1, "DEQUANT_MIN_T": 1 << 30},
+            "dequant": {"BLOCK_N": 64, "CHUNK": 128, "num_warps": 4},
+        }  # fmt: skip
+        return dict(table[op])
+    warps = 4
+    hopper = cc >= 90
+    rows = max(1, min(8, _pow2_floor(N / (2 * sms * warps))))
+    table = {
+        "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
+        "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
+        "decode1": {"ROWS": rows, "num_warps": warps, "PREFETCH": 1},
+        "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 2},
+        "prefill": {"BLOCK_T": 128 if T >= 128 and hopper else 64, "BLOCK_N": 128, "CHUNK": 64, "GROUP_T": 8,
+                    "SWAP": 1, "DEQ_TILE": 1, "num_warps": 8 if hopper else 4, "num_stages": 3, "DEQUANT_MIN_T": 512},
+        "dequant": {"BLOCK_N": 32, "CHUNK": 128, "num_warps": 4},
+    }  # fmt: skip
+    return dict(table[op])
 
 
 def key(op: str, **shape) -> str:
@@ -155,79 +214,45 @@ def key(op: str, **shape) -> str:
     return store.make_key("triton", op, **fields)
 
 
-@functools.cache
-def _slug(device: torch.device) -> str:
-    return devices.device_slug(device)
+def valid(op: str, cfg: dict) -> bool:
+    """Are all of ``cfg``'s fields known to ``op`` and in range?"""
+    spec = FIELDS[op]
+    return all(name in spec and spec[name].ok(v) for name, v in cfg.items())
 
 
-def _valid(op: str, cfg: dict) -> bool:
-    def pow2(v):
-        return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 and v & (v - 1) == 0
-
-    for name, v in cfg.items():
-        if name.startswith("BLOCK_") or name == "GROUP_T":
-            ok = pow2(v)
-        elif name in ("SPLIT_K", "SPLIT_T"):
-            ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1024
-        elif name == "USE_DOT":
-            ok = v in (0, 1)
-        elif name == "num_warps":
-            ok = v in (1, 2, 4, 8, 16)
-        elif name == "num_stages":
-            ok = isinstance(v, int) and 1 <= v <= 8
-        else:
-            ok = False
-        if not ok:
-            return False
-    return True
+_valid = valid  # the name the tests use
 
 
-def params(op: str, device: torch.device, interpret: bool, **shape) -> dict:
+def device_defaults(op: str, device, interpret: bool, **shape) -> dict:
+    """`defaults` of ``op`` for a shape on ``device`` (its SM count)."""
+    info = device_info(device)
+    return defaults(op, interpret, sms=info.sms, cc=info.cc, **shape)
+
+
+def params(op: str, device, interpret: bool, **shape) -> dict:
     """Launch parameters of ``op`` for a shape on ``device``: defaults + tuned entry."""
-    base = defaults(op, interpret, **shape)
+    info = device_info(device)
+    base = defaults(op, interpret, sms=info.sms, cc=info.cc, **shape)
+    if _untuned:
+        return base
     k = key(op, **shape)
-    slug = _slug(torch.device(device))
-    cfg = store.lookup(slug, k, base)
-    if cfg != base and not _valid(op, cfg):
-        warnings.warn(f"ttqkern: tuned config {k} for {slug} has invalid values {cfg}; using defaults", stacklevel=2)
+    cfg = store.lookup(info.slug, k, base)
+    if cfg != base and not valid(op, cfg):
+        warnings.warn(f"ttqkern: tuned config {k} for {info.slug} has invalid values {cfg}; using defaults",
+                      stacklevel=2)  # fmt: skip
         return base
     return cfg
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 1
-
-
-def auto_split(split: int, programs: int, steps: int, device: torch.device) -> int:
+def auto_split(split: int, programs: int, steps: int, device, per_sm: int = 2) -> int:
     """Split factor for a reduction of ``steps`` tiles over ``programs`` other programs.
 
     ``split > 0`` is taken as given (capped at ``steps``); 0 picks the smallest split
-    that gives about two programs per multiprocessor (1 on the CPU interpreter).
+    that gives about ``per_sm`` programs per multiprocessor (1 on the CPU interpreter).
     """
     if split <= 0:
-        split = -(-2 * _num_sms(torch.device(device)) // max(programs, 1))
+        split = -(-per_sm * device_info(device).sms // max(programs, 1))
     return max(1, min(split, steps))
-
-
-def fit_block_k(block_k: int, group_size: int, K: int, min_block: int) -> tuple[int, bool]:
-    """``(BLOCK_K, aligned)``: the K tile and whether every tile lies inside one group.
-
-    The tile is capped at K (rounded up to a power of two).  If the group size is
-    not a multiple of it, the largest power of two dividing the group size is
-    used when that is at least ``min_block`` and a quarter of the wanted tile;
-    otherwise the tile keeps its size and the kernel gathers a scale per column.
-    """
-    min_block = max(min_block, 8)  # a tile starts on a byte in every plane (1-bit: 8 codes per byte)
-    block_k = max(min(block_k, triton_next_pow2(K)), min_block)
-    if group_size % block_k == 0:
-        return block_k, True
-    p2 = group_size & -group_size  # largest power of two dividing the group size
-    if p2 >= max(min_block, block_k // 4):
-        return p2, True
-    return block_k, False
 
 
 def triton_next_pow2(n: int) -> int:

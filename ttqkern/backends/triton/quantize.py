@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ...format import PackedWeight, num_groups, packed_bytes, resolve_group_size
 from . import config
-from .tiles import MODE_FLOAT, MODE_INT, mode_of
+from .forms import MODE_FLOAT, MODE_INT, mode_of
 
 ROUND_MAGIC = 8388608.0  # 2^23: fp32 values at or above it are integers
 
