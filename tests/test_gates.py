@@ -39,19 +39,22 @@ TARGETS = {"sm_90": "h200", "sm_80": "a100-80gb"}
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
-    """``{arch: summary}`` of one inspect run per target (all cases of the gates)."""
-    out = {}
+    """``{arch: summary}`` of one inspect run per target (all cases of the gates), the targets in parallel."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    tmp = tmp_path_factory.mktemp("gates")
+    runs = {}
     for arch, device in TARGETS.items():
-        path = tmp_path_factory.mktemp("gates") / f"{arch}.json"
         cmd = [sys.executable, "-m", "ttqkern.backends.triton.inspect", "--arch", arch, "--device", device,
                "--shapes", "qwen3-8b,qwen3-32b", "--bits", "4", "--T", "1,16,128", "--configs", "shipped,default",
-               "--json", str(path), "--gates"]  # fmt: skip
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, check=False)
-        assert run.returncode in (0, 1), run.stdout[-3000:] + run.stderr[-3000:]
-        out[arch] = json.loads(path.read_text())
-        out[arch]["_stdout"] = run.stdout
+               "--json", str(tmp / f"{arch}.json"), "--gates"]  # fmt: skip
+        runs[arch] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = {}
+    for arch, proc in runs.items():
+        stdout, stderr = proc.communicate(timeout=1200)
+        assert proc.returncode in (0, 1), stdout[-3000:] + stderr[-3000:]
+        out[arch] = json.loads((tmp / f"{arch}.json").read_text())
+        out[arch]["_stdout"] = stdout
     return out
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -91,6 +92,9 @@ def _stages(kernel: str, c: dict, options: dict) -> int:
     return 1
 
 
+_reports: dict = {}  # (cubin hash, arch, ptxas flags) -> sass.KernelReport
+
+
 def analyse_launch(lc, arch: str, sms: int, clock_ghz: float, dump: Path | None, tag: str) -> dict:
     """The figures of one captured launch (see the module docstring)."""
     from triton.backends.nvidia.compiler import get_ptxas
@@ -99,8 +103,12 @@ def analyse_launch(lc, arch: str, sms: int, clock_ghz: float, dump: Path | None,
     cap = int(re.sub(r"\D", "", arch))
     sm_arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
     flags = ("--regAllocOptLevel=2",) + (() if lc.options.get("enable_fp_fusion", True) else ("--fmad=false",))
-    rep = sass.inspect_cubin(cubin, ptx=ptx, arch=sm_arch, ptxas=get_ptxas(cap).path, ptxas_flags=flags, prefer="MMA")
-    kr = next(iter(rep.values()))
+    key = (hashlib.sha256(cubin).hexdigest(), sm_arch, flags)
+    kr = _reports.get(key)
+    if kr is None:  # shapes and config sets share compiled kernels: disassemble each once
+        rep = sass.inspect_cubin(cubin, ptx=ptx, arch=sm_arch, ptxas=get_ptxas(cap).path, ptxas_flags=flags,
+                                 prefer="MMA")  # fmt: skip
+        kr = _reports[key] = next(iter(rep.values()))
     res = kr.resources
     warps = lc.num_warps
     resident = sass.occupancy(res.registers, lc.shared, warps * 32, cap)
@@ -138,7 +146,7 @@ def analyse_launch(lc, arch: str, sms: int, clock_ghz: float, dump: Path | None,
     if lc.kernel == "_dequant_kernel" and wb:
         out["lanes_per_weight_byte_whole_program"] = round(sass.lanes_per_byte(kr.instructions, warps, wb), 2)
     if dump is not None:
-        dump.mkdir(parents=True, exist_ok=True)
+        dump.mkdir(parents=True, exist_ok=True)  # (the disassembly is redone here: dumping is not the fast path)
         stem = dump / f"{tag}.{lc.kernel}"
         stem.with_suffix(".sass").write_text(sass.disassemble(cubin))
         stem.with_suffix(".ptx").write_text(ptx)
