@@ -76,9 +76,9 @@ def _compare(x, pw, D, lowrank, bias):
 
 
 def test_available_and_auto_picks_numba_on_cpu():
-    assert nbk.available() == (True, "")
-    assert nbk.DEVICE_TYPES == ("cpu",)
-    assert backends.resolve("auto", torch.device("cpu")) is nbk
+    assert nbk.BACKEND.available() == (True, "")
+    assert nbk.BACKEND.device_types == ("cpu",)
+    assert backends.resolve("auto", torch.device("cpu")) is nbk.BACKEND
     x, W, _, _ = _case(2, 8, 64)
     pw = ops.quantize(W, bits=4, group_size=32)
     assert torch.equal(ops.qmatmul(x, pw), ops.qmatmul(x, pw, backend="numba"))
@@ -149,13 +149,9 @@ def test_random_shapes_every_path(T, N, K, g, bits, form, path, r, seed):
     g_res = K if g == -1 else g
     assert_packed_match(pw, reference.quantize(W, D, bits, g_res, *form, 1.0))
     y_ref = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch")
-    cfg = {**config.DEFAULTS["qmatmul"], **PATHS[path]}
-    old = config.DEFAULTS["qmatmul"]
-    config.DEFAULTS["qmatmul"] = cfg  # hypothesis examples cannot use function-scoped fixtures
-    try:
+    key = config.key("qmatmul", bits=pw.bits, T=T, N=N, K=K)
+    with store.override("cpu", key, PATHS[path]):  # hypothesis examples cannot use function-scoped fixtures
         y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
-    finally:
-        config.DEFAULTS["qmatmul"] = old
     assert_output_close(y, y_ref)
 
 
@@ -240,9 +236,10 @@ def test_invalid_tuned_entry_warns_and_uses_defaults(tuned):
 
 def test_defaults_and_search_space_are_valid():
     for op in config.OPS:
-        assert set(config.DEFAULTS[op]) == set(config.SPACE[op]) and config._valid(op, config.DEFAULTS[op])
+        spec = config.TABLE.ops[op]
+        assert set(config.DEFAULTS[op]) == set(config.SPACE[op]) and spec.invalid(config.DEFAULTS[op]) == ""
         for field, values in config.SPACE[op].items():
-            assert all(config._valid(op, {field: v}) for v in values), (op, field)
+            assert all(spec.invalid({field: v}) == "" for v in values), (op, field)
     assert config.key("qmatmul", bits=3, T=5, N=4000, K=4096) == "numba/qmatmul/bits=3/T=8/N=4096/K=4096"
 
 
