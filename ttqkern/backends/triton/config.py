@@ -6,12 +6,13 @@ device (file ``<device_slug>.json``; looked up and validated by the shared
 `ttqkern.tuning.params.ConfigTable` declared here as `TABLE`) under the key
 
     triton/act_scale/T=<t>/K=<k>
-    triton/quantize/bits=<b>/N=<n>/K=<k>
+    triton/quantize/bits=<b>/group=<g>/N=<n>/K=<k>
     triton/lowrank/T=<t>/K=<k>
-    triton/gemv/bits=<b>/T=<t>/N=<n>/K=<k>          (decode, T <= DECODE_MAX_T)
-    triton/gemm/bits=<b>/T=<t>/N=<n>/K=<k>          (prefill)
+    triton/gemv/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>          (decode, T <= DECODE_MAX_T)
+    triton/gemm/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>          (prefill)
 
-with every dimension rounded up to a power of two (`store.bucket`), see `key`.
+with every dimension rounded up to a power of two (`store.bucket`), see `key`;
+``group`` is the resolved group size, kept as it is.
 An entry may set any subset of the op's fields; `SPACE` lists the values a tuner
 should try and `FIELDS` the values an entry may hold.  ``SPLIT_K = 0`` /
 ``SPLIT_T = 0`` mean "enough programs to fill the device" (`auto_split`).  A tuned
@@ -36,10 +37,10 @@ DOT_MIN = 16
 OPS = ("act_scale", "quantize", "lowrank", "gemv", "gemm")
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
-    "quantize": ("bits", "N", "K"),
+    "quantize": ("bits", "group", "N", "K"),
     "lowrank": ("T", "K"),
-    "gemv": ("bits", "T", "N", "K"),
-    "gemm": ("bits", "T", "N", "K"),
+    "gemv": ("bits", "group", "T", "N", "K"),
+    "gemm": ("bits", "group", "T", "N", "K"),
 }
 
 # What a tuner may try per op (every combination launches correctly).
@@ -170,10 +171,21 @@ def _defaults_for(op: str):
     return make
 
 
+# For the tuner (`ttqkern.tune`): the public stage that runs each op and the token counts it serves.
+STAGE = {"act_scale": "act_scale", "quantize": "quantize", "lowrank": "qmatmul", "gemv": "qmatmul", "gemm": "qmatmul"}
+TOKENS = {"gemv": (1, DECODE_MAX_T), "gemm": (DECODE_MAX_T + 1, 1 << 31)}
+
 TABLE = ConfigTable(
     "triton",
     {
-        op: OpParams(KEY_FIELDS[op], FIELDS[op], {f: tuple(v) for f, v in SPACE[op].items()}, _defaults_for(op))
+        op: OpParams(
+            KEY_FIELDS[op],
+            FIELDS[op],
+            {f: tuple(v) for f, v in SPACE[op].items()},
+            _defaults_for(op),
+            stage=STAGE[op],
+            tokens=TOKENS.get(op, (1, 1 << 31)),
+        )
         for op in OPS
     },
 )
