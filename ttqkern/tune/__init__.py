@@ -23,4 +23,5 @@ MODES: dict[str, tuple[str, str]] = {
     "hparams": ("ttqkern.tune.hparams", "Optuna search of TTQ alpha/lam/p on validation perplexity"),
     "cpu": ("ttqkern.tune.cpu", "Optuna search of the CPU (Numba) kernels' parameters on this machine"),
     "gpu": ("ttqkern.tune.gpu", "Optuna search of a GPU backend's (Triton, CuPy) kernel parameters on this GPU"),
+    "compile-check": ("ttqkern.tune.compile_check", "compile every default and shipped config for each catalog GPU"),
 }

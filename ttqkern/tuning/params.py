@@ -75,6 +75,9 @@ class OpParams:
     as ``cfg`` at this shape, for every shape of its store bucket (e.g. a threshold
     replaced by the kernel choice it makes there); the tuner measures each
     behaviour once and stores the canonical form.
+    kernels: names of the compiled kernels whose code this op's parameters shape
+    (``python -m ttqkern.tune --compile-check`` attributes what it finds by them;
+    empty: every kernel the op's stage launches).
     """
 
     key_fields: tuple[str, ...]
@@ -85,6 +88,7 @@ class OpParams:
     tokens: tuple[int, int] = (1, 1 << 31)
     constraint: Callable[..., str] | None = None
     canonical: Callable[..., dict] | None = None
+    kernels: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name, values in self.space.items():

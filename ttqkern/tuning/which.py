@@ -87,8 +87,9 @@ def lookup(op: str, shape, device="cpu", backend: str = "auto", *, bits: int | N
     shape = _shape(shape, bits, group_size)
     if op not in table.ops:
         T = shape.get("T", 1)
-        serving = [name for name, spec in table.ops.items()
-                   if spec.stage_of(name) == op and spec.tokens[0] <= T <= spec.tokens[1]]  # fmt: skip
+        serving = sorted((spec.tokens[1] - spec.tokens[0], name) for name, spec in table.ops.items()
+                         if spec.stage_of(name) == op and spec.tokens[0] <= T <= spec.tokens[1])  # fmt: skip
+        serving = [name for _, name in serving]  # the op made for this T first (gemv before a pre-pass)
         if not serving:
             raise ValueError(f"backend {b.name!r} has no op {op!r} (ops: {sorted(table.ops)})")
         op = serving[0]
