@@ -283,8 +283,8 @@ def test_sampled_search_space_configs_are_correct(device, tuned):
 def test_invalid_tuned_entry_warns_and_uses_defaults(device, tuned):
     x, W, _, _ = random_case(2, 8, 64, device=device)
     pw = reference.quantize(W.cpu(), None, 4, 32, False, "float", 1.0)
-    tuned(device, "gemv", {"BLOCK_N": 48}, check=False, bits=4, T=2, N=8, K=64)
-    with pytest.warns(UserWarning, match=r"tuned config triton/gemv/bits=4/T=2/N=8/K=64 .* invalid values"):
+    tuned(device, "gemv", {"BLOCK_N": 48}, check=False, bits=4, group=32, T=2, N=8, K=64)
+    with pytest.warns(UserWarning, match=r"tuned config triton/gemv/bits=4/group=32/T=2/N=8/K=64 .* invalid values"):
         y = ops.qmatmul(x, pw.to(device), backend="triton")
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw))
 

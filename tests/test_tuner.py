@@ -76,3 +76,27 @@ def test_cli_writes_configs_the_backend_reads(config_dir, tmp_path, capsys):
 def test_cli_without_gpu_says_so(capsys):
     assert gpu.main(["--no-progress"]) == 2
     assert "no CUDA/ROCm GPU here" in capsys.readouterr().err
+
+
+def test_a_catalog_gpu_never_tuned_gets_derived_defaults_that_fit_it():
+    shape = {"bits": 4, "group": 128, "T": 512, "N": 4096, "K": 4096}
+    a100 = lookup("gemm", shape, device="a100-80gb", backend="triton")
+    assert a100.source == "derived" and "A100" in a100.note and "108 SMs" in a100.note
+    assert a100.config["BLOCK_K"] == 32  # 64 x 128 x 64 spills below sm_90 (--compile-check)
+    assert lookup("gemm", shape, device="h100", backend="triton").config["BLOCK_K"] == 64
+    assert devices.config_kind("a100-80gb") == "derived" and devices.config_kind("h200") == "tuned"
+    h200 = lookup("quantize", {"bits": 4, "group": 128, "N": 4096, "K": 4096}, device="h200", backend="triton")
+    assert h200.source == "shipped" and h200.path == store.PACKAGE_DIR / "h200.json"
+    assert h200.provenance["command"].startswith("python -m ttqkern.tune --gpu")
+
+
+def test_constraint_rejects_configs_that_cannot_fit():
+    gemv, gemm = config.TABLE.ops["gemv"], config.TABLE.ops["gemm"]
+    base = config.defaults("gemv", False, T=16)
+    shape = {"bits": 4, "group": 128, "T": 16, "N": 4096, "K": 4096}
+    wide = {**base, "USE_DOT": 0, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 2}
+    assert "broadcast products per thread" in gemv.rejects(wide, "h200", **shape)
+    assert gemv.rejects({**base, "USE_DOT": 1}, "h200", **shape) == ""
+    big = {**config.defaults("gemm", False, T=512), "BLOCK_T": 128, "BLOCK_N": 256, "BLOCK_K": 128, "num_stages": 4}
+    assert "shared memory" in gemm.rejects(big, "rtx4090", **{**shape, "T": 512})
+    assert gemm.rejects(config.defaults("gemm", False, T=512), "rtx4090", **{**shape, "T": 512}) == ""

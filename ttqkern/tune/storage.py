@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
 from pathlib import Path
 
@@ -78,13 +80,23 @@ def open_storage(url: str | None, heartbeat_s: int | None = None):
             if retry is not None
             else {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)}
         )
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms since 2.x
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=hb,
-                              grace_period=max(GRACE_S * hb // HEARTBEAT_S, 2 * hb), **callbacks)  # fmt: skip
-    except ModuleNotFoundError as e:  # the URL's driver (psycopg2, pymysql) is not installed
-        raise RuntimeError(
-            f"--storage {describe(url)}: its database driver is missing ({e}); for PostgreSQL: "
-            "pip install 'ttqkern[tune]' (psycopg2-binary)"
-        ) from e
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms since 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, heartbeat_interval=hb,
+                                  grace_period=max(GRACE_S * hb // HEARTBEAT_S, 2 * hb), **callbacks)  # fmt: skip
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # workers starting together on an empty database race to create Optuna's tables
+            # (PostgreSQL: a duplicate enum type); the loser finds them made on the next try
+            if attempt == 5:
+                raise
+            time.sleep(0.5 + random.random())
+        except ModuleNotFoundError as e:  # the URL's driver (psycopg2, pymysql) is not installed
+            raise RuntimeError(
+                f"--storage {describe(url)}: its database driver is missing ({e}); for PostgreSQL: "
+                "pip install 'ttqkern[tune]' (psycopg2-binary)"
+            ) from e
+    raise AssertionError("unreachable")

@@ -218,8 +218,10 @@ def _defaults_for(op: str):
     def make(device, **shape) -> dict:
         from . import INTERPRET  # read once by the package, before its kernels were decorated
 
-        cfg = defaults(op, INTERPRET, **shape)
-        if INTERPRET:
+        remote = isinstance(device, devices.Device)  # a catalog GPU asked about from any machine: compiled there
+        interpret = INTERPRET and not remote
+        cfg = defaults(op, interpret, **shape)
+        if interpret:
             return cfg
         target = devices.target(device)
         return derive(cfg, op, target) if target.vendor != "cpu" else cfg
@@ -231,7 +233,7 @@ def _derived(device) -> str:
     from . import INTERPRET
 
     target = devices.target(device)
-    if INTERPRET or target.vendor == "cpu":
+    if (INTERPRET and not isinstance(device, devices.Device)) or target.vendor == "cpu":
         return ""
     return (f"defaults derived for {target.name} ({target.target}, {target.sms} SMs, {target.smem_kib} KiB shared "
             f"memory per block; figures: {target.source or 'device properties'})")  # fmt: skip
