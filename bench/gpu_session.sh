@@ -20,9 +20,9 @@ PY=${PYTHON:-python3}
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 
-timeout "${TUNE_TIMEOUT:-330}" $PY -m ttqkern.tune --gpu --shapes qwen3-8b --ops gemv,gemm,quantize --bits 4,3 \
-  --decode-T 1,16 --prefill-T 512 --trials 60 --time-per-case "${TUNE_SECONDS:-9}" --report "$out/tune" \
-  > "$out/tune.log" 2>&1
+timeout "${TUNE_TIMEOUT:-330}" $PY -m ttqkern.tune --gpu --shapes qwen3-8b --tokens 1,16,512 \
+  --ops decode1,decode,prefill,quantize --bits 4,3 --trials 60 --timeout "${TUNE_SECONDS:-9}" --no-progress \
+  --report "$out/tune" > "$out/tune.log" 2>&1
 echo "tune exit $?"; grep -A40 "^case  " "$out/tune.log"; tail -3 "$out/tune.log"
 cp "$out"/configs/*.json "$out/" 2>/dev/null
 

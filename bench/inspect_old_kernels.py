@@ -63,7 +63,7 @@ def main(argv=None) -> int:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(wt)], check=False)
     summary = {
         "command": "python bench/inspect_old_kernels.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "commit": args.commit, "arch": args.arch, "device": args.device, "sms": dev.sms, "clock_ghz": dev.boost_ghz,
+        "commit": args.commit, "arch": args.arch, "device": args.device, "sms": dev.sms, "clock_ghz": dev.clock_mhz / 1000,
         "rows": rows,
     }  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +121,7 @@ def _inspect(wt: Path, sass, aot, dev, args) -> list[dict]:
                         k["main_loop"] = {**rep.main.as_dict(), "weight_bytes_per_iter": wb,
                                           "lanes_per_weight_byte": round(lpb, 2),
                                           "issue_ceiling_GBps": round(sass.issue_ceiling_gbps(lpb, dev.sms,
-                                                                                              dev.boost_ghz, cap)),
+                                                                                              dev.clock_mhz / 1000, cap)),
                                           "weight_bytes_in_flight_per_sm": sass.bytes_in_flight_per_sm(
                                               lc.ctas, dev.sms, res, wb),
                                           "instructions_per_mma": round(rep.main.instructions / mma, 1) if mma else None,

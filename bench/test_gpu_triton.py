@@ -47,7 +47,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttqkern.tuning.tuner import graph_replay, rel_err
+from ttqkern.tune.tuner import graph_replay, rel_err
 
 DRY_RUN = os.environ.get("TTQKERN_BENCH_DRY_RUN")
 pytestmark = [

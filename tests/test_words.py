@@ -10,7 +10,9 @@ from ttqkern.backends import words
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-@pytest.mark.parametrize("g,K", [(128, 4096), (128, 300), (64, 200), (32, 96), (37, 100), (48, 150), (16, 70), (200, 200)])
+@pytest.mark.parametrize(
+    "g,K", [(128, 4096), (128, 300), (64, 200), (32, 96), (37, 100), (48, 150), (16, 70), (200, 200)]
+)
 def test_word_plan_round_trips_the_codes(bits, g, K):
     N = 5
     pw = reference.quantize(torch.randn(N, K), None, bits, g, False, "float", 1.0)

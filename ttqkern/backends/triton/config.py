@@ -1,94 +1,74 @@
-"""Launch parameters of the Triton kernels: declarative fields, search spaces and defaults per op.
+"""Launch parameters of the Triton kernels: declared fields, search spaces and defaults per op.
 
 Every launch asks `params(op, device, interpret, **shape)`: the op's defaults
-(`defaults`, derived from the device's SM count where that is what decides a
-tile) updated by the tuned entry the config store holds for the device
-(`ttqkern.tuning.store.lookup`, file ``<device_slug>.json``) under the key
+(`defaults`, derived from the device's figures where they decide a tile) updated by
+the entry the tuned-config store holds for the device (file ``<device_slug>.json``;
+looked up and validated by the shared `ttqkern.tuning.params.ConfigTable` declared
+here as `TABLE`) under the key
 
     triton/act_scale/T=<t>/K=<k>
-    triton/quantize/bits=<b>/N=<n>/K=<k>
-    triton/decode1/bits=<b>/N=<n>/K=<k>            (one token: `gemv`)
-    triton/decode/bits=<b>/T=<t>/N=<n>/K=<k>       (2 <= T <= DECODE_MAX_T: `qdot`)
-    triton/prefill/bits=<b>/T=<t>/N=<n>/K=<k>      (T > DECODE_MAX_T: `qdot` or `dequant` + cuBLAS)
-    triton/dequant/bits=<b>/N=<n>/K=<k>            (the prefill fallback's dequantization)
+    triton/quantize/bits=<b>/group=<g>/N=<n>/K=<k>
+    triton/decode1/bits=<b>/group=<g>/N=<n>/K=<k>          (one token: `gemv`)
+    triton/decode/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>     (2 <= T <= DECODE_MAX_T: `qdot`)
+    triton/prefill/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>    (more tokens: `qdot`, or `dequant` + cuBLAS)
+    triton/dequant/bits=<b>/group=<g>/N=<n>/K=<k>          (the prefill fallback's dequantization)
 
-with every dimension rounded up to a power of two (`store.bucket`).  An entry
-may set any subset of the op's `FIELDS`; `SPACE` lists the values a tuner tries
-(every combination launches correctly: the launchers adapt tiles to tiny shapes).
-A tuned entry with invalid values is ignored with a warning.
+with every dimension rounded up to a power of two (`store.bucket`) and ``group`` the
+resolved group size.  An entry may set any subset of the op's `FIELDS`; `SPACE`
+lists the values a tuner tries (every combination launches correctly: the launchers
+adapt tiles to tiny shapes).  A tuned entry with invalid values is ignored with a
+warning.
 
-Stale entries: the op names ``gemv`` / ``gemm`` / ``lowrank`` of the kernels this
-version replaced are no longer looked up (their keys simply never match), and
-their entries were removed from the shipped ``h200.json``: they tuned tiles of
-kernels that no longer exist.  The ``quantize`` and ``act_scale`` kernels are
-unchanged, so their tuned entries stay valid.
+Stale entries: the ops ``gemv`` / ``gemm`` / ``lowrank`` of the kernels this version
+replaced are no longer looked up (their keys never match), and their entries were
+removed from the shipped ``h200.json`` -- they tuned tiles of kernels that no longer
+exist.  The ``quantize`` and ``act_scale`` kernels are unchanged, so their entries
+stay valid.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import warnings
-from dataclasses import dataclass
 
 import torch
 
-from ...tuning import devices, store
+from ...tuning import devices
+from ...tuning.params import ConfigTable, Int, OpParams
 
 # qmatmul: one token -> decode1 (vector units), up to DECODE_MAX_T -> decode, more -> prefill
 DECODE_MAX_T = 16
 # tl.dot needs every tile dimension >= 16 on GPUs.
 DOT_MIN = 16
 
-
-@dataclass(frozen=True)
-class Pow2:
-    """A power of two in ``[lo, hi]``."""
-
-    lo: int
-    hi: int
-
-    def ok(self, v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and self.lo <= v <= self.hi and v & (v - 1) == 0
-
-
-@dataclass(frozen=True)
-class OneOf:
-    """One of a fixed set of values."""
-
-    values: tuple
-
-    def ok(self, v) -> bool:
-        return not isinstance(v, bool) and v in self.values
-
-
-_WARPS = OneOf((1, 2, 4, 8, 16))
-_STAGES = OneOf((1, 2, 3, 4, 5, 6))
-_FLAG = OneOf((0, 1))
-
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
-    "quantize": ("bits", "N", "K"),
-    "decode1": ("bits", "N", "K"),
-    "decode": ("bits", "T", "N", "K"),
-    "prefill": ("bits", "T", "N", "K"),
-    "dequant": ("bits", "N", "K"),
+    "quantize": ("bits", "group", "N", "K"),
+    "decode1": ("bits", "group", "N", "K"),
+    "decode": ("bits", "group", "T", "N", "K"),
+    "prefill": ("bits", "group", "T", "N", "K"),
+    "dequant": ("bits", "group", "N", "K"),
 }
 OPS = tuple(KEY_FIELDS)
 
+_POW2 = Int(1, 4096, pow2=True)
+_FLAG = Int(0, 1)
+_WARPS = Int(1, 16, pow2=True)
+_STAGES = Int(1, 8)
 FIELDS = {
-    "act_scale": {"BLOCK_T": Pow2(1, 1024), "BLOCK_K": Pow2(1, 4096), "SPLIT_T": OneOf(tuple(range(0, 1025))),
-                  "num_warps": _WARPS},
-    "quantize": {"BLOCK_N": Pow2(1, 1024), "BLOCK_K": Pow2(8, 4096), "num_warps": _WARPS},
+    "act_scale": {"BLOCK_T": _POW2, "BLOCK_K": _POW2, "SPLIT_T": Int(0, 1024), "num_warps": _WARPS},
+    "quantize": {"BLOCK_N": _POW2, "BLOCK_K": Int(8, 4096, pow2=True), "num_warps": _WARPS},
     # ROWS rows per thread x num_warps rows per CTA; PREFETCH: load step i+1 before computing step i
-    "decode1": {"ROWS": Pow2(1, 16), "num_warps": OneOf((1, 2, 4, 8)), "PREFETCH": _FLAG},
-    # CHUNK: codes per tl.dot (capped by the group size); SWAP: weights as the MMA's M operand
+    "decode1": {"ROWS": Int(1, 16, pow2=True), "num_warps": Int(1, 8, pow2=True), "PREFETCH": _FLAG},
+    # CHUNK: codes per tl.dot (capped by the group); SWAP: weights as the MMA's M operand;
     # SPLIT_K: 0 = enough chunk ranges for one CTA per SM (summed by the last program of a tile)
-    "decode": {"BLOCK_N": Pow2(16, 256), "CHUNK": Pow2(16, 512), "SWAP": _FLAG, "SPLIT_K": OneOf((0, 1, 2, 4, 8, 16)),
-               "num_warps": _WARPS, "num_stages": _STAGES},
-    "prefill": {"BLOCK_T": Pow2(16, 256), "BLOCK_N": Pow2(16, 256), "CHUNK": Pow2(16, 512), "GROUP_T": Pow2(1, 64),
-                "SWAP": _FLAG, "DEQ_TILE": _FLAG, "num_warps": _WARPS, "num_stages": _STAGES, "DEQUANT_MIN_T": Pow2(16, 1 << 30)},
-    "dequant": {"BLOCK_N": Pow2(16, 256), "CHUNK": Pow2(16, 512), "num_warps": _WARPS},
+    "decode": {"BLOCK_N": Int(16, 256, pow2=True), "CHUNK": Int(16, 512, pow2=True), "SWAP": _FLAG,
+               "SPLIT_K": Int(0, 64), "num_warps": _WARPS, "num_stages": _STAGES},
+    # DEQ_TILE: dequantize the tile in registers (w = s u + m) rather than rescale the accumulator per chunk;
+    # DEQUANT_MIN_T: from this many tokens, dequantize once and call cuBLAS instead
+    "prefill": {"BLOCK_T": Int(16, 256, pow2=True), "BLOCK_N": Int(16, 256, pow2=True),
+                "CHUNK": Int(16, 512, pow2=True), "GROUP_T": Int(1, 64, pow2=True), "SWAP": _FLAG, "DEQ_TILE": _FLAG,
+                "num_warps": _WARPS, "num_stages": _STAGES, "DEQUANT_MIN_T": Int(16, 1 << 30, pow2=True)},
+    "dequant": {"BLOCK_N": Int(16, 256, pow2=True), "CHUNK": Int(16, 512, pow2=True), "num_warps": _WARPS},
 }  # fmt: skip
 
 # What a tuner may try per op (every combination launches correctly).
@@ -106,17 +86,91 @@ SPACE = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What the defaults depend on: the store's device slug, the multiprocessor count and the
-    compute capability (``major * 10 + minor``; 0 when not NVIDIA)."""
-
-    slug: str
-    sms: int
-    cc: int = 90
+def _pow2_floor(n: float) -> int:
+    return 1 << max(0, int(n).bit_length() - 1) if n >= 1 else 1
 
 
-_override: list[DeviceInfo] = []
+def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 132, cc: int = 90, **_) -> dict:
+    """Untuned parameters of ``op`` for a shape (``sms``: the device's multiprocessor count, ``cc``:
+    its compute capability, e.g. 90; docs/triton-kernels.md has the static figures behind each).
+
+    decode1: 4 warps, rows per thread as many as keep >= 2 CTAs per SM (a thread's rows
+    share its x~ loads and scale lookups), prefetch on.  decode: 64-row tiles with the
+    weights as the MMA's M operand (64 rows amortise the x~ tile), split over K until
+    there is a CTA per SM.  prefill: on Hopper 128 x 128 tiles (64 x 128 below 128
+    tokens) and 8 warps; before Hopper both MMA operands live in registers, so 64 x 128
+    and 4 warps (128 x 128 spills there); 64-code chunks, tiles dequantized in registers;
+    dequantize + cuBLAS from 512 tokens.  Under the interpreter every program costs
+    Python time: tiles as large as the test shapes, nothing split.
+    """
+    if interpret:
+        table = {
+            "act_scale": {"BLOCK_T": 64, "BLOCK_K": 256, "SPLIT_T": 1, "num_warps": 4},
+            "quantize": {"BLOCK_N": 64, "BLOCK_K": 512, "num_warps": 4},
+            "decode1": {"ROWS": 8, "num_warps": 4, "PREFETCH": 1},
+            "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1},
+            "prefill": {"BLOCK_T": 64, "BLOCK_N": 64, "CHUNK": 128, "GROUP_T": 1, "SWAP": 1, "DEQ_TILE": 1,
+                        "num_warps": 4, "num_stages": 1, "DEQUANT_MIN_T": 1 << 30},
+            "dequant": {"BLOCK_N": 64, "CHUNK": 128, "num_warps": 4},
+        }  # fmt: skip
+        return dict(table[op])
+    warps = 4
+    hopper = cc >= 90
+    rows = max(1, min(8, _pow2_floor(N / (2 * max(sms, 1) * warps))))
+    table = {
+        "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
+        "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
+        "decode1": {"ROWS": rows, "num_warps": warps, "PREFETCH": 1},
+        "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 2},
+        "prefill": {"BLOCK_T": 128 if T >= 128 and hopper else 64, "BLOCK_N": 128, "CHUNK": 64, "GROUP_T": 8,
+                    "SWAP": 1, "DEQ_TILE": 1, "num_warps": 8 if hopper else 4, "num_stages": 3,
+                    "DEQUANT_MIN_T": 512},
+        "dequant": {"BLOCK_N": 32, "CHUNK": 128, "num_warps": 4},
+    }  # fmt: skip
+    return dict(table[op])
+
+
+def dot_smem_bytes(op: str, cfg: dict, T: int = 16) -> int:
+    """Estimated shared memory of the tensor-core kernel: stages x x~ tile + the dequantized tile, 16-bit, + 4 KB.
+
+    Matches the AOT compiles (decode 64 rows x 128 codes x 2 stages: 28 KB; prefill 128 x 128 x 64 x 3
+    stages: 62 KB on sm_90, 64 x 128 x 64: 42 KB on sm_80).
+    """
+    bt = cfg.get("BLOCK_T", DOT_MIN) if op == "prefill" else max(DOT_MIN, triton_next_pow2(T))
+    return cfg["num_stages"] * bt * cfg["CHUNK"] * 2 + cfg["BLOCK_N"] * cfg["CHUNK"] * 2 + 4096
+
+
+def fits(cfg: dict, device, op: str, **shape) -> str:
+    """The Triton ops' constraint hook: why ``cfg`` does not fit ``device`` ('' when it does).
+
+    Shared memory of the tensor-core kernels (`dot_smem_bytes`) against the device's
+    per-block limit; a one-token tile of more than 16 rows per thread (their x~ and
+    scale registers) spills.
+    """
+    if op in ("decode", "prefill") and device.vendor == "nvidia" and device.smem_kib:
+        need = dot_smem_bytes(op, cfg, shape.get("T", DOT_MIN))
+        if need > device.smem_kib * 1024:
+            return f"needs ~{need // 1024} KiB of shared memory, the device has {device.smem_kib} KiB per block"
+    if op == "prefill" and device.vendor == "nvidia" and 0 < _cc(device) < 90:
+        if cfg["BLOCK_T"] * cfg["BLOCK_N"] > 64 * 128:
+            return "tiles above 64 x 128 spill before Hopper (both MMA operands in registers)"
+    return ""
+
+
+def _cc(device) -> int:
+    return int(device.arch) if str(device.arch).isdigit() else 0
+
+
+def _canonical(op: str):
+    def canon(cfg: dict, **shape) -> dict:
+        if op == "prefill":  # the threshold's choice at this T, for every T of the bucket alike
+            cfg["DEQUANT_MIN_T"] = 16 if shape.get("T", 0) >= cfg["DEQUANT_MIN_T"] else 1 << 30
+        return cfg
+
+    return canon
+
+
+_override: list = []
 _untuned: list[bool] = []
 
 
@@ -131,117 +185,96 @@ def defaults_only():
 
 
 @contextlib.contextmanager
-def device_override(info: DeviceInfo):
-    """Within the block, every device is `info` (the static inspection compiles for a GPU it does not have)."""
-    _override.append(info)
+def device_override(device: devices.Device):
+    """Within the block, every launch is configured for the catalog ``device`` (the static
+    inspection compiles for a GPU this machine does not have, on CPU tensors)."""
+    _override.append(device)
     try:
         yield
     finally:
         _override.pop()
 
 
-@functools.cache
-def _device_info(device: torch.device) -> DeviceInfo:
-    slug = devices.device_slug(device)
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        cc = 0 if getattr(torch.version, "hip", None) else props.major * 10 + props.minor
-        return DeviceInfo(slug, props.multi_processor_count, cc)
-    return DeviceInfo(slug, 1, 0)
+def _defaults_for(op: str):
+    def make(device, **shape) -> dict:
+        from . import INTERPRET  # read once by the package, before its kernels were decorated
+
+        remote = isinstance(device, devices.Device)  # a catalog GPU asked about from any machine: compiled there
+        interpret = INTERPRET and not remote
+        if interpret:
+            return defaults(op, True, **shape)
+        dev = devices.target(device)
+        if dev.vendor == "cpu":
+            return defaults(op, False, **shape)
+        return defaults(op, False, sms=dev.sms or 132, cc=_cc(dev) or 90, **shape)
+
+    return make
 
 
-def device_info(device) -> DeviceInfo:
-    """`DeviceInfo` of a torch device (or the `device_override` in force)."""
-    return _override[-1] if _override else _device_info(torch.device(device))
+def _derived(device) -> str:
+    from . import INTERPRET
+
+    target = devices.target(device)
+    if (INTERPRET and not isinstance(device, devices.Device)) or target.vendor == "cpu":
+        return ""
+    return (f"defaults derived for {target.name} ({target.target}, {target.sms} SMs, {target.smem_kib} KiB shared "
+            f"memory per block; figures: {target.source or 'device properties'})")  # fmt: skip
 
 
-def catalog_info(slug: str, cc: int = 90) -> DeviceInfo:
-    """`DeviceInfo` of a catalog device (`ttqkern.tuning.devices`) by slug, e.g. ``"h200"``, for capability cc."""
-    for d in devices.CATALOG:
-        if d.slug == slug:
-            if d.sms is None:
-                raise ValueError(f"the device catalog has no SM count for {slug!r}")
-            return DeviceInfo(slug, d.sms, cc)
-    raise ValueError(f"unknown device {slug!r}; catalog: {', '.join(d.slug for d in devices.CATALOG)}")
+# For the tuner (`ttqkern.tune`): the public stage that runs each op and the token counts it serves.
+STAGE = {"act_scale": "act_scale", "quantize": "quantize", "decode1": "qmatmul", "decode": "qmatmul",
+         "prefill": "qmatmul", "dequant": "qmatmul"}  # fmt: skip
+TOKENS = {"decode1": (1, 1), "decode": (2, DECODE_MAX_T), "prefill": (DECODE_MAX_T + 1, 1 << 31),
+          "dequant": (DECODE_MAX_T + 1, 1 << 31)}  # fmt: skip
+KERNELS = {"act_scale": ("_colpow_kernel", "_scale_kernel"), "quantize": ("_quantize_kernel",),
+           "decode1": ("_prologue_kernel", "_gemv_kernel"), "decode": ("_prologue_kernel", "_qdot_kernel"),
+           "prefill": ("_prologue_kernel", "_qdot_kernel"), "dequant": ("_dequant_kernel",)}  # fmt: skip
 
-
-def _pow2_floor(n: float) -> int:
-    return 1 << max(0, int(n).bit_length() - 1) if n >= 1 else 1
-
-
-def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 132, cc: int = 90, **_) -> dict:
-    """Untuned parameters of ``op`` for a shape (``sms``: the device's multiprocessor count, ``cc``:
-    its compute capability).
-
-    GPU reasoning, per op (docs/triton-kernels.md has the static figures):
-    decode1: 4 warps, rows per thread as many as keep >= 2 CTAs per SM (x~ loads and
-    scale lookups are shared by a thread's rows), prefetch on.  decode: 64-row tiles
-    with the weights as the MMA's M operand (64 rows amortise the x~ tile), split
-    over K until there is a CTA per SM.  prefill: on Hopper 128 x 128 tiles (64 x 128 below 128
-    tokens), 8 warps; before Hopper both MMA operands live in registers, so 64 x 128 and 4
-    warps (128 x 128 spills there); 64-code chunks; dequantize + cuBLAS from 512 tokens.  Under the interpreter every program costs
-    Python time: tiles as large as the test shapes.
-    """
-    if interpret:
-        table = {
-            "act_scale": {"BLOCK_T": 64, "BLOCK_K": 256, "SPLIT_T": 1, "num_warps": 4},
-            "quantize": {"BLOCK_N": 64, "BLOCK_K": 512, "num_warps": 4},
-            "decode1": {"ROWS": 8, "num_warps": 4, "PREFETCH": 1},
-            "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1},
-            "prefill": {"BLOCK_T": 64, "BLOCK_N": 64, "CHUNK": 128, "GROUP_T": 1, "SWAP": 1, "DEQ_TILE": 1, "num_warps": 4,
-                        "num_stages": 1, "DEQUANT_MIN_T": 1 << 30},
-            "dequant": {"BLOCK_N": 64, "CHUNK": 128, "num_warps": 4},
-        }  # fmt: skip
-        return dict(table[op])
-    warps = 4
-    hopper = cc >= 90
-    rows = max(1, min(8, _pow2_floor(N / (2 * sms * warps))))
-    table = {
-        "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
-        "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
-        "decode1": {"ROWS": rows, "num_warps": warps, "PREFETCH": 1},
-        "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 2},
-        "prefill": {"BLOCK_T": 128 if T >= 128 and hopper else 64, "BLOCK_N": 128, "CHUNK": 64, "GROUP_T": 8,
-                    "SWAP": 1, "DEQ_TILE": 1, "num_warps": 8 if hopper else 4, "num_stages": 3, "DEQUANT_MIN_T": 512},
-        "dequant": {"BLOCK_N": 32, "CHUNK": 128, "num_warps": 4},
-    }  # fmt: skip
-    return dict(table[op])
+TABLE = ConfigTable(
+    "triton",
+    {
+        op: OpParams(
+            KEY_FIELDS[op],
+            FIELDS[op],
+            {f: tuple(v) for f, v in SPACE[op].items()},
+            _defaults_for(op),
+            stage=STAGE[op],
+            tokens=TOKENS.get(op, (1, 1 << 31)),
+            kernels=KERNELS[op],
+            constraint=(lambda cfg, device, _op=op, **shape: fits(cfg, device, _op, **shape)),
+            canonical=_canonical(op),
+        )
+        for op in OPS
+    },
+    derived=_derived,
+)
 
 
 def key(op: str, **shape) -> str:
     """Store key of ``op`` for a shape: ``triton/<op>/<field>=<value>...`` (dims bucketed)."""
-    fields = {f: (shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op]}
-    return store.make_key("triton", op, **fields)
-
-
-def valid(op: str, cfg: dict) -> bool:
-    """Are all of ``cfg``'s fields known to ``op`` and in range?"""
-    spec = FIELDS[op]
-    return all(name in spec and spec[name].ok(v) for name, v in cfg.items())
-
-
-_valid = valid  # the name the tests use
-
-
-def device_defaults(op: str, device, interpret: bool, **shape) -> dict:
-    """`defaults` of ``op`` for a shape on ``device`` (its SM count)."""
-    info = device_info(device)
-    return defaults(op, interpret, sms=info.sms, cc=info.cc, **shape)
+    return TABLE.key(op, **shape)
 
 
 def params(op: str, device, interpret: bool, **shape) -> dict:
-    """Launch parameters of ``op`` for a shape on ``device``: defaults + tuned entry."""
-    info = device_info(device)
-    base = defaults(op, interpret, sms=info.sms, cc=info.cc, **shape)
+    """Launch parameters of ``op`` for a shape on ``device``: defaults + a valid tuned entry.
+
+    ``interpret`` is the package's `INTERPRET` (the defaults for the interpreter are small-test
+    tiles); within `device_override` the catalog device stands for ``device``.
+    """
+    dev = _override[-1] if _override else device
     if _untuned:
-        return base
-    k = key(op, **shape)
-    cfg = store.lookup(info.slug, k, base)
-    if cfg != base and not valid(op, cfg):
-        warnings.warn(f"ttqkern: tuned config {k} for {info.slug} has invalid values {cfg}; using defaults",
-                      stacklevel=2)  # fmt: skip
-        return base
-    return cfg
+        return TABLE.default(op, dev, **shape)
+    return TABLE.params(op, dev, **shape)
+
+
+def num_sms(device) -> int:
+    """Multiprocessors of ``device`` (a torch device or, in `device_override`, the catalog device); 1 on the CPU."""
+    if _override:
+        return _override[-1].sms
+    device = torch.device(device)
+    if device.type == "cuda":
+        return devices.target(device).sms or torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
 
 
 def auto_split(split: int, programs: int, steps: int, device, per_sm: int = 2) -> int:
@@ -251,7 +284,7 @@ def auto_split(split: int, programs: int, steps: int, device, per_sm: int = 2) -
     that gives about ``per_sm`` programs per multiprocessor (1 on the CPU interpreter).
     """
     if split <= 0:
-        split = -(-per_sm * device_info(device).sms // max(programs, 1))
+        split = -(-per_sm * num_sms(device) // max(programs, 1))
     return max(1, min(split, steps))
 
 

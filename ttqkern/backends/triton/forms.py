@@ -9,12 +9,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-MODE_FLOAT, MODE_INT, MODE_SYM = 0, 1, 2
+from ...quant import Form
 
-
-def mode_of(sym: bool, zero: str) -> int:
-    """The constexpr form code of a `PackedWeight`'s ``(sym, zero)``."""
-    return MODE_SYM if sym else (MODE_INT if zero == "int" else MODE_FLOAT)
+# constexpr codes of the forms, as kernels receive them: the values of `ttqkern.quant.Form`
+MODE_FLOAT, MODE_INT, MODE_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)
 
 
 @triton.jit

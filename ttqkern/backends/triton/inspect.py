@@ -156,13 +156,13 @@ def analyse_launch(lc, arch: str, sms: int, clock_ghz: float, dump: Path | None,
 
 
 @contextlib.contextmanager
-def _config_set(name: str, slug: str, sms: int, cc: int):
-    """The `config` state of a config set: the device, and shipped entries or none."""
-    from ...tuning import store
+def _config_set(name: str, slug: str):
+    """The `config` state of a config set: the catalog device, and its shipped entries or none."""
+    from ...tuning import devices, store
     from . import config
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(config.device_override(config.DeviceInfo(slug, sms, cc)))
+        stack.enter_context(config.device_override(devices.BY_SLUG[slug]))
         if name == "default":
             stack.enter_context(config.defaults_only())
         else:  # only the package's shipped file: point the user directory at an empty one
@@ -206,7 +206,7 @@ def inspect_case(case: Case, target, arch: str, slug: str, sms: int, clock: floa
 
     qm = importlib.import_module("ttqkern.backends.triton.qmatmul")
     x, pw, D, A, B, bias = _inputs(case, rank)
-    with _config_set(case.configs, slug, sms, int(target.arch)), aot.capture(target) as launches:
+    with _config_set(case.configs, slug), aot.capture(target) as launches:
         qm.qmatmul(x, pw, D, A, B, bias, False)
     tag = f"{case.configs}_{case.N}x{case.K}_b{case.bits}_T{case.T}"
     kernels = [analyse_launch(lc, arch, sms, clock, dump, f"{tag}.{i}") for i, lc in enumerate(launches)]
@@ -304,7 +304,7 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ttqkern.backends.triton.inspect", description=__doc__.split("\n\n")[0])
-    p.add_argument("--arch", default="sm_90", help="sm_90 (default), sm_80, ... (NVIDIA targets)")
+    p.add_argument("--arch", default=None, help="sm_90, sm_80, ... (default: the --device's architecture)")
     p.add_argument("--device", default="h200", help="catalog device whose SM count, clock and shipped configs apply")
     p.add_argument("--shapes", type=_shapes, default=SHAPES["qwen3-8b"] + SHAPES["qwen3-32b"],
                    help="NxK and/or presets " + ", ".join(SHAPES) + " (default both)")  # fmt: skip
@@ -335,11 +335,12 @@ def main(argv=None) -> int:
     from . import aot
 
     dev = next((d for d in devices.CATALOG if d.slug == args.device), None)
-    if dev is None or dev.sms is None or dev.boost_ghz is None:
+    if dev is None or not dev.sms or not dev.clock_mhz:
         print(
             f"{prog}: error: --device {args.device!r}: not in the catalog with an SM count and clock", file=sys.stderr
         )
         return 2
+    args.arch = args.arch or dev.target
     target = aot.parse_target(args.arch)
     if target.backend != "cuda":
         print(f"{prog}: error: --arch {args.arch}: SASS inspection is for NVIDIA targets", file=sys.stderr)
@@ -355,7 +356,7 @@ def main(argv=None) -> int:
             for b in args.bits:
                 for T in args.T:
                     case = Case(cs, N, K, b, T)
-                    rows.append(inspect_case(case, target, args.arch, dev.slug, dev.sms, dev.boost_ghz, args.dump,
+                    rows.append(inspect_case(case, target, args.arch, dev.slug, dev.sms, dev.clock_mhz / 1000, args.dump,
                                              args.rank))  # fmt: skip
                     print(f"{case.label()}: {', '.join(k['kernel'] for k in rows[-1]['kernels'])}", flush=True)
     summary = {
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
         "arch": args.arch,
         "device": args.device,
         "sms": dev.sms,
-        "clock_ghz": dev.boost_ghz,
+        "clock_ghz": dev.clock_mhz / 1000,
         "triton": triton.__version__,
         "seconds": round(time.perf_counter() - t0, 1),
         "gates": GATES,

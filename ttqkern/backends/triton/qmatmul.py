@@ -23,7 +23,6 @@ from ...format import PackedWeight
 from .. import words
 from . import config
 from .dequant import _dequant_kernel
-from .forms import mode_of
 from .gemv import CHUNK_LANES, _gemv_kernel
 from .prologue import _prologue_kernel
 from .qdot import _qdot_kernel
@@ -75,7 +74,7 @@ def _dot_chunk(plan: words.WordPlan, cap: int) -> tuple[int, int, int]:
 
 def _weights(pw: PackedWeight):
     zp = pw.mins if pw.mins is not None else pw.zeros if pw.zeros is not None else pw.scales
-    return pw.scales.contiguous(), zp.contiguous(), mode_of(pw.sym, pw.zero)
+    return pw.scales.contiguous(), zp.contiguous(), int(pw.form)  # forms.MODE_* == ttqkern.quant.Form
 
 
 def qmatmul(
@@ -95,7 +94,7 @@ def qmatmul(
     T, K = x.shape
     plan = words.word_plan(pw)
     _check_plan(plan, pw)
-    shape = dict(bits=pw.bits, T=T, N=pw.N, K=K)
+    shape = dict(bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=K)
     if T == 1:
         return _decode1(x, pw, plan, D, A, B, bias, interpret, config.params("decode1", x.device, interpret, **shape))
     if T <= config.DECODE_MAX_T:
