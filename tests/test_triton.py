@@ -464,3 +464,22 @@ def test_gpu_qmatmul_is_capturable_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert_output_close(y, eager)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("g", [64, 48])  # canonical bytes read in place / a padded copy, made once
+def test_prepare_makes_the_word_planes_once(device, monkeypatch, g):
+    from ttqkern.backends import words
+
+    x, W, lowrank, bias = random_case(1, 20, 96, r=3, bias=True, dtype=torch.float16, device=device)
+    D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
+    pw = reference.quantize(W.cpu(), D, 4, g, False, "float", 1.0).to(device)
+    made = []
+    real = words.word_plan
+    monkeypatch.setattr(words, "word_plan", lambda p: made.append(1) or real(p))
+    run = tb.BACKEND.prepare(pw, D.to(device), *lowrank, bias)
+    ys = [run(x), run(x)]
+    assert made == [1]
+    ref = reference.qmatmul(x.cpu(), pw.to("cpu"), D, *[t.cpu() for t in lowrank], bias.cpu())
+    for y in ys:
+        assert_output_close(y.cpu(), ref)

@@ -100,3 +100,12 @@ def test_constraint_rejects_configs_that_cannot_fit():
     hopper = config.defaults("prefill", False, T=512, cc=90)  # 128 x 128: fine on Hopper, spills on an A100
     assert prefill.rejects(hopper, "h200", **shape) == ""
     assert "spill before Hopper" in prefill.rejects(hopper, "a100-80gb", **shape)
+
+
+def test_prefill_threshold_is_stored_as_the_choice_it_makes():
+    canon = config.TABLE.ops["prefill"].canonicalize
+    base = config.defaults("prefill", False, T=512)
+    shape = {"bits": 4, "group": 128, "T": 512, "N": 4096, "K": 4096}
+    assert canon({**base, "DEQUANT_MIN_T": 256}, **shape)["DEQUANT_MIN_T"] == 16  # dequantize + cuBLAS
+    assert canon({**base, "DEQUANT_MIN_T": 1024}, **shape)["DEQUANT_MIN_T"] == 1 << 30  # the kernel
+    assert canon({**base, "DEQUANT_MIN_T": 512}, **shape) == canon({**base, "DEQUANT_MIN_T": 64}, **shape)

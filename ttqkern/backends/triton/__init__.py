@@ -60,6 +60,7 @@ def interpreter_supported(version: str) -> bool:
 
 from . import config  # noqa: E402
 from .act_scale import act_scale as _act_scale  # noqa: E402
+from .qmatmul import prepare_plan as _prepare_plan  # noqa: E402
 from .qmatmul import qmatmul as _qmatmul  # noqa: E402
 from .quantize import quantize as _quantize  # noqa: E402
 
@@ -102,6 +103,16 @@ class TritonBackend(Backend):
         """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
         with _launch_scope(x):
             return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
+
+    def prepare(self, pw, D, A, B, bias):
+        """`qmatmul` with ``pw``'s word planes made once (for odd group sizes a padded copy) rather than per call."""
+        plan = _prepare_plan(pw)
+
+        def run(x):
+            with _launch_scope(x):
+                return _qmatmul(x, pw, D, A, B, bias, INTERPRET, plan)
+
+        return run
 
 
 @contextlib.contextmanager

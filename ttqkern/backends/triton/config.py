@@ -121,7 +121,7 @@ def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 
         "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
         "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
         "decode1": {"ROWS": rows, "num_warps": warps, "PREFETCH": 1},
-        "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 2},
+        "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 4},
         "prefill": {"BLOCK_T": 128 if T >= 128 and hopper else 64, "BLOCK_N": 128, "CHUNK": 64, "GROUP_T": 8,
                     "SWAP": 1, "DEQ_TILE": 1, "num_warps": 8 if hopper else 4, "num_stages": 3,
                     "DEQUANT_MIN_T": 512},
@@ -130,14 +130,17 @@ def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 
     return dict(table[op])
 
 
-def dot_smem_bytes(op: str, cfg: dict, T: int = 16) -> int:
-    """Estimated shared memory of the tensor-core kernel: stages x x~ tile + the dequantized tile, 16-bit, + 4 KB.
+def dot_smem_bytes(op: str, cfg: dict, T: int = 16, bits: int = 4) -> int:
+    """Estimated shared memory of the tensor-core kernel (an upper bound of the AOT compiles).
 
-    Matches the AOT compiles (decode 64 rows x 128 codes x 2 stages: 28 KB; prefill 128 x 128 x 64 x 3
-    stages: 62 KB on sm_90, 64 x 128 x 64: 42 KB on sm_80).
+    Per pipeline stage the x~ tile (16-bit) and the packed words (cp.async), plus the
+    dequantized tile on its way to the MMA operand layout, plus 4 KB.  Compiled: decode
+    64 rows x 128 codes, 4 stages: 44 KB (estimate 52); prefill 128 x 128 x 64, 3 stages:
+    62 KB on sm_90 (estimate 80), 64 x 128 x 64: 42 KB on sm_80 (56).
     """
     bt = cfg.get("BLOCK_T", DOT_MIN) if op == "prefill" else max(DOT_MIN, triton_next_pow2(T))
-    return cfg["num_stages"] * bt * cfg["CHUNK"] * 2 + cfg["BLOCK_N"] * cfg["CHUNK"] * 2 + 4096
+    chunk, bn, stages = cfg["CHUNK"], cfg["BLOCK_N"], cfg["num_stages"]
+    return stages * (bt * chunk * 2 + bn * chunk * bits // 8) + bn * chunk * 2 + 4096
 
 
 def fits(cfg: dict, device, op: str, **shape) -> str:
@@ -148,7 +151,7 @@ def fits(cfg: dict, device, op: str, **shape) -> str:
     scale registers) spills.
     """
     if op in ("decode", "prefill") and device.vendor == "nvidia" and device.smem_kib:
-        need = dot_smem_bytes(op, cfg, shape.get("T", DOT_MIN))
+        need = dot_smem_bytes(op, cfg, shape.get("T", DOT_MIN), shape.get("bits") or 4)
         if need > device.smem_kib * 1024:
             return f"needs ~{need // 1024} KiB of shared memory, the device has {device.smem_kib} KiB per block"
     if op == "prefill" and device.vendor == "nvidia" and 0 < _cc(device) < 90:

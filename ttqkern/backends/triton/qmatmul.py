@@ -64,6 +64,13 @@ def _check_plan(plan: words.WordPlan, pw: PackedWeight) -> None:
     assert pw.scales.is_contiguous() and tuple(pw.scales.shape) == (N, G)
 
 
+def prepare_plan(pw: PackedWeight) -> words.WordPlan:
+    """``pw`` as the word planes the kernels read (a view, or for odd group sizes a padded copy), checked."""
+    plan = words.word_plan(pw)
+    _check_plan(plan, pw)
+    return plan
+
+
 def _dot_chunk(plan: words.WordPlan, cap: int) -> tuple[int, int, int]:
     """``(CCD, chunks per group, chunks per row)`` of the tensor-core kernels: the largest power of
     two dividing the stored group length, between the word chunk and ``cap`` codes."""
@@ -85,15 +92,17 @@ def qmatmul(
     B: torch.Tensor | None,
     bias: torch.Tensor | None,
     interpret: bool,
+    plan: words.WordPlan | None = None,
 ) -> torch.Tensor:
     """``y = (x / D) Wq'^T + (x A^T) B^T + bias``: x ``[T, K]`` -> ``[T, N]`` in x.dtype.
 
     Inputs are contiguous (validated by `ttqkern.ops`); D fp32 ``[K]``, A ``[r, K]``,
-    B ``[N, r]``, bias ``[N]`` or None; every dimension >= 1.
+    B ``[N, r]``, bias ``[N]`` or None; every dimension >= 1.  ``plan``: ``pw``'s
+    `words.word_plan`, when the caller made it once for many calls (`prepare_plan`).
     """
     T, K = x.shape
-    plan = words.word_plan(pw)
-    _check_plan(plan, pw)
+    if plan is None:
+        plan = prepare_plan(pw)
     shape = dict(bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=K)
     if T == 1:
         return _decode1(x, pw, plan, D, A, B, bias, interpret, config.params("decode1", x.device, interpret, **shape))
