@@ -287,8 +287,8 @@ def test_gpu_prefill(report, layer):
         for bits in BITS:
             pw = ops.quantize(W, D, bits=bits, group_size=GROUP, backend="triton")
             ref = ops.qmatmul(x, pw, D, backend="torch")
-            key = config.key("prefill", bits=bits, T=T, N=N, K=K)
-            base = config.params("prefill", torch.device(DEVICE), bool(DRY_RUN), bits=bits, T=T, N=N, K=K)
+            key = config.key("prefill", bits=bits, group=GROUP, T=T, N=N, K=K)
+            base = config.params("prefill", torch.device(DEVICE), bool(DRY_RUN), bits=bits, group=GROUP, T=T, N=N, K=K)
             for kernel, entry in (("ttq-prefill", None), ("ttq-prefill-kernel", {"DEQUANT_MIN_T": 1 << 30}),
                                   ("ttq-prefill-dequant", {"DEQUANT_MIN_T": 16})):  # fmt: skip
                 with store.override(slug, key, {**base, **entry}) if entry else contextlib.nullcontext():
