@@ -320,8 +320,8 @@ def pack(
     check_group_size(group_size)
     if not isinstance(q, torch.Tensor) or q.dim() != 2:
         raise ValueError(f"q must be a 2-D tensor [N, K], got {getattr(q, 'shape', type(q).__name__)}")
-    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
-        raise TypeError(f"q must hold integer codes, got dtype {q.dtype}")
+    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool or q.layout != torch.strided:
+        raise TypeError(f"q must be a dense tensor of integer codes, got dtype {q.dtype} ({q.layout})")
     N, K = q.shape
     g = resolve_group_size(K, group_size)
     G = num_groups(K, g)
@@ -342,6 +342,8 @@ def pack(
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor [N, G], got {type(t).__name__}")
+        if t.is_complex() or t.dtype == torch.bool or t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense real tensor [N, G], got {t.dtype} ({t.layout})")
         if tuple(t.shape) != (N, G):
             raise ValueError(f"{name} must have shape [N, G] = {[N, G]}, got {list(t.shape)}")
         if t.device != q.device:
