@@ -7,6 +7,8 @@ Inputs are assumed validated (see `ttqkern.ops`); everything is computed in fp32
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -47,8 +49,23 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tens
     x: ``[T, K]`` float.  Returns fp32 ``[K]``.  D = 1 for an all-zero x; the base is
     clamped to ``[tiny, max]`` of fp32 so D is never 0 or inf (nan in x stays nan).
     """
-    n = torch.linalg.vector_norm(x.to(torch.float32), ord=p, dim=0)
-    return scale_from_norms(n, lam, alpha)
+    return scale_from_norms(column_norms(x, p), lam, alpha)
+
+
+def column_norms(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``n_k = ||x[:, k]||_p`` over the T tokens: fp32 ``[K]`` (docs/numerics.md, act_scale).
+
+    Computed as ``a_k * ||x[:, k] / a_k||_p`` with ``a_k = max_t |x[t, k]|``: the powers
+    ``|x / a|^p <= 1`` can neither overflow (``|x|^p`` does in fp32 for p = 100 and
+    |x| > 2.4, for p = 2 and |x| > 1.8e19) nor vanish while the norm itself is
+    representable.  A column holding inf has norm inf, one holding nan norm nan.
+    """
+    x = x.to(torch.float32)
+    a = x.abs().amax(dim=0)
+    if math.isinf(p):
+        return a
+    scale = torch.where((a > 0) & torch.isfinite(a), a, torch.ones_like(a))  # inf / nan columns: unscaled
+    return scale * torch.linalg.vector_norm(x / scale, ord=p, dim=0)
 
 
 def scale_from_norms(n: torch.Tensor, lam: float, alpha: float) -> torch.Tensor:
