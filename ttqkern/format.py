@@ -65,7 +65,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, L: int) -> torch.Tensor:
     mask = (1 << bits) - 1
     shifts = torch.arange(per, device=packed.device, dtype=torch.uint8) * bits
     u = (packed[..., None] >> shifts) & mask
-    return u.reshape(packed.shape[0], -1)[:, :L]
+    return u.reshape(packed.shape[0], packed.shape[1] * per)[:, :L]  # not -1: N may be 0
 
 
 @dataclass
@@ -179,6 +179,30 @@ class PackedWeight:
         if self.zero == "int":
             return -self.scales * self.zeros.to(torch.float32)
         return self.mins
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c, m0)``: each group's zero code and the value of that code (canonical).
+
+        ``w = s * (u - c) + m0`` is the same weight as ``s * u + m``, written so that no
+        sum cancels (docs/numerics.md): c is the code nearest to the value 0
+        (int32 ``[N, G]``: z for the integer form, ``2^(b-1)`` symmetric,
+        ``clamp(round(-mn / s), 0, 2^b - 1)`` float-min) and ``m0 = s * c + m`` (fp32
+        ``[N, G]``, rounded once: exactly 0 for the integer and symmetric forms, at most
+        s/2 in magnitude when 0 lies in the group's range).
+        """
+        pw = self.canonical()
+        s = pw.scales
+        if pw.sym:
+            return torch.full_like(s, 1 << (pw.bits - 1), dtype=torch.int32), torch.zeros_like(s)
+        if pw.zero == "int":
+            return pw.zeros, torch.zeros_like(s)
+        mn = pw.mins
+        ok = torch.isfinite(s) & (s != 0) & torch.isfinite(mn)
+        c = torch.where(ok, (-mn / torch.where(ok, s, 1.0)).round(), 0.0).clamp(0, (1 << pw.bits) - 1)
+        # s * c + mn in one rounding: fp64 holds s * c exactly (24 + 8 bits); MPS has no fp64
+        wide = torch.float32 if s.device.type == "mps" else torch.float64
+        m0 = (mn.to(wide) + s.to(wide) * c.to(wide)).to(torch.float32)
+        return c.to(torch.int32), m0
 
     def canonical(self) -> PackedWeight:
         """This weight in the canonical layout (itself when it already is)."""
@@ -377,12 +401,18 @@ def dequantize(pw: PackedWeight) -> torch.Tensor:
     """The quantized scaled weight ``Wq' = s * u + m``: fp32 ``[N, K]``.
 
     This is ``W_res * D`` after quantization; divide by D to get back to W's scale.
+    Computed as ``s * (u - c) + m0`` (`PackedWeight.centred`): each value within
+    3 units in the last place of its own magnitude, however large the group's
+    minimum is next to it (``s * u + m`` rounds ``s * u`` first: an error of the
+    size of |m| on a weight near 0).
     """
     pw = pw.canonical()
     N, K = pw.shape
     g, G = pw.group_size, pw.num_groups
+    c, m0 = pw.centred()
     u = torch.nn.functional.pad(pw.codes().to(torch.float32), (0, G * g - K)).view(N, G, g)
-    w = u * pw.scales[..., None] + pw.offsets()[..., None]
+    # u - c: exact in fp32 for |c| < 2^24 (beyond, an integer zero-point rounds relatively)
+    w = (u - c.to(torch.float32)[..., None]) * pw.scales[..., None] + m0[..., None]
     return w.view(N, G * g)[:, :K]
 
 
