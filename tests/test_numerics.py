@@ -350,3 +350,18 @@ def test_ttqlinear_dtype_moves_keep_the_packed_state(backend, dtype):
     torch.testing.assert_close(y.float(), m32(step.to(dtype).float()), rtol=2e-2, atol=2e-2)
     m(torch.randn(1, 8, 64, dtype=dtype))  # a new prompt requantizes the moved (fp16) weight
     assert m.quantize_calls == 2 and m.scales.dtype == torch.float32
+
+
+def test_prompt_mode_pools_D_over_the_batch():
+    """Finding 17, kept as documented behaviour (docs/numerics.md, "prompt mode and batches"):
+    one quantization per call, from every token of every sequence in it.  Per-sequence
+    quantization would multiply a batched decode step's weight traffic by the batch size."""
+    torch.manual_seed(8)
+    m = ttqkern.TTQLinear.from_linear(torch.nn.Linear(64, 32), r=0, group_size=32, mode="prompt", backend="torch")
+    a = torch.randn(1, 8, 64)
+    b = torch.randn(1, 8, 64) * (1 + 30 * (torch.rand(64) < 0.1))  # outlier channels
+    y_ab = m(torch.cat([a, b]))
+    torch.testing.assert_close(m.D, ops.act_scale(torch.cat([a, b]), backend="torch"))
+    y_a = m(a)  # alone: its own D
+    torch.testing.assert_close(m.D, ops.act_scale(a, backend="torch"))
+    assert not torch.allclose(y_ab[:1], y_a, rtol=1e-3, atol=1e-3)  # the batch-mate changed prompt a's output
