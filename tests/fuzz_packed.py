@@ -227,6 +227,8 @@ def case_valid(i: int, backend: str):
     if rng.random() < 0.5:  # value perturbations keep a weight consistent: random codes, offsets
         fields = {"qweight": torch.randint(0, 256, pw.qweight.shape, dtype=torch.uint8),
                   "scales": torch.randn(pw.scales.shape)}  # fmt: skip
+        if rng.random() < 0.3:  # zero and non-finite scales are values a hand-built weight may hold
+            fields["scales"].view(-1)[:: rng.choice([2, 5])] = rng.choice([0.0, float("nan")])
         if pw.zeros is not None:
             fields["zeros"] = torch.randint(-300, 300, pw.zeros.shape, dtype=torch.int32)
         pw = dataclasses.replace(pw, **fields)

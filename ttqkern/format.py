@@ -184,23 +184,25 @@ class PackedWeight:
         """``(c, m0)``: each group's zero code and the value of that code (canonical).
 
         ``w = s * (u - c) + m0`` is the same weight as ``s * u + m``, written so that no
-        sum cancels (docs/numerics.md): c is the code nearest to the value 0
-        (int32 ``[N, G]``: z for the integer form, ``2^(b-1)`` symmetric,
-        ``clamp(round(-mn / s), 0, 2^b - 1)`` float-min) and ``m0 = s * c + m`` (fp32
-        ``[N, G]``, rounded once: exactly 0 for the integer and symmetric forms, at most
-        s/2 in magnitude when 0 lies in the group's range).
+        sum cancels (docs/numerics.md): c is the code nearest to the value 0 (int32
+        ``[N, G]``: ``2^(b-1)`` symmetric, z clamped to ``[0, 2^b - 1]`` for the integer
+        form, ``clamp(round(-mn / s), 0, 2^b - 1)`` float-min) and ``m0 = s * c + m``
+        (fp32 ``[N, G]``, rounded once: 0 for the symmetric form and for zero-points
+        inside the code range, at most s/2 in magnitude when 0 lies in the group's range).
         """
         pw = self.canonical()
         s = pw.scales
+        top = (1 << pw.bits) - 1
         if pw.sym:
             return torch.full_like(s, 1 << (pw.bits - 1), dtype=torch.int32), torch.zeros_like(s)
+        # s * c + m in one rounding: fp64 holds s * c exactly (24 + 8 bits); MPS has no fp64
+        wide = torch.float32 if s.device.type == "mps" else torch.float64
         if pw.zero == "int":
-            return pw.zeros, torch.zeros_like(s)
+            c = pw.zeros.clamp(0, top)
+            return c, (s.to(wide) * (c.to(wide) - pw.zeros.to(wide))).to(torch.float32)
         mn = pw.mins
         ok = torch.isfinite(s) & (s != 0) & torch.isfinite(mn)
-        c = torch.where(ok, (-mn / torch.where(ok, s, 1.0)).round(), 0.0).clamp(0, (1 << pw.bits) - 1)
-        # s * c + mn in one rounding: fp64 holds s * c exactly (24 + 8 bits); MPS has no fp64
-        wide = torch.float32 if s.device.type == "mps" else torch.float64
+        c = torch.where(ok, (-mn / torch.where(ok, s, 1.0)).round(), 0.0).clamp(0, top)
         m0 = (mn.to(wide) + s.to(wide) * c.to(wide)).to(torch.float32)
         return c.to(torch.int32), m0
 
@@ -411,8 +413,7 @@ def dequantize(pw: PackedWeight) -> torch.Tensor:
     g, G = pw.group_size, pw.num_groups
     c, m0 = pw.centred()
     u = torch.nn.functional.pad(pw.codes().to(torch.float32), (0, G * g - K)).view(N, G, g)
-    # u - c: exact in fp32 for |c| < 2^24 (beyond, an integer zero-point rounds relatively)
-    w = (u - c.to(torch.float32)[..., None]) * pw.scales[..., None] + m0[..., None]
+    w = (u - c.to(torch.float32)[..., None]) * pw.scales[..., None] + m0[..., None]  # u - c: exact
     return w.view(N, G * g)[:, :K]
 
 

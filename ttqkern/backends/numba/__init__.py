@@ -32,9 +32,8 @@ from .quantize import quantize as _quantize
 
 _EMPTY_U16 = np.empty((0, 0), np.uint16)
 _DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
-_DUMMY_WEIGHTS = tuple(np.float32(1 << i) for i in range(8))
 _INT4_MASKS = tuple(np.int32(15 << (4 * i)) for i in range(4))
-_INT4_WEIGHTS = tuple(np.float32(1 << (4 * i)) for i in range(4))
+_INT4_REP = 0x1111  # a nibble value in each of the 4 nibbles of a half word
 
 
 def _offset_args(pw: PackedWeight):
@@ -95,6 +94,10 @@ def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
     extreme = gemv.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
     scales = as_np(pw.scales)
     zp_f, zp_i, off_mode, half = _offset_args(pw)
+    c = np.empty((N, G), np.int32)  # each group's zero code and its value (codes are centred on it)
+    m0 = np.empty((N, G), np.float32)
+    gemv.centres(scales, zp_f, zp_i, off_mode, half, c, m0)
+    has_m0 = off_mode != gemv.OFF_SYM  # symmetric codes centre exactly: m0 = 0
     prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
     pl = planes(pw)
     # x~ too large or too small for the fast kernels' scaling (gemv.SAFE_MIN/MAX): the
@@ -116,13 +119,13 @@ def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
         qw = as_np(pw.qweight)
         qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
         W = np.empty((N, K), np.float32)
-        gemv.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
+        gemv.dequantize(qw, qhi, pw.bits, g, K, scales, c, m0, cfg["BLOCK_N"], W)
         yt = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
         return _epilogue(yt, u, Bn, bn).to(x.dtype)
     if pl is None:  # group sizes that are not whole words
         qw = as_np(pw.qweight)
         qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
-        gemv.generic(qw, qhi, pw.bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
+        gemv.generic(qw, qhi, pw.bits, g, xp, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
         return torch.from_numpy(y).to(x.dtype)
 
     L = sum(p.words.shape[1] * p.cpw for p in pl)
@@ -131,8 +134,8 @@ def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
         xs3 = np.empty((T, L), np.float32)
         gemv.permute3(xp, xs3)
         lo, hi = pl
-        gemv.fused3(lo.words, hi.words, _INT4_MASKS, _INT4_WEIGHTS, lo.Wg, xs3, Xg, scales, zp_f, zp_i, off_mode,
-                    half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
+        gemv.fused3(lo.words, hi.words, _INT4_MASKS, _INT4_REP, lo.Wg, xs3, Xg, scales, c, m0, has_m0,
+                    u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
         return torch.from_numpy(y).to(x.dtype)
     T2 = T + (T & 1) if fused and T > 1 else T  # the fused kernel takes tokens 2 at a time
     xs = np.zeros((T2, L), np.float32) if T2 > T else np.empty((T, L), np.float32)
@@ -141,23 +144,22 @@ def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
         gemv.permute(xp, xs, off, p.words.shape[1], p.nf, p.b, p.factor)
         off += p.words.shape[1] * p.cpw
     p1 = pl[0]
-    first = (p1.words, p1.masks, p1.weights, p1.Wg)
+    first = (p1.words, p1.masks, p1.rep, p1.Wg)
     if len(pl) == 2:
         p2 = pl[1]
-        second = (p2.words, p2.masks, p2.weights, p2.Wg)
+        second = (p2.words, p2.masks, p2.rep, p2.Wg)
     else:
-        second = (_EMPTY_U16, _DUMMY_MASKS, _DUMMY_WEIGHTS, 1)
+        second = (_EMPTY_U16, _DUMMY_MASKS, 0, 1)
     off2 = p1.words.shape[1] * p1.cpw  # where the second plane's block starts (= L with one plane)
     if prefill:  # x~ (s (u - c))^T by BLAS on the unpacked rows, + X~ m0^T, + the epilogue
         Wp = np.empty((N, L), np.float32)
-        m0 = np.empty((N, G), np.float32)
-        gemv.unpack_rows(*first, *second, off2, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], Wp, m0)
+        gemv.unpack_rows(*first, *second, off2, scales, c, cfg["BLOCK_N"], Wp)
         yt = torch.from_numpy(xs[:T]) @ torch.from_numpy(Wp).mT
-        if off_mode == gemv.OFF_MINS:  # the other forms centre exactly: m0 = 0
+        if has_m0:
             yt += torch.from_numpy(Xg) @ torch.from_numpy(m0).mT
         return _epilogue(yt, u, Bn, bn).to(x.dtype)
     kernel = gemv.fused if fused else gemv.buffered
-    kernel(*first, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
+    kernel(*first, *second, xs, off2, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
     return torch.from_numpy(y).to(x.dtype)
 
 

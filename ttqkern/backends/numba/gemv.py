@@ -160,45 +160,63 @@ def permute3(xp, xs):  # pragma: no cover - compiled
 # --- shared per-row helpers -----------------------------------------------------------
 
 
-@numba.njit(**STRICT)
-def _centre(scales, zp_f, zp_i, off_mode, half, n, j):  # pragma: no cover - compiled
-    """``(c, m0)`` of group (n, j): its zero code and the value of that code (`PackedWeight.centred`).
+@numba.njit(parallel=True, **STRICT)
+def centres(scales, zp_f, zp_i, off_mode, half, c, m0):  # pragma: no cover - compiled
+    """Every group's zero code c (int32 ``[N, G]``) and the value of that code m0 (fp32 ``[N, G]``).
 
-    ``w = s * (u - c) + m0``; the kernels multiply x~ by the exact integers ``u - c``, so
-    no sum cancels when D or the group minimum is extreme (docs/numerics.md).
+    ``w = s * (u - c) + m0`` (`PackedWeight.centred`); the kernels multiply x~ by the exact
+    integers ``u - c``, so no sum cancels when D or a group minimum is extreme
+    (docs/numerics.md).  c: the symmetric centre 2^(b-1); z clamped to the codes
+    (``m0 = s * (c - z)``: 0 when z is in range); for the float-min form
+    ``clamp(round(-mn / s), 0, 2^b - 1)`` (0 when s is 0 or not finite: any c is exact,
+    the nearest one bounds the rounding) with ``m0 = mn + s * c`` rounded once (fp64).
+    One pass over ``[N, G]`` per call, branch-free per form so that LLVM vectorises it.
     """
-    if off_mode == OFF_SYM:
-        return np.int64(half), np.float32(0.0)
-    if off_mode == OFF_ZEROS:
-        return np.int64(zp_i[n, j]), np.float32(0.0)
-    s = scales[n, j]
-    mn = zp_f[n, j]
-    c = np.int64(0)
-    if np.isfinite(s) and s != 0 and np.isfinite(mn):
-        c = np.int64(min(max(np.rint(-mn / s), 0.0), 2.0 * half - 1.0))
-    return c, np.float32(np.float64(mn) + np.float64(s) * np.float64(c))  # s * c exact in fp64: one rounding
+    N, G = scales.shape
+    top = 2.0 * half - 1.0
+    for n in prange(N):
+        s = scales[n]
+        cr = c[n]
+        mr = m0[n]
+        if off_mode == OFF_SYM:
+            for j in range(G):
+                cr[j] = np.int32(half)
+                mr[j] = 0.0
+        elif off_mode == OFF_ZEROS:
+            z = zp_i[n]
+            for j in range(G):
+                cj = min(max(z[j], np.int32(0)), np.int32(top))
+                cr[j] = cj
+                mr[j] = np.float32(np.float64(s[j]) * (np.float64(cj) - np.float64(z[j])))
+        else:
+            mn = zp_f[n]
+            for j in range(G):
+                v = -mn[j] / s[j]
+                v = v if abs(v) < np.float32(1e30) else np.float32(0.0)  # s = 0, nan or inf: c = 0
+                cj = np.int32(min(max(v, np.float32(0.0)), np.float32(top)) + np.float32(0.5))
+                cr[j] = cj
+                mr[j] = np.float32(np.float64(mn[j]) + np.float64(s[j]) * np.float64(cj))  # one rounding
 
 
 @numba.njit(**STRICT)
-def _fill_centre(scales, zp_f, zp_i, off_mode, half, n, Wg1, ce1, Wg2, ce2, m0):  # pragma: no cover - compiled
-    """Per row n: ce1[w] (ce2[w]) = the zero code of word w's group in plane 1 (2), m0[j] per group.
+def _fill_centre(c, n, Wg1, rep1, ce1, ce1c, Wg2, rep2, ce2, ce2c, cg):  # pragma: no cover - compiled
+    """Per row n: ce1[w] (ce2[w]) = word w's group zero code in plane 1 (2), *replicated into every
+    field of a half word* (times ``rep = sum_i 2^(b*i)``), from `centres`.
 
-    With two planes (3-bit lo / hi) the centre splits as the code does:
-    ``c = (c & 3) + 4 * (c >> 2)``.
+    ``ce & mask_i`` is then ``c << (b*i)``: one AND per field pair, no multiply.  Exact in
+    fp32 (at most 16 bits).  With two planes (3-bit lo / hi) the centre splits as the code
+    does: ``c = (c & 3) + 4 * (c >> 2)``.  ``ce1c`` / ``ce2c``: complex128 views for
+    `_fill_words`; ``cg``: fp32 ``[2, G]`` scratch.
     """
     two = ce2.shape[0] > 0
-    for j in range(m0.shape[0]):
-        c, m = _centre(scales, zp_f, zp_i, off_mode, half, n, j)
-        m0[j] = m
-        c1 = np.float32(c & 3) if two else np.float32(c)
-        seg = ce1[j * Wg1 : (j + 1) * Wg1]
-        for w in range(seg.shape[0]):
-            seg[w] = c1
-        if two:
-            c2 = np.float32(c >> 2)
-            seg2 = ce2[j * Wg2 : (j + 1) * Wg2]
-            for w in range(seg2.shape[0]):
-                seg2[w] = c2
+    cr = c[n]
+    for j in range(cr.shape[0]):
+        cj = cr[j]
+        cg[0, j] = np.float32((cj & 3) * rep1) if two else np.float32(cj * rep1)
+        cg[1, j] = np.float32((cj >> 2) * rep2)
+    _fill_words(cg[0], Wg1, ce1, ce1c)
+    if two:
+        _fill_words(cg[1], Wg2, ce2, ce2c)
 
 
 @numba.njit(**REASSOC)
@@ -221,13 +239,18 @@ def _row_tail(t, Xg, m0, has_m0, u, B, bias, n):  # pragma: no cover - compiled
 
 @numba.njit(**STRICT)
 def _fill_se(scales, n, Wg, se, se128):  # pragma: no cover - compiled
-    """se[w] = s[n, group of word w]: the scale applied once per word.
+    """se[w] = s[n, group of word w]: the scale applied once per word."""
+    _fill_words(scales[n], Wg, se, se128)
+
+
+@numba.njit(**STRICT)
+def _fill_words(s, Wg, se, se128):  # pragma: no cover - compiled
+    """se[w] = s[group of word w] for a per-group row ``s`` (Wg words per group).
 
     Runs once per row, so it matters: LLVM leaves these short runs (Wg, e.g. 16) as
-    scalar stores, so when 4 divides Wg the scale is written four at a time through
+    scalar stores, so when 4 divides Wg the value is written four at a time through
     the complex128 (16-byte) view ``se128`` of ``se`` -- a quarter of the stores.
     """
-    s = scales[n]
     G = s.shape[0]
     if Wg % 4 == 0:
         h = Wg // 4
@@ -254,8 +277,8 @@ def _make_row_helpers(sh: int):
     """
 
     @numba.njit(**REASSOC)
-    def rowdot(wrow, xs, se, ce, masks, wts):  # pragma: no cover - compiled
-        """``sum_w se[w] * sum_fields x_perm * (code - ce[w])`` over one plane of one row.
+    def rowdot(wrow, xs, se, ce, masks):  # pragma: no cover - compiled
+        """``sum_w se[w] * sum_fields x_perm * (code - c_w)`` over one plane of one row.
 
         ``xs`` is this plane's block of one token's permuted activations, passed as
         its own view: an index ``off + ...`` of unknown sign would make numba emit
@@ -268,20 +291,20 @@ def _make_row_helpers(sh: int):
             wd = wrow[w]
             lo = np.int32(wd)
             hi = np.int32(wd >> sh)
-            cw = ce[w]
+            cp = np.int32(ce[w])  # the zero code in every field (`_fill_centre`)
             p = np.float32(0.0)
             for i in range(nf):
                 # np.int32(...) again: numba widens int32 & int32 to int64, and int64 ->
                 # fp32 has no AVX2 vector instruction (the loop would stay scalar).
-                # field - c * 2^(b*i): the centred code (times 2^(b*i)), an exact fp32 integer
-                cz = cw * wts[i]
-                p += xs[i * nw + w] * (np.float32(np.int32(lo & masks[i])) - cz)
-                p += xs[(nf + i) * nw + w] * (np.float32(np.int32(hi & masks[i])) - cz)
+                # field - (c << b*i): the centred code (times 2^(b*i)), exact in int32
+                cz = np.int32(cp & masks[i])
+                p += xs[i * nw + w] * np.float32(np.int32(np.int32(lo & masks[i]) - cz))
+                p += xs[(nf + i) * nw + w] * np.float32(np.int32(np.int32(hi & masks[i]) - cz))
             acc += se[w] * p
         return acc
 
     @numba.njit(**REASSOC)
-    def rowdot2(wrow, x0, x1, se, ce, masks, wts):  # pragma: no cover - compiled
+    def rowdot2(wrow, x0, x1, se, ce, masks):  # pragma: no cover - compiled
         """`rowdot` for 2 tokens at once (x0, x1: their plane blocks, each a contiguous
         1-D view -- a 2-D slice would lose the unit stride and the vectorisation): each
         field is unpacked and converted once, then feeds 2 FMAs.  (4 tokens spill.)"""
@@ -292,12 +315,12 @@ def _make_row_helpers(sh: int):
             wd = wrow[w]
             lo = np.int32(wd)
             hi = np.int32(wd >> sh)
-            cw = ce[w]
+            cp = np.int32(ce[w])
             p0 = p1 = np.float32(0.0)
             for i in range(nf):
-                cz = cw * wts[i]
-                cl = np.float32(np.int32(lo & masks[i])) - cz
-                ch = np.float32(np.int32(hi & masks[i])) - cz
+                cz = np.int32(cp & masks[i])
+                cl = np.float32(np.int32(np.int32(lo & masks[i]) - cz))
+                ch = np.float32(np.int32(np.int32(hi & masks[i]) - cz))
                 il = i * nw + w
                 ih = (nf + i) * nw + w
                 p0 += x0[il] * cl + x0[ih] * ch
@@ -308,19 +331,20 @@ def _make_row_helpers(sh: int):
         return a0, a1
 
     @numba.njit(**STRICT)
-    def unpack_row(wrow, se, ce, masks, wts, buf):  # pragma: no cover - compiled
-        """buf[(c * nf + i) * nw + w] = se[w] * (field(c, i) - ce[w] * 2^(b*i)) of word w (permuted order)."""
+    def unpack_row(wrow, se, ce, masks, buf):  # pragma: no cover - compiled
+        """buf[(c * nf + i) * nw + w] = se[w] * (field(c, i) - (c_w << b*i)) of word w (permuted order)."""
         nw = wrow.shape[0]
         nf = len(masks)
         for i in range(nf):
             m = masks[i]
-            wt = wts[i]
             b_lo = buf[i * nw : (i + 1) * nw]
             b_hi = buf[(nf + i) * nw : (nf + i + 1) * nw]
             for w in range(nw):
-                b_lo[w] = se[w] * (np.float32(np.int32(np.int32(wrow[w]) & m)) - ce[w] * wt)
+                cz = np.int32(np.int32(ce[w]) & m)
+                b_lo[w] = se[w] * np.float32(np.int32(np.int32(np.int32(wrow[w]) & m) - cz))
             for w in range(nw):
-                b_hi[w] = se[w] * (np.float32(np.int32(np.int32(wrow[w] >> sh) & m)) - ce[w] * wt)
+                cz = np.int32(np.int32(ce[w]) & m)
+                b_hi[w] = se[w] * np.float32(np.int32(np.int32(np.int32(wrow[w] >> sh) & m) - cz))
 
     return rowdot, rowdot2, unpack_row
 
@@ -330,7 +354,7 @@ _rowdot16, _rowdot16x2, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-
 
 
 @numba.njit(**REASSOC)
-def _rowdot3(wlo, whi, xe, xo, se, ce, masks, wts):  # pragma: no cover - compiled
+def _rowdot3(wlo, whi, xe, xo, se, ce, masks):  # pragma: no cover - compiled
     """One row of 3-bit codes, the two planes merged into nibble words on the fly.
 
     For 2-bit word ``lo`` and the 1-bit word ``hi`` of the same 16 codes, ``hi``'s bits
@@ -357,15 +381,15 @@ def _rowdot3(wlo, whi, xe, xo, se, ce, masks, wts):  # pragma: no cover - compil
         e_hi = np.int32(e >> 16)
         o_lo = np.int32(o)
         o_hi = np.int32(o >> 16)
-        cw = ce[w]
+        cp = np.int32(ce[w])  # the zero code in every nibble
         p = np.float32(0.0)
         for i in range(4):
             m = masks[i]
-            cz = cw * wts[i]  # the nibble's centred code (times 2^(4i)): exact
-            p += xe[i * nw + w] * (np.float32(np.int32(e_lo & m)) - cz)
-            p += xe[(4 + i) * nw + w] * (np.float32(np.int32(e_hi & m)) - cz)
-            p += xo[i * nw + w] * (np.float32(np.int32(o_lo & m)) - cz)
-            p += xo[(4 + i) * nw + w] * (np.float32(np.int32(o_hi & m)) - cz)
+            cz = np.int32(cp & m)  # c << 4i: the nibbles' centred codes are exact int32
+            p += xe[i * nw + w] * np.float32(np.int32(np.int32(e_lo & m) - cz))
+            p += xe[(4 + i) * nw + w] * np.float32(np.int32(np.int32(e_hi & m) - cz))
+            p += xo[i * nw + w] * np.float32(np.int32(np.int32(o_lo & m) - cz))
+            p += xo[(4 + i) * nw + w] * np.float32(np.int32(np.int32(o_hi & m) - cz))
         acc += se[w] * p
     return acc
 
@@ -382,114 +406,113 @@ def _dot(a, b):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, **REASSOC)
-def fused(w1, m1, t1, Wg1, w2, m2, t2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
+def fused(w1, m1, r1, Wg1, w2, m2, r2, Wg2, xs, off2, Xg, scales, c, m0, has_m0,
           u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
     """Decode GEMV over one or two planes (``w2.shape[1] == 0``: one plane); y fp32 ``[T, N]``.
 
     One token: `rowdot`.  Several: pairs of tokens through `rowdot2` (xs has its rows
-    padded to an even count with zeros; a padded output is dropped).  ``t1`` / ``t2``:
-    the planes' field weights (`_common.Plane.weights`) for centring the codes.
+    padded to an even count with zeros; a padded output is dropped).  c / m0: the
+    groups' centres (`centres`); ``r1`` / ``r2``: the planes' field replication factors
+    (`_common.Plane.rep`).
     """
     N, G = scales.shape
     T = y.shape[0]
     two = w2.shape[1] > 0
-    has_m0 = off_mode == OFF_MINS
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
         se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
         se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
         se1 = se1_c.view(np.float32)
         se2 = se2_c.view(np.float32)
-        ce1 = np.empty(w1.shape[1], np.float32)
-        ce2 = np.empty(w2.shape[1], np.float32)
-        m0 = np.empty(G, np.float32)
+        ce1c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # the same for the centres
+        ce2c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+        ce1 = ce1c.view(np.float32)
+        ce2 = ce2c.view(np.float32)
+        cg = np.empty((2, G), np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg1, se1, se1_c)
             if two:
                 _fill_se(scales, n, Wg2, se2, se2_c)
-            _fill_centre(scales, zp_f, zp_i, off_mode, half, n, Wg1, ce1, Wg2, ce2, m0)
+            _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
             if T == 1:
-                acc = _rowdot32(w1[n], xs[0, :off2], se1, ce1, m1, t1)
+                acc = _rowdot32(w1[n], xs[0, :off2], se1, ce1, m1)
                 if two:
-                    acc += _rowdot16(w2[n], xs[0, off2:], se2, ce2, m2, t2)
-                y[0, n] = acc + _row_tail(0, Xg, m0, has_m0, u, B, bias, n)
+                    acc += _rowdot16(w2[n], xs[0, off2:], se2, ce2, m2)
+                y[0, n] = acc + _row_tail(0, Xg, m0[n], has_m0, u, B, bias, n)
                 continue
             for t0 in range(0, T, 2):
-                a0, a1 = _rowdot32x2(w1[n], xs[t0, :off2], xs[t0 + 1, :off2], se1, ce1, m1, t1)
+                a0, a1 = _rowdot32x2(w1[n], xs[t0, :off2], xs[t0 + 1, :off2], se1, ce1, m1)
                 if two:
-                    b0, b1 = _rowdot16x2(w2[n], xs[t0, off2:], xs[t0 + 1, off2:], se2, ce2, m2, t2)
+                    b0, b1 = _rowdot16x2(w2[n], xs[t0, off2:], xs[t0 + 1, off2:], se2, ce2, m2)
                     a0 += b0
                     a1 += b1
-                y[t0, n] = a0 + _row_tail(t0, Xg, m0, has_m0, u, B, bias, n)
+                y[t0, n] = a0 + _row_tail(t0, Xg, m0[n], has_m0, u, B, bias, n)
                 if t0 + 1 < T:
-                    y[t0 + 1, n] = a1 + _row_tail(t0 + 1, Xg, m0, has_m0, u, B, bias, n)
+                    y[t0 + 1, n] = a1 + _row_tail(t0 + 1, Xg, m0[n], has_m0, u, B, bias, n)
 
 
 @numba.njit(parallel=True, **REASSOC)
-def fused3(
-    wlo, whi, masks, wts, Wg, xs, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias, block_n, y
-):  # pragma: no cover
+def fused3(wlo, whi, masks, rep, Wg, xs, Xg, scales, c, m0, has_m0, u, B, bias, block_n, y):  # pragma: no cover
     """Decode GEMV for 3-bit codes through `_rowdot3` (xs from `permute3`); y fp32 ``[T, N]``."""
     N, G = scales.shape
     T = y.shape[0]
     split = 8 * wlo.shape[1]  # where a token's O block starts
-    has_m0 = off_mode == OFF_MINS
     nblk = (N + block_n - 1) // block_n
     none = np.empty(0, np.float32)
+    nonec = np.empty(0, np.complex128)
     for blk in prange(nblk):
         se_c = np.empty((wlo.shape[1] + 3) // 4, np.complex128)
         se = se_c.view(np.float32)
-        ce = np.empty(wlo.shape[1], np.float32)
-        m0 = np.empty(G, np.float32)
+        cec = np.empty((wlo.shape[1] + 3) // 4, np.complex128)  # ce and its 16-byte view
+        ce = cec.view(np.float32)
+        cg = np.empty((2, G), np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg, se, se_c)
-            _fill_centre(scales, zp_f, zp_i, off_mode, half, n, Wg, ce, 1, none, m0)  # whole 3-bit codes
+            _fill_centre(c, n, Wg, rep, ce, cec, 1, 0, none, nonec, cg)  # whole 3-bit codes
             for t in range(T):
-                acc = _rowdot3(wlo[n], whi[n], xs[t, :split], xs[t, split:], se, ce, masks, wts)
-                y[t, n] = acc + _row_tail(t, Xg, m0, has_m0, u, B, bias, n)
+                acc = _rowdot3(wlo[n], whi[n], xs[t, :split], xs[t, split:], se, ce, masks)
+                y[t, n] = acc + _row_tail(t, Xg, m0[n], has_m0, u, B, bias, n)
 
 
 @numba.njit(parallel=True, **REASSOC)
-def buffered(w1, m1, t1, Wg1, w2, m2, t2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
+def buffered(w1, m1, r1, Wg1, w2, m2, r2, Wg2, xs, off2, Xg, scales, c, m0, has_m0,
              u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
     """Small-T GEMM: each row unpacked once into fp32 (scales applied), then a dot per token."""
     N, G = scales.shape
     T = Xg.shape[0]
     L = xs.shape[1]
     two = w2.shape[1] > 0
-    has_m0 = off_mode == OFF_MINS
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
         se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
         se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
         se1 = se1_c.view(np.float32)
         se2 = se2_c.view(np.float32)
-        ce1 = np.empty(w1.shape[1], np.float32)
-        ce2 = np.empty(w2.shape[1], np.float32)
-        m0 = np.empty(G, np.float32)
+        ce1c = np.empty((w1.shape[1] + 3) // 4, np.complex128)
+        ce2c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+        ce1 = ce1c.view(np.float32)
+        ce2 = ce2c.view(np.float32)
+        cg = np.empty((2, G), np.float32)
         buf = np.empty(L, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg1, se1, se1_c)
-            _fill_centre(scales, zp_f, zp_i, off_mode, half, n, Wg1, ce1, Wg2, ce2, m0)
-            _unpack32(w1[n], se1, ce1, m1, t1, buf[:off2])
+            _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
+            _unpack32(w1[n], se1, ce1, m1, buf[:off2])
             if two:
                 _fill_se(scales, n, Wg2, se2, se2_c)
-                _unpack16(w2[n], se2, ce2, m2, t2, buf[off2:])
+                _unpack16(w2[n], se2, ce2, m2, buf[off2:])
             for t in range(T):
-                y[t, n] = _dot(xs[t], buf) + _row_tail(t, Xg, m0, has_m0, u, B, bias, n)
+                y[t, n] = _dot(xs[t], buf) + _row_tail(t, Xg, m0[n], has_m0, u, B, bias, n)
 
 
 @numba.njit(parallel=True, **STRICT)
-def unpack_rows(
-    w1, m1, t1, Wg1, w2, m2, t2, Wg2, off2, scales, zp_f, zp_i, off_mode, half, block_n, out, m0
-):  # pragma: no cover
-    """out fp32 ``[N, L]``: every row's ``s * (code - c)`` in the permuted order of `buffered`;
-    m0 fp32 ``[N, G]``: each group's offset for those centred codes (`_centre`).
+def unpack_rows(w1, m1, r1, Wg1, w2, m2, r2, Wg2, off2, scales, c, block_n, out):  # pragma: no cover - compiled
+    """out fp32 ``[N, L]``: every row's ``s * (code - c)`` in the permuted order of `buffered`.
 
     Multiplied by the permuted, pre-scaled activations this is ``x~ (s * (u - c))^T``
-    -- the prefill path hands it to BLAS and adds ``X~ m0^T`` (float-min form).
+    -- the prefill path hands it to BLAS and adds ``X~ m0^T`` (`centres`).
     """
-    N = scales.shape[0]
+    N, G = scales.shape
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
@@ -497,16 +520,19 @@ def unpack_rows(
         se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
         se1 = se1_c.view(np.float32)
         se2 = se2_c.view(np.float32)
-        ce1 = np.empty(w1.shape[1], np.float32)
-        ce2 = np.empty(w2.shape[1], np.float32)
+        ce1c = np.empty((w1.shape[1] + 3) // 4, np.complex128)
+        ce2c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+        ce1 = ce1c.view(np.float32)
+        ce2 = ce2c.view(np.float32)
+        cg = np.empty((2, G), np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             row = out[n]
             _fill_se(scales, n, Wg1, se1, se1_c)
-            _fill_centre(scales, zp_f, zp_i, off_mode, half, n, Wg1, ce1, Wg2, ce2, m0[n])
-            _unpack32(w1[n], se1, ce1, m1, t1, row[:off2])
+            _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
+            _unpack32(w1[n], se1, ce1, m1, row[:off2])
             if two:
                 _fill_se(scales, n, Wg2, se2, se2_c)
-                _unpack16(w2[n], se2, ce2, m2, t2, row[off2:])
+                _unpack16(w2[n], se2, ce2, m2, row[off2:])
 
 
 @numba.njit(**STRICT)
@@ -521,38 +547,35 @@ def _code(qw, qhi, bits, n, k):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, **REASSOC)
-def generic(qw, qhi, bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias, block_n, y):  # pragma: no cover
+def generic(qw, qhi, bits, g, xp, Xg, scales, c, m0, has_m0, u, B, bias, block_n, y):  # pragma: no cover
     """Any canonical layout: centred codes extracted one by one into a per-group fp32 buffer."""
     N, G = scales.shape
     T = Xg.shape[0]
-    has_m0 = off_mode == OFF_MINS
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
         cb = np.empty(g, np.float32)
-        m0 = np.empty(G, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            for j in range(G):
-                m0[j] = _centre(scales, zp_f, zp_i, off_mode, half, n, j)[1]
             for t in range(T):
-                y[t, n] = _row_tail(t, Xg, m0, has_m0, u, B, bias, n)
+                y[t, n] = _row_tail(t, Xg, m0[n], has_m0, u, B, bias, n)
             for j in range(G):
-                c = _centre(scales, zp_f, zp_i, off_mode, half, n, j)[0]
+                cj = c[n, j]
                 for k in range(g):
-                    cb[k] = np.float32(np.int64(_code(qw, qhi, bits, n, j * g + k)) - c)
+                    cb[k] = np.float32(_code(qw, qhi, bits, n, j * g + k) - cj)
                 s = scales[n, j]
                 for t in range(T):
                     y[t, n] += s * _dot(xp[t, j * g : (j + 1) * g], cb)
 
 
 @numba.njit(parallel=True, **STRICT)
-def dequantize(qw, qhi, bits, g, K, scales, zp_f, zp_i, off_mode, half, block_n, out):  # pragma: no cover
-    """out fp32 ``[N, K]`` = ``s * (u - c) + m0`` (the scaled weight Wq', not divided by D; `_centre`)."""
+def dequantize(qw, qhi, bits, g, K, scales, c, m0, block_n, out):  # pragma: no cover
+    """out fp32 ``[N, K]`` = ``s * (u - c) + m0`` (the scaled weight Wq', not divided by D; `centres`)."""
     N, G = scales.shape
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             for j in range(G):
                 s = scales[n, j]
-                c, m = _centre(scales, zp_f, zp_i, off_mode, half, n, j)
+                cj = c[n, j]
+                m = m0[n, j]
                 for k in range(j * g, min(K, (j + 1) * g)):
-                    out[n, k] = s * np.float32(np.int64(_code(qw, qhi, bits, n, k)) - c) + m
+                    out[n, k] = s * np.float32(_code(qw, qhi, bits, n, k) - cj) + m
