@@ -24,9 +24,10 @@ BACKENDS = {
     "torch": "ttqkern.backends.torch_backend",
     "numba": "ttqkern.backends.numba",
     "triton": "ttqkern.backends.triton",
+    "cupy": "ttqkern.backends.cupy",
 }
 AUTO_ORDER = {
-    "cuda": ("triton", "torch"),
+    "cuda": ("triton", "cupy", "torch"),
     "cpu": ("numba", "torch"),
 }
 DEFAULT_ORDER = ("torch",)

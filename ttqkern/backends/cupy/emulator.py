@@ -26,7 +26,7 @@ from . import host
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("host_emulator.cpp", "ttq_common.cuh", "ttq_decode.cuh", "ttq_prologue.cuh", "ttq_requant.cuh")
-CXXFLAGS = ("-std=c++20", "-O1", "-ffp-contract=off", "-fno-fast-math", "-pthread", "-shared", "-fPIC")
+CXXFLAGS = ("-std=c++20", "-O0", "-ffp-contract=off", "-fno-fast-math", "-pthread", "-shared", "-fPIC")
 ELEM_INDEX = {"F16": 0, "BF16": 1, "F32": 2}
 
 

@@ -182,27 +182,51 @@ def uses_decode_kernel(pw: PackedWeight, T: int, device) -> bool:
     return pw.group_size % 16 == 0 and T < cfg["DEQUANT_MIN_T"]
 
 
+@dataclass(frozen=True)
+class DecodeSetup:
+    """Template parameters and block shape of one decode call (everything but the tensors)."""
+
+    RT: int
+    WR: int
+    NT: int
+    tg: int
+    xm: int
+    xe: str
+    KX: int
+    WK: int  # 0: auto
+
+    def names(self, bits: int) -> tuple[str, str]:
+        tp = f"ttq::{self.xe}"
+        return f"ttq_prologue<{self.xm}, {tp}>", f"ttq_decode<{bits}, {self.xm}, {self.NT}, {self.tg}, {self.RT}>"
+
+
+def decode_setup(pw: PackedWeight, T: int, dtype: torch.dtype, device) -> DecodeSetup:
+    cfg = config.params("decode", device, bits=pw.bits, T=T, N=pw.N, K=pw.K)
+    return DecodeSetup(
+        RT=min(cfg["RT"], config.RT_MAX[pw.bits]), WR=cfg["WR"], NT=1 if T <= 8 else 2,
+        tg=int(pw.group_size % 64 != 0), xm=XMODE[dtype], xe=ELEM[dtype], KX=cfg["KX"], WK=cfg["WK"],
+    )  # fmt: skip
+
+
 def decode_launches(x, pw, D, A, B, bias, y) -> list[Launch]:
-    """The prologue and decode launches of ``y = qmatmul(x, pw, ...)`` (A/B already fused-size)."""
+    """The prologue and decode launches of ``y = qmatmul(x, pw, ...)`` (A / B: fused rank or None)."""
     T, K = x.shape
     N, g, bits = pw.N, pw.group_size, pw.bits
     geo = L.Geometry(N, K, bits, g)
     dev = x.device
     R = 0 if A is None else A.shape[0]
-    cfg = config.params("decode", dev, bits=bits, T=T, N=N, K=K)
-    RT, WR = min(cfg["RT"], config.RT_MAX[bits]), cfg["WR"]
-    NT = 1 if T <= 8 else 2
+    st = decode_setup(pw, T, x.dtype, dev)
+    RT, WR, NT = st.RT, st.WR, st.NT
     TS, TP = 8 * NT, cdiv(T, 16) * 16
     KB = cdiv(geo.KPAD, 256)
     UW = 4 if x.dtype == torch.float32 else 2
-    NBX = cdiv(K, cfg["KX"]) if R else 0
+    NBX = cdiv(K, st.KX) if R else 0
     ws = _workspace(dev, {
         "xb": (KB * TP * 4 * 16 * UW, torch.int32), "xs1": (KB * 16 * TP, torch.float32),
         "xs4": (KB * 4 * TP, torch.float32), "xa": (NBX * TP * R, torch.float32),
     })  # fmt: skip
-    xm, xe = XMODE[x.dtype], ELEM[x.dtype]
     gx, gz = cdiv(geo.NT, WR * RT), cdiv(T, TS)
-    wk = cfg["WK"]
+    wk = st.WK
     if wk == 0:  # about 16 warps per SM
         wk = cdiv(16 * config.num_sms(dev), gx * gz * WR)
         wk = 1 << max(0, (wk - 1).bit_length())
@@ -210,24 +234,40 @@ def decode_launches(x, pw, D, A, B, bias, y) -> list[Launch]:
     cps = cdiv(geo.KC, wk)
     wk = cdiv(geo.KC, cps)
     smem = ((wk - 1) * WR * RT * NT * 128 + (TS * R if R else 0)) * 4
-    tg = int(g % 64 != 0)
     form = form_of(pw.sym, pw.zero)
     for t, n, dt, name in ((x, T * K, x.dtype, "x"), (D, K, torch.float32, "D"), (A, R * K, x.dtype, "A"),
                            (B, N * R, x.dtype, "B"), (bias, N, x.dtype, "bias"), (y, T * N, x.dtype, "y")):  # fmt: skip
         _check(t, n, dt, name)
     _check(pw.qweight, geo.NT * geo.KC * geo.V * 128, torch.int32, "qweight", align=16)
     _check(pw.scales, geo.NT * geo.G * 16, torch.float32, "scales", align=8)
-    _check(_offsets(pw), geo.NT * geo.G * 16 if form != FORM_SYM else 0, pw.scales.dtype if form == FORM_FLOAT
-           else torch.int32, "mins/zeros", align=8)  # fmt: skip
+    _check(_offsets(pw), geo.NT * geo.G * 16, torch.float32 if form == FORM_FLOAT else torch.int32,
+           "mins/zeros", align=8)  # fmt: skip
     return [
-        Launch("prologue", (xm, xe), (KB + NBX, TP // 16, 1), 256, 0,
-               (x, D, A, ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None, T, K, TP, KB, R, cfg["KX"], NBX,
+        Launch("prologue", (st.xm, st.xe), (KB + NBX, TP // 16, 1), 256, 0,
+               (x, D, A, ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None, T, K, TP, KB, R, st.KX, NBX,
                 int(D is not None))),
-        Launch("decode", (bits, xm, NT, tg, RT), (gx, 1, gz), 32 * WR * wk, smem,
+        Launch("decode", (bits, st.xm, NT, st.tg, RT), (gx, 1, gz), 32 * WR * wk, smem,
                (pw.qweight, pw.scales, _offsets(pw), ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None,
                 B, bias, y, N, geo.NT, geo.KC, geo.G, g, T, TP, R, NBX, form, int(R > 0), int(bias is not None),
                 WR, wk, cps)),
     ]  # fmt: skip
+
+
+def kernel_names(pw: PackedWeight, dtype: torch.dtype, device, max_T: int = 1 << 16) -> set[tuple[str, str]]:
+    """``(kernel, name expression)`` of every kernel `qmatmul` may launch for ``pw`` and ``dtype``.
+
+    What `BACKEND.prepare` compiles ahead of time (CUDA-graph capture cannot compile).
+    """
+    names = set()
+    T = 1
+    while T <= max_T:
+        if uses_decode_kernel(pw, T, device):
+            pro, dec = decode_setup(pw, T, dtype, device).names(pw.bits)
+            names |= {("prologue", pro), ("decode", dec)}
+        else:
+            names.add(("dequant", f"ttq_dequant<{pw.bits}, ttq::{ELEM[dtype]}>"))
+        T = T + 1 if T < 16 else 2 * T  # every T of the decode tiles, then the buckets
+    return names
 
 
 def qmatmul(
