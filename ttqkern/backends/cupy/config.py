@@ -10,7 +10,8 @@ compiles without spills (checked by tests/test_cupy_compile.py for sm_80 to sm_9
 Fields
 ------
 decode.RT       row tiles (16 rows each) per warp: the A fragments of RT tiles share one
-                load of x / D's B fragments (a template parameter of the kernel).
+                load of x / D's B fragments (a template parameter of the kernel; capped
+                by `rt_cap` where more would exceed 128 registers).
 decode.WR       warps per block that own different row tiles (same K slice: x / D hits L1).
 decode.WK       warps per block that split K (partials reduced in shared memory after the
                 loop, no atomics); 0: enough to give every SM about 16 warps.
@@ -42,12 +43,22 @@ MAX_WARPS = 8  # __launch_bounds__(256) of the decode kernel
 OPS = ("decode", "qmatmul", "act_scale")
 KEY_FIELDS = {"decode": ("bits", "T", "N", "K"), "qmatmul": ("bits", "T", "N", "K"), "act_scale": ("T", "K")}
 SPACE = {
-    "decode": {"RT": [1, 2, 4], "WR": [1, 2, 4, 8], "WK": [0, 1, 2, 4, 8], "KX": [512, 1024, 2048, 4096]},
+    "decode": {"RT": [1, 2], "WR": [1, 2, 4, 8], "WK": [0, 1, 2, 4, 8], "KX": [512, 1024, 2048, 4096]},
     "qmatmul": {"DEQUANT_MIN_T": [17, 32, 64, 128, 256]},
     "act_scale": {"TSPLIT": [0, 1, 2, 4, 8, 16]},
 }
-# row tiles per warp that keep each bit width's decode kernel within 128 registers
-RT_MAX = {8: 4, 4: 4, 2: 4, 3: 2}
+# row tiles per warp that keep each decode instantiation within 128 registers and
+# without spills (ptxas -v, sm_80 - sm_90; tests/test_cupy_compile.py checks it)
+RT_MAX = {8: 2, 4: 2, 2: 2, 3: 1}
+
+
+def rt_cap(bits: int, xm: int, nt: int) -> int:
+    """Largest RT the decode kernel takes for bits, activation mode (0 fp16, 1 bf16, 2 fp32)
+    and n8 token tiles: two row tiles of 16 tokens need > 128 registers for fp32 activations
+    (two B planes) and for bf16 8-bit codes (fp32 conversion path)."""
+    if nt == 2 and (xm == 2 or (bits == 8 and xm == 1)):
+        return 1
+    return RT_MAX[bits]
 
 
 def defaults(op: str, *, bits: int = 4, T: int = 1, **_) -> dict:

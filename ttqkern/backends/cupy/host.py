@@ -203,7 +203,7 @@ class DecodeSetup:
 def decode_setup(pw: PackedWeight, T: int, dtype: torch.dtype, device) -> DecodeSetup:
     cfg = config.params("decode", device, bits=pw.bits, T=T, N=pw.N, K=pw.K)
     return DecodeSetup(
-        RT=min(cfg["RT"], config.RT_MAX[pw.bits]), WR=cfg["WR"], NT=1 if T <= 8 else 2,
+        RT=min(cfg["RT"], config.rt_cap(pw.bits, XMODE[dtype], 1 if T <= 8 else 2)), WR=cfg["WR"], NT=1 if T <= 8 else 2,
         tg=int(pw.group_size % 64 != 0), xm=XMODE[dtype], xe=ELEM[dtype], KX=cfg["KX"], WK=cfg["WK"],
     )  # fmt: skip
 
@@ -233,7 +233,7 @@ def decode_launches(x, pw, D, A, B, bias, y) -> list[Launch]:
     wk = max(1, min(wk, config.MAX_WARPS // WR, geo.KC))
     cps = cdiv(geo.KC, wk)
     wk = cdiv(geo.KC, cps)
-    smem = ((wk - 1) * WR * RT * NT * 128 + (TS * R if R else 0)) * 4
+    smem = (wk * WR * RT * NT * 128 + TS * R) * 4
     form = form_of(pw.sym, pw.zero)
     for t, n, dt, name in ((x, T * K, x.dtype, "x"), (D, K, torch.float32, "D"), (A, R * K, x.dtype, "A"),
                            (B, N * R, x.dtype, "B"), (bias, N, x.dtype, "bias"), (y, T * N, x.dtype, "y")):  # fmt: skip
@@ -247,10 +247,30 @@ def decode_launches(x, pw, D, A, B, bias, y) -> list[Launch]:
                (x, D, A, ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None, T, K, TP, KB, R, st.KX, NBX,
                 int(D is not None))),
         Launch("decode", (bits, st.xm, NT, st.tg, RT), (gx, 1, gz), 32 * WR * wk, smem,
-               (pw.qweight, pw.scales, _offsets(pw), ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None,
-                B, bias, y, N, geo.NT, geo.KC, geo.G, g, T, TP, R, NBX, form, int(R > 0), int(bias is not None),
+               (pw.qweight, pw.scales, pw.scales if pw.sym else _offsets(pw), ws["xb"], ws["xs1"], ws["xs4"],
+                ws["xa"] if R else None, B, bias, y, N, geo.NT, geo.KC, geo.G, g, T, TP, R, NBX, form, int(R > 0), int(bias is not None),
                 WR, wk, cps)),
     ]  # fmt: skip
+
+
+def all_kernel_names() -> list[tuple[str, str]]:
+    """Every ``(kernel, name expression)`` this backend can launch, whatever the config: the
+    set tests/test_cupy_compile.py compiles for every architecture."""
+    out = []
+    for bits in (2, 3, 4, 8):
+        for xm in range(3):
+            for nt in (1, 2):
+                for tg in (0, 1):
+                    for rt in range(1, config.rt_cap(bits, xm, nt) + 1):
+                        out.append(("decode", f"ttq_decode<{bits}, {xm}, {nt}, {tg}, {rt}>"))
+    for dt, xm in XMODE.items():
+        out.append(("prologue", f"ttq_prologue<{xm}, ttq::{ELEM[dt]}>"))
+        out.append(("colnorm", f"ttq_colnorm<ttq::{ELEM[dt]}>"))
+        for bits in (2, 3, 4, 8):
+            out.append(("quantize", f"ttq_quantize<{bits}, ttq::{ELEM[dt]}>"))
+            out.append(("dequant", f"ttq_dequant<{bits}, ttq::{ELEM[dt]}>"))
+    out.append(("scale", "ttq_scale"))
+    return out
 
 
 def kernel_names(pw: PackedWeight, dtype: torch.dtype, device, max_T: int = 1 << 16) -> set[tuple[str, str]]:

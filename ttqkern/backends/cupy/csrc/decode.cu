@@ -4,7 +4,7 @@
 #include "ttq_decode.cuh"
 
 template <int BITS, int XM, int NT, int TG, int RT>
-__global__ void __launch_bounds__(256) ttq_decode(const unsigned* qw, const float* sc, const unsigned* zp,
+__global__ void __launch_bounds__(256, 1) ttq_decode(const unsigned* qw, const float* sc, const unsigned* zp,
                                                   const unsigned* xb, const float* xs1, const float* xs4,
                                                   const float* xa, const void* lrB, const void* bias, void* y, int N,
                                                   int ntiles, int KC, int G, int g, int T, int TP, int R, int NBX,

@@ -93,7 +93,6 @@ static int decode_rt(int rt, const DecodeArgs& a, TTQ_GRID) {
   switch (rt) {
     case 1: return decode_inst<BITS, XM, NT, TG, 1>(a, gx, gy, gz, threads, smem), 0;
     case 2: return decode_inst<BITS, XM, NT, TG, 2>(a, gx, gy, gz, threads, smem), 0;
-    case 4: return decode_inst<BITS, XM, NT, TG, 4>(a, gx, gy, gz, threads, smem), 0;
   }
   return -1;
 }

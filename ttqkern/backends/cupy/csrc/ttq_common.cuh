@@ -93,6 +93,13 @@ TTQ_FN u32 byte_perm(u32 a, u32 b, u32 s) {  // PTX prmt default mode
 TTQ_FN u32 rotr(u32 x, int s) { return (s & 31) ? (x >> (s & 31)) | (x << (32 - (s & 31))) : x; }
 #endif
 TTQ_FN int imin(int a, int b) { return a < b ? a : b; }
+// the value itself, through an asm the compiler cannot see into (keeps selects as selects)
+TTQ_FN u32 opaque(u32 x) {
+#ifdef TTQ_DEVICE
+  asm("mov.b32 %0, %0;" : "+r"(x));
+#endif
+  return x;
+}
 TTQ_FN bool is_nan(float a) { return a != a; }
 TTQ_FN bool is_finite(float a) { return abs_f(a) < F32_INF; }
 

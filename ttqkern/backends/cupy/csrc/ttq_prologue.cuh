@@ -8,7 +8,7 @@ struct PrologueArgs {
   const void* x;   // [T][K] activations (XE)
   const float* D;  // [K] or null
   const void* A;   // [R][K] low-rank factor (XE) or null
-  u32* xb;         // [KB][TP][4][16][UW] 32-bit words
+  u32* xb;         // [TP][4][KB * 16][UW] 32-bit words
   float* xs1;      // [KB * 16][TP] tile sums
   float* xs4;      // [KB * 4][TP] step sums
   float* xa;       // [NBX][TP][R] x A^T over K slices
@@ -20,8 +20,8 @@ struct PrologueArgs {
 // Blocks x < KB: 256 codes of K, one thread per k.  x~ = x / D is computed in fp32 with
 // an IEEE division (as the reference), rounded once to the MMA operand type (fp16; bf16;
 // for fp32 activations bf16 hi + bf16 lo, 16 significant bits) and stored where lane
-// (gID, t) of the decode kernel finds its B fragment: token-major per 256-code block,
-// then lane t, then tile, 4 (or 8) values per tile.  Tokens >= T and k >= K are stored
+// (gID, t) of the decode kernel finds its B fragment: per token and lane t, the tiles
+// of all K in order (the decode loop walks them with one pointer), 4 (or 8) values each.  Tokens >= T and k >= K are stored
 // as 0.  Tile sums of the rounded values (fixed shuffle tree over 16 lanes) and step
 // sums (4 tiles, in order) feed the decode kernel's m * X~ term.
 // Bytes per k: 16 T_slice x reads (2-4 B) + 4 of D; writes 2-4 B per token + sums.
@@ -61,7 +61,7 @@ struct Prologue {
           xv = XE::load(x, (i64)tok * a.K + k);
           if (a.has_D) xv = div_rn(xv, a.D[k]);
         }
-        u16* dst = xb16 + ((((i64)kb * a.TP + tok) * 4 + t4) * 16 + jb) * UH + slot;
+        u16* dst = xb16 + (((i64)tok * 4 + t4) * (a.KB * 16) + kb * 16 + jb) * UH + slot;
         if (XM == XM_F16) {
           const u32 h = f32_to_f16(xv);
           dst[0] = (u16)h;
