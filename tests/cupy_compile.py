@@ -178,7 +178,11 @@ def markdown(report: dict) -> str:
         cells = []
         for a in archs:
             r = report[a].get(n)
-            cells.append("-" if r is None else f"{r['registers']} / {r['spill_stores']}+{r['spill_loads']} / {r['shared_static']}")
+            cells.append(
+                "-"
+                if r is None
+                else f"{r['registers']} / {r['spill_stores']}+{r['spill_loads']} / {r['shared_static']}"
+            )
         d = report[max(archs)].get(n, {})
         ml = d.get("main_loop")
         if ml:

@@ -143,7 +143,7 @@ def test_dequantize_equals_the_reference_bit_for_bit():
         assert torch.equal(Wd, dequantize(pw))
 
 
-@pytest.mark.parametrize("cfg", [{"RT": 1, "WR": 1, "WK": 1}, {"RT": 4, "WR": 2, "WK": 4}, {"RT": 2, "WR": 8, "WK": 1},
+@pytest.mark.parametrize("cfg", [{"RT": 1, "WR": 1, "WK": 1}, {"RT": 2, "WR": 2, "WK": 4}, {"RT": 2, "WR": 8, "WK": 1},
                                  {"RT": 1, "WR": 1, "WK": 8, "KX": 512}])  # fmt: skip
 @pytest.mark.parametrize("bits,g", [(4, 64), (2, 32), (8, 16), (3, 128)])
 def test_decode_configs_of_the_search_space(cfg, bits, g):

@@ -143,4 +143,3 @@ def test_host_fp16_bf16_rounding_matches_torch(emu):
     torch.testing.assert_close(got, vals.to(torch.float16), rtol=0, atol=0)
     got = torch.tensor(emu.f32_to_bf16(vals.tolist()), dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
     torch.testing.assert_close(got, vals.to(torch.bfloat16), rtol=0, atol=0)
-

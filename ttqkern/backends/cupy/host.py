@@ -71,10 +71,10 @@ def cdiv(a: int, b: int) -> int:
 
 def fastdiv(d: int) -> tuple[int, int, int]:
     """``(d, m, l)`` with ``n // d == (umulhi(m, n) + n) >> l`` for every 32-bit n (d >= 1)."""
-    l = (d - 1).bit_length()
-    m = ((1 << 32) * ((1 << l) - d)) // d + 1
+    shift = (d - 1).bit_length()
+    m = ((1 << 32) * ((1 << shift) - d)) // d + 1
     assert 0 < m < 1 << 32
-    return d, m, l
+    return d, m, shift
 
 
 def form_of(sym: bool, zero: str) -> int:
@@ -305,7 +305,7 @@ def qmatmul(
     and the MMA decode kernel, low-rank (r <= 64) and bias fused.  Otherwise: the
     weight dequantized once into x's dtype and ``torch.matmul`` (cuBLAS on a GPU).
     """
-    T, K = x.shape
+    T = x.shape[0]
     dt = x.dtype
     lr = A is not None
     fused_lr = lr and A.shape[0] <= config.RMAX_FUSED

@@ -215,8 +215,8 @@ def from_canonical(pw: PackedWeight) -> PackedWeight:
     codes = _padded_codes(pw, geo).view(geo.NT, TILE_ROWS, geo.KC, geo.KCH).permute(0, 2, 1, 3)  # [NT, KC, 16, KCH]
     flat = codes.reshape(geo.NT, geo.KC, TILE_ROWS * geo.KCH)
     words = []
-    for _v0, _v1, width, index, shift in _maps(pw.bits):
-        index, shift = index.to(codes.device), shift.to(codes.device)
+    for _v0, _v1, width, index_cpu, shift_cpu in _maps(pw.bits):
+        index, shift = index_cpu.to(codes.device), shift_cpu.to(codes.device)
         fields = flat[:, :, index.reshape(-1)].view(geo.NT, geo.KC, *index.shape).to(torch.int64)
         if pw.bits == 3:
             fields = (fields & 3) if width == 2 else (fields >> 2) & 1
@@ -246,8 +246,8 @@ def unpack_codes(pw: PackedWeight) -> torch.Tensor:
     geo = Geometry(pw.N, pw.K, pw.bits, pw.group_size)
     words = pw.qweight.to(torch.int64) & 0xFFFFFFFF  # [NT, KC, V, 32, 4]
     flat = torch.zeros(geo.NT, geo.KC, TILE_ROWS * geo.KCH, dtype=torch.int64, device=words.device)
-    for v0, v1, width, index, shift in _maps(pw.bits):
-        index, shift = index.to(words.device), shift.to(words.device)
+    for v0, v1, width, index_cpu, shift_cpu in _maps(pw.bits):
+        index, shift = index_cpu.to(words.device), shift_cpu.to(words.device)
         vals = (words[:, :, v0:v1, ..., None] >> shift) & ((1 << width) - 1)
         if pw.bits == 3 and width == 1:
             vals = vals << 2

@@ -37,9 +37,6 @@ enum Form { FORM_FLOAT = 0, FORM_INT = 1, FORM_SYM = 2 };
 // activation modes of the MMA kernels: B operand (x / D) and A operand (codes) types
 enum XMode { XM_F16 = 0, XM_BF16 = 1, XM_BF16X2 = 2 };
 
-constexpr float F32_INF = __builtin_huge_valf();
-constexpr float F32_TINY = 1.17549435e-38f;  // smallest normal fp32
-constexpr float F32_MAX = 3.40282347e+38f;
 
 // ---- scalar bit casts and IEEE arithmetic that the compiler may not contract ----------
 TTQ_FN float as_f32(u32 b) {
@@ -100,8 +97,12 @@ TTQ_FN u32 opaque(u32 x) {
 #endif
   return x;
 }
+// fp32 constants by their bits (NVRTC has no __builtin_huge_valf)
+TTQ_FN float f32_inf() { return as_f32(0x7F800000u); }
+TTQ_FN float f32_tiny() { return as_f32(0x00800000u); }  // smallest normal
+TTQ_FN float f32_max() { return as_f32(0x7F7FFFFFu); }
 TTQ_FN bool is_nan(float a) { return a != a; }
-TTQ_FN bool is_finite(float a) { return abs_f(a) < F32_INF; }
+TTQ_FN bool is_finite(float a) { return abs_f(a) < f32_inf(); }
 
 // q = n / d for 32-bit unsigned n and a run-time divisor d >= 1, by a multiply:
 // l = ceil(log2 d), m = floor(2^32 (2^l - d) / d) + 1 (host, fastdiv_make).

@@ -97,7 +97,7 @@ struct Scale {
         float d = 1.0f;
         if (mean != 0.0f) {  // all-zero x: D = 1 (nan mean is != 0 and stays nan)
           float base = add_rn(a.D[k], mul_rn(a.lam, mean));
-          base = base < F32_TINY ? F32_TINY : (base > F32_MAX ? F32_MAX : base);
+          base = base < f32_tiny() ? f32_tiny() : (base > f32_max() ? f32_max() : base);
           d = pow_f(base, a.alpha);
         }
         a.D[k] = d;
@@ -151,7 +151,7 @@ struct Quantize {
       float mn[W::N], mx[W::N], am[W::N];
       u32 bad[W::N];  // bit 0: a nan, bit 1: a non-finite value
       FOR_LANES(li) {
-        mn[li] = F32_INF, mx[li] = -F32_INF, am[li] = 0.0f, bad[li] = 0;
+        mn[li] = f32_inf(), mx[li] = -f32_inf(), am[li] = 0.0f, bad[li] = 0;
         if (n < a.N) {
           const int k1 = imin(a.K, (j + 1) * a.g);
           for (int k = j * a.g + w.lane(li); k < k1; k += 32) {
