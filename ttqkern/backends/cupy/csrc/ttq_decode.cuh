@@ -205,26 +205,14 @@ struct Decode {
               bfr[nt][jj][pl][li][0] = buf[jj * UW + 2 * pl];
               bfr[nt][jj][pl][li][1] = buf[jj * UW + 2 * pl + 1];
             }
-          if (!TG) {
-            u32 x2[2];
-            ldg64(reinterpret_cast<const u32*>(cur[li].sq[nt]), x2);
-            cur[li].sq[nt] += a.TP;
-            xsum[nt][li][0] += as_f32(x2[0]);
-            xsum[nt][li][1] += as_f32(x2[1]);
-          }
+          if (!TG) add_sums(a, cur[li], xsum[nt][li], nt);
         }
       }
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
         if (TG) {
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) FOR_LANES(li) {
-              u32 x2[2];
-              ldg64(reinterpret_cast<const u32*>(cur[li].sq[nt]), x2);
-              cur[li].sq[nt] += a.TP;
-              xsum[nt][li][0] += as_f32(x2[0]);
-              xsum[nt][li][1] += as_f32(x2[1]);
-            }
+          for (int nt = 0; nt < NT; ++nt) FOR_LANES(li) add_sums(a, cur[li], xsum[nt][li], nt);
         }
 #pragma unroll
         for (int r = 0; r < RT; ++r) {
@@ -239,6 +227,16 @@ struct Decode {
       }
       if (!TG) step_group(a, w, mt0, cur, cacc, xsum, yacc);
     }
+  }
+
+  // X~ of the next tile (TG) or step for this lane's C columns 2t, 2t + 1
+  template <class C>
+  static TTQ_FN void add_sums(const DecodeArgs& a, C& cur, float (&xs)[2], int nt) {
+    u32 x2[2];
+    ldg64(reinterpret_cast<const u32*>(cur.sq[nt]), x2);
+    cur.sq[nt] += a.TP;
+    xs[0] += as_f32(x2[0]);
+    xs[1] += as_f32(x2[1]);
   }
 
   // one unit (tile or step) of the current group done: flush when the group is complete
