@@ -41,11 +41,11 @@ from test_gpu_triton import (
     _nbytes,
     _row,
 )
-
-from ttqkern.backends import cupy as cupy_backend
 from ttqkern.tuning.tuner import graph_replay, rel_err
 
-_ok, _why = cupy_backend.available()
+from ttqkern.backends import cupy as cupy_backend
+
+_ok, _why = cupy_backend.BACKEND.available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"GPU benchmark of the CuPy backend: {_why}")]
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
@@ -135,7 +135,7 @@ def test_gpu_decode_and_requantization(report, layer):
         t_req = _ms(requant) * 1e3
         _row(report, layer=layer, N=N, K=K, bits=bits, T=PROMPT_T, kernel="ttq-requantize", us=t_req,
              bytes=_nbytes(prompt, W_res) + pw.nbytes + 4 * K)  # fmt: skip
-        prepared = cupy_backend.prepare(pw, D, A, B, bias)  # layout conversion + kernel compilation, once
+        prepared = cupy_backend.BACKEND.prepare(pw, D, A, B, bias)  # layout conversion + kernel compilation, once
 
         for T, x in xs.items():
             y = ops.qmatmul(x, pw, D, lowrank=(A, B), bias=bias, backend="cupy")

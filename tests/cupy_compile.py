@@ -120,9 +120,10 @@ def decode_loop_figures(p: dict, st: sass.LoopStats | None, res: sass.Resources,
         return {"main_loop": None}
     codes = p["rt"] * 16 * L.chunk_size(p["bits"])  # per warp and iteration
     code_bytes = codes * p["bits"] // 8
-    threads = 32 * config.defaults("decode", bits=p["bits"])["WR"] * 4  # default block: WR x 4 k-warps
+    # the block of a large layer's defaults: WR row warps x as many k-warps as fit 256 threads
+    threads = 32 * config.MAX_WARPS
     resident = sass.occupancy(res.registers, 0, threads, arch)
-    # in flight: the chunk being computed and the next one, per warp (register double buffering)
+    # in flight per SM at that occupancy: the chunk being computed and the next, per warp
     flight = resident * (threads // 32) * 2 * code_bytes
     return {
         "main_loop": st.as_dict(),

@@ -23,7 +23,7 @@ from ttqkern.backends.cupy import config, host, kernels
 from ttqkern.backends.cupy import layout as L
 from ttqkern.tuning import store
 
-ok, why = cb.available()
+ok, why = cb.BACKEND.available()
 gpu = pytest.mark.skipif(not ok, reason=f"cupy backend unavailable: {why}")
 
 
@@ -51,8 +51,9 @@ def test_unavailable_backend_names_what_is_missing():
 
 
 def test_auto_prefers_triton_then_cupy_on_cuda():
-    assert backends.AUTO_ORDER["cuda"][:2] == ("triton", "cupy")
-    assert cb.DEVICE_TYPES == ("cuda",)
+    ranks = {n: backends.get(n).auto_rank("cuda") for n in ("triton", "cupy", "torch") if backends.get(n)}
+    assert ranks["cupy"] > ranks.get("triton", 0) and ranks["cupy"] < ranks["torch"]
+    assert cb.BACKEND.device_types == ("cuda",) and cb.BACKEND.auto_rank("cpu") is None
 
 
 def test_sources_are_inlined_for_nvrtc():
@@ -76,18 +77,18 @@ def test_canonical_weights_are_converted_once_and_reconverted_after_changes():
 def test_config_defaults_and_space_are_valid():
     for bits in (2, 3, 4, 8):
         for op in config.OPS:
-            assert config.valid(op, config.defaults(op, bits=bits), bits=bits)
-    assert not config.valid("decode", {"WR": 8, "WK": 2}, bits=4)  # 16 warps > launch bound
-    assert not config.valid("decode", {"RT": 4}, bits=4)
-    assert not config.valid("decode", {"BLOCK_N": 4}, bits=4)
+            assert config.invalid(op, config.defaults(op, bits=bits)) == ""
+    assert "launch bound" in config.invalid("decode", {"WR": 8, "WK": 2})  # 16 warps
+    assert config.invalid("decode", {"RT": 4}) and config.invalid("decode", {"WK": 3})
+    assert config.invalid("decode", {"BLOCK_N": 4})
 
 
 def test_invalid_tuned_entry_warns_and_uses_defaults(config_dir):
-    key = config.key("decode", bits=4, T=1, N=64, K=64)
-    store.save("cpu", {key: {"RT": 3}}, config_dir)
+    shape = dict(bits=4, group=64, T=1, N=64, K=64)
+    store.save("cpu", {config.key("decode", **shape): {"RT": 3}}, config_dir)
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        got = config.params("decode", torch.device("cpu"), bits=4, T=1, N=64, K=64)
+        got = config.params("decode", torch.device("cpu"), **shape)
     assert got == config.defaults("decode", bits=4) and any("invalid" in str(w.message) for w in rec)
 
 
@@ -132,7 +133,7 @@ def test_gpu_prepared_decode_is_capturable_in_a_cuda_graph():
     x, W, (A, B), bias = random_case(1, 512, 1024, r=8, bias=True, dtype=torch.float16, device="cuda")
     D = ops.act_scale(x, backend="cupy")
     pw = ops.quantize(W, D, bits=4, group_size=64, backend="cupy")
-    run = cb.prepare(pw, D, A, B, bias)
+    run = cb.BACKEND.prepare(pw, D, A, B, bias)
     ref = run(x)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -140,7 +141,7 @@ def test_gpu_prepared_decode_is_capturable_in_a_cuda_graph():
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
-    assert_output_close(out, cb.qmatmul(x, pw, D, A, B, bias))
+    assert_output_close(out, cb.BACKEND.qmatmul(x, pw, D, A, B, bias))
     assert not torch.equal(out, ref)
 
 

@@ -14,28 +14,30 @@ Modules, one job each:
 - `config`: tile / warp parameters with defaults, tuned entries from the config store.
 - `emulator`: the same kernel bodies compiled for the CPU (tests only).
 
-Importing this module never imports cupy: `available` says why the backend cannot run.
+Importing this module never imports cupy: ``BACKEND.available()`` says why the backend cannot run.
 Requires an NVIDIA GPU of compute capability 8.0 or newer (sm_80 - sm_90 are
 compile-checked in CI), cupy (``pip install 'ttqkern[cupy]'``) and NVRTC.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ...format import PackedWeight
+from ...format import CANONICAL, PackedWeight
+from ..base import Backend
 from . import config, host, layout
 
-DEVICE_TYPES = ("cuda",)
 MIN_CAPABILITY = (8, 0)  # mma.sync.m16n8k16 with bf16 operands, cvt.rn.bf16x2
 
 
 @functools.cache
-def available() -> tuple[bool, str]:
-    """``(True, '')`` with cupy, NVRTC and a CUDA GPU of compute capability >= 8.0, else why not."""
+def _availability() -> tuple[bool, str]:
     try:
         import cupy
     except ImportError as e:
@@ -63,7 +65,7 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def _run(launches) -> None:
+def _gpu_run(launches) -> None:
     from . import kernels
 
     kernels.launch(launches)
@@ -71,20 +73,8 @@ def _run(launches) -> None:
 
 # cupy_mma copies of canonical weights, keyed by the canonical qweight tensor: the first
 # qmatmul on a canonical PackedWeight converts it once (torch ops on the GPU), later calls
-# reuse the copy while the tensor lives and is not modified in place.
+# reuse the copy while the tensors live and are not modified in place.
 _mma_cache = WeakIdKeyDictionary()  # tensors compare elementwise: key by identity
-
-
-def as_mma(pw: PackedWeight) -> PackedWeight:
-    """``pw`` in the ``cupy_mma`` layout (cached per canonical qweight tensor)."""
-    if pw.layout == layout.NAME:
-        return pw
-    hit = _mma_cache.get(pw.qweight)
-    if hit is not None and hit[0] == _stamp(pw):
-        return hit[1]
-    mma = layout.from_canonical(pw)
-    _mma_cache[pw.qweight] = (_stamp(pw), mma)
-    return mma
 
 
 def _stamp(pw: PackedWeight) -> tuple:
@@ -94,64 +84,86 @@ def _stamp(pw: PackedWeight) -> tuple:
             *((n, id(t), t._version) for n, t in sorted(ts.items())))  # fmt: skip
 
 
-def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tensor:
-    """Stage 1: x ``[T, K]`` fp32/fp16/bf16 -> D fp32 ``[K]`` (see `reference.act_scale`)."""
-    with torch.cuda.device(x.device):
-        return host.act_scale(x, p, lam, alpha, _run)
-
-
-def quantize(
-    W: torch.Tensor, D: torch.Tensor | None, bits: int, group_size: int, sym: bool, zero: str, beta: float
-) -> PackedWeight:
-    """Stages 2-3 straight into ``cupy_mma``; returned canonical (what `ttqkern.ops` accepts today).
-
-    The ``cupy_mma`` result is kept for the first `qmatmul` on the returned weight.
-    """
-    with torch.cuda.device(W.device):
-        mma = host.quantize(W.contiguous(), D, bits, group_size, sym, zero, beta, _run)
-        pw = layout.to_canonical(mma)
+def as_mma(pw: PackedWeight) -> PackedWeight:
+    """``pw`` in the ``cupy_mma`` layout (a canonical weight's copy is cached per qweight tensor)."""
+    if pw.layout == layout.NAME:
+        return pw
+    pw = pw.canonical()
+    hit = _mma_cache.get(pw.qweight)
+    if hit is not None and hit[0] == _stamp(pw):
+        return hit[1]
+    mma = layout.from_canonical(pw)
     _mma_cache[pw.qweight] = (_stamp(pw), mma)
-    return pw
+    return mma
 
 
-def qmatmul(
-    x: torch.Tensor,
-    pw: PackedWeight,
-    D: torch.Tensor | None = None,
-    A: torch.Tensor | None = None,
-    B: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
-    with torch.cuda.device(x.device):
-        return host.qmatmul(x, as_mma(pw), D, A, B, bias, _run)
+class CupyBackend(Backend):
+    """Hand-written CUDA kernels through CuPy (NVIDIA, compute capability >= 8.0).
+
+    ``run`` executes `host.Launch` records: CuPy on the GPU here; the CPU emulator in
+    tests (a subclass with ``device_types = ("cpu",)``).
+    """
+
+    name = "cupy"
+    device_types: ClassVar[tuple[str, ...]] = ("cuda",)
+    preference: ClassVar[dict[str, int]] = {"cuda": 20}  # after Triton (10) until measured on a GPU
+    params = config.TABLE
+    # quantize writes cupy_mma; canonical weights are read through a cached conversion
+    layouts: ClassVar[tuple[str, ...]] = (layout.NAME, CANONICAL)
+    run: ClassVar[Callable] = staticmethod(_gpu_run)
+
+    def available(self) -> tuple[bool, str]:
+        """``(True, '')`` with cupy, NVRTC and a CUDA GPU of compute capability >= 8.0, else why not."""
+        return _availability()
+
+    def _scope(self, t: torch.Tensor):
+        return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+    def act_scale(self, x, scaling):
+        """Stage 1: x ``[T, K]`` fp32/fp16/bf16 -> D fp32 ``[K]`` (see `reference.act_scale`)."""
+        with self._scope(x):
+            return host.act_scale(x, scaling.p, scaling.lam, scaling.alpha, self.run)
+
+    def quantize(self, W, D, fmt):
+        """Stages 2-3: W ``[N, K]`` float, D fp32 ``[K]`` | None -> `PackedWeight` in ``cupy_mma``."""
+        g = fmt.group_for(W.shape[1])
+        with self._scope(W):
+            return host.quantize(W, D, fmt.bits, g, fmt.sym, fmt.zero, float(fmt.beta), self.run)
+
+    def qmatmul(self, x, pw, D, A, B, bias):
+        """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
+        with self._scope(x):
+            return host.qmatmul(x, as_mma(pw), D, A, B, bias, self.run)
+
+    def warmup(self, pw: PackedWeight, dtypes=(torch.float16, torch.bfloat16, torch.float32)) -> int:
+        """Compile and load every kernel `qmatmul` may launch for ``pw`` (before CUDA-graph capture)."""
+        if pw.device.type != "cuda":
+            return 0
+        from . import kernels
+
+        mma = as_mma(pw)
+        names = set()
+        for dt in dtypes:
+            names |= host.kernel_names(mma, dt, mma.device)
+        return kernels.warmup(names, mma.device)
+
+    def prepare(self, pw, D, A, B, bias):
+        """``callable(x [T, K]) -> y``: layout conversion, kernel compilation and operand casts hoisted."""
+        mma = as_mma(pw)
+        self.warmup(mma, tuple({t.dtype for t in (A, B, bias) if t is not None} or {torch.float16, torch.bfloat16}))
+        converted: dict[torch.dtype, tuple] = {}
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            ops = converted.get(x.dtype)
+            if ops is None:  # the low-rank factors and bias in x's dtype, once per dtype
+                ops = tuple(None if t is None else t.to(x.dtype).contiguous() for t in (A, B, bias))
+                converted[x.dtype] = ops
+            with self._scope(x):
+                return host.qmatmul(x, mma, D, *ops, self.run)
+
+        return run
 
 
-def warmup(pw: PackedWeight, dtypes=(torch.float16, torch.bfloat16, torch.float32)) -> int:
-    """Compile and load every kernel `qmatmul` may launch for ``pw`` (before CUDA-graph capture)."""
-    from . import kernels
+BACKEND = CupyBackend()
 
-    mma = as_mma(pw)
-    names = set()
-    for dt in dtypes:
-        names |= host.kernel_names(mma, dt, mma.device)
-    return kernels.warmup(names, mma.device)
-
-
-def prepare(pw: PackedWeight, D=None, A=None, B=None, bias=None):
-    """``callable(x [T, K]) -> y``: the layout conversion and kernel compilation hoisted out of decode."""
-    mma = as_mma(pw)
-    warmup(mma, dtypes=tuple({t.dtype for t in (A, B, bias) if t is not None} or {torch.float16, torch.bfloat16}))
-    converted: dict[torch.dtype, tuple] = {}
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        ops = converted.get(x.dtype)
-        if ops is None:  # the low-rank factors and bias in x's dtype, once per dtype
-            ops = converted[x.dtype] = tuple(None if t is None else t.to(x.dtype).contiguous() for t in (A, B, bias))
-        with torch.cuda.device(x.device):
-            return host.qmatmul(x, mma, D, *ops, _run)
-
-    return run
-
-
-__all__ = ["DEVICE_TYPES", "act_scale", "as_mma", "available", "config", "prepare", "qmatmul", "quantize", "warmup"]
+__all__ = ["BACKEND", "CupyBackend", "as_mma", "config", "host", "layout"]

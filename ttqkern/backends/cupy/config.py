@@ -1,10 +1,10 @@
 """Launch parameters of the CuPy kernels: declared defaults and search space, tuned entries.
 
-Every launch asks `params(op, device, **shape)`: the op's defaults updated by the entry
-of the tuned-config store (`ttqkern.tuning.store.lookup`, file ``<device_slug>.json``)
-under the key ``cupy/<op>/<field>=<value>...`` (dimensions bucketed to powers of two).
-An entry may set any subset of an op's fields; one with unknown fields or values outside
-`SPACE` is ignored with a warning.  Every combination in `SPACE` launches correctly and
+Declared as `TABLE` (a `ttqkern.tuning.params.ConfigTable`): every launch asks
+`params(op, device, **shape)`, the op's defaults updated by the entry of the tuned-config
+store (file ``<device_slug>.json``) under ``cupy/<op>/bits=..../group=.../T=.../N=.../K=...``
+(dimensions bucketed to powers of two).  An entry with unknown fields or values outside
+the declared ranges is ignored with a warning.  Every combination in `SPACE` launches correctly and
 compiles without spills (checked by tests/test_cupy_compile.py for sm_80 to sm_90).
 
 Fields
@@ -29,23 +29,21 @@ act_scale.TSPLIT slices of tokens reduced by separate blocks (0: enough to fill 
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
-from ...tuning import devices, store
+from ...tuning.params import ConfigTable, Int, OpParams
 
 BACKEND = "cupy"
 DECODE_MAX_T = 16  # tokens per decode block (two n8 MMA tiles)
 RMAX_FUSED = 64  # low-rank ranks up to this are fused (prologue partials + decode epilogue)
 MAX_WARPS = 8  # __launch_bounds__(256) of the decode kernel
 
-OPS = ("decode", "qmatmul", "act_scale")
-KEY_FIELDS = {"decode": ("bits", "T", "N", "K"), "qmatmul": ("bits", "T", "N", "K"), "act_scale": ("T", "K")}
+# What a tuner may try per op (every combination compiles and launches correctly).
 SPACE = {
-    "decode": {"RT": [1, 2], "WR": [1, 2, 4, 8], "WK": [0, 1, 2, 4, 8], "KX": [512, 1024, 2048, 4096]},
-    "qmatmul": {"DEQUANT_MIN_T": [17, 32, 64, 128, 256]},
-    "act_scale": {"TSPLIT": [0, 1, 2, 4, 8, 16]},
+    "decode": {"RT": (1, 2), "WR": (1, 2, 4, 8), "WK": (0, 1, 2, 4, 8), "KX": (512, 1024, 2048, 4096)},
+    "qmatmul": {"DEQUANT_MIN_T": (17, 32, 64, 128, 256)},
+    "act_scale": {"TSPLIT": (0, 1, 2, 4, 8, 16)},
 }
 # row tiles per warp that keep each decode instantiation within 128 registers and
 # without spills (ptxas -v, sm_80 - sm_90; tests/test_cupy_compile.py checks it)
@@ -61,46 +59,73 @@ def rt_cap(bits: int, xm: int, nt: int) -> int:
     return RT_MAX[bits]
 
 
-def defaults(op: str, *, bits: int = 4, T: int = 1, **_) -> dict:
+def defaults(op: str, *, bits: int = 4, **_) -> dict:
     """Untuned parameters: compiled without spills for sm_80 - sm_90; not yet timed on a GPU."""
     if op == "decode":
-        return {"RT": 1 if bits == 3 else 2, "WR": 2, "WK": 0, "KX": 1024}
+        return {"RT": 1 if bits == 3 else 2, "WR": 1, "WK": 0, "KX": 1024}
     if op == "qmatmul":
         return {"DEQUANT_MIN_T": 64}
     return {"TSPLIT": 0}
 
 
-def valid(op: str, cfg: dict, *, bits: int = 4) -> bool:
-    """Every field known and within `SPACE` (and the decode block within 8 warps)."""
-    space = SPACE[op]
-    if set(cfg) - set(space) or any(cfg[k] not in space[k] for k in cfg):
-        return False
-    if op == "decode":
-        wk = cfg.get("WK", 1) or 1
-        return cfg.get("WR", 1) * wk <= MAX_WARPS and cfg.get("RT", 1) <= RT_MAX[bits]
-    return True
+def _decode_constraint(cfg, device, **shape) -> str:
+    wk, wr = cfg.get("WK", 0), cfg.get("WR", 1)
+    if wk not in (0, 1, 2, 4, 8):
+        return f"WK={wk} is not 0 (auto) or a power of two <= 8"
+    if wr * max(wk, 1) > MAX_WARPS:
+        return f"WR * WK = {wr * max(wk, 1)} warps exceed the kernel's launch bound of {MAX_WARPS}"
+    return ""
+
+
+_DIMS = ("bits", "group", "T", "N", "K")
+TABLE = ConfigTable(
+    BACKEND,
+    {
+        "decode": OpParams(
+            key_fields=_DIMS,
+            fields={"RT": Int(1, 2), "WR": Int(1, 8, pow2=True), "WK": Int(0, 8), "KX": Int(256, 8192, pow2=True)},
+            space=SPACE["decode"],
+            defaults=lambda device, **shape: defaults("decode", **shape),
+            stage="qmatmul",
+            tokens=(1, 256),
+            constraint=_decode_constraint,
+            kernels=("ttq_decode", "ttq_prologue"),
+        ),
+        "qmatmul": OpParams(
+            key_fields=_DIMS,
+            fields={"DEQUANT_MIN_T": Int(2, 1 << 20)},
+            space=SPACE["qmatmul"],
+            defaults=lambda device, **shape: defaults("qmatmul", **shape),
+            kernels=("ttq_dequant",),
+        ),
+        "act_scale": OpParams(
+            key_fields=("T", "K"),
+            fields={"TSPLIT": Int(0, 1024)},
+            space=SPACE["act_scale"],
+            defaults=lambda device, **shape: defaults("act_scale", **shape),
+            kernels=("ttq_colnorm", "ttq_scale"),
+        ),
+    },
+)
+OPS = tuple(TABLE.ops)
+
+
+def params(op: str, device, **shape) -> dict:
+    """Launch parameters of ``op`` for a shape (`TABLE`: defaults updated by a valid tuned entry)."""
+    return TABLE.params(op, device, **shape)
 
 
 def key(op: str, **shape) -> str:
-    fields = {f: (shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op]}
-    return store.make_key(BACKEND, op, **fields)
+    return TABLE.key(op, **shape)
 
 
-@functools.cache
-def _slug(device: torch.device) -> str:
-    return devices.device_slug(device)
-
-
-def params(op: str, device: torch.device, **shape) -> dict:
-    """Launch parameters of ``op`` for a shape: `defaults` updated by a valid tuned entry."""
-    base = defaults(op, **shape)
-    slug = _slug(torch.device(device))
-    cfg = store.lookup(slug, key(op, **shape), base)
-    if cfg != base and not valid(op, cfg, bits=shape.get("bits", 4)):
-        warnings.warn(f"ttqkern: tuned config {key(op, **shape)} for {slug} is invalid: {cfg}; using defaults",
-                      stacklevel=2)  # fmt: skip
-        return base
-    return cfg
+def invalid(op: str, cfg: dict, **shape) -> str:
+    """Why ``cfg`` is not a usable config of ``op`` ('' when it is): field ranges, then the constraint."""
+    spec = TABLE.ops[op]
+    why = spec.invalid(cfg)
+    if why or spec.constraint is None:
+        return why
+    return spec.constraint(cfg, None, **shape)
 
 
 @functools.cache

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ...format import PackedWeight
+from ...quant import QuantFormat
 from . import config
 from . import layout as L
 
@@ -153,10 +154,8 @@ def quantize(
                (W, D, qw, scales, zp, N, K, geo.KC, geo.G, g, UC, UG, form, int(D is not None), float(beta),
                 *fastdiv(g))),
     ])  # fmt: skip
-    return PackedWeight(
-        qweight=qw, scales=scales, mins=mins, zeros=zeros, bits=bits, group_size=g, shape=(N, K),
-        sym=sym, zero="float" if sym else zero, layout=L.NAME,
-    )  # fmt: skip
+    return PackedWeight.build(QuantFormat(bits, g, sym, zero, beta), (N, K), qweight=qw, scales=scales, offsets=zp,
+                              layout=L.NAME)  # fmt: skip
 
 
 # ---- qmatmul -------------------------------------------------------------------------------
@@ -178,7 +177,7 @@ def dequantize(pw: PackedWeight, dtype: torch.dtype, run: Runner) -> torch.Tenso
 
 def uses_decode_kernel(pw: PackedWeight, T: int, device) -> bool:
     """Decode path (packed MMA kernel) or prefill path (dequantize + cuBLAS) for T tokens."""
-    cfg = config.params("qmatmul", device, bits=pw.bits, T=T, N=pw.N, K=pw.K)
+    cfg = config.params("qmatmul", device, bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
     return pw.group_size % 16 == 0 and T < cfg["DEQUANT_MIN_T"]
 
 
@@ -201,7 +200,7 @@ class DecodeSetup:
 
 
 def decode_setup(pw: PackedWeight, T: int, dtype: torch.dtype, device) -> DecodeSetup:
-    cfg = config.params("decode", device, bits=pw.bits, T=T, N=pw.N, K=pw.K)
+    cfg = config.params("decode", device, bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
     return DecodeSetup(
         RT=min(cfg["RT"], config.rt_cap(pw.bits, XMODE[dtype], 1 if T <= 8 else 2)), WR=cfg["WR"], NT=1 if T <= 8 else 2,
         tg=int(pw.group_size % 64 != 0), xm=XMODE[dtype], xe=ELEM[dtype], KX=cfg["KX"], WK=cfg["WK"],

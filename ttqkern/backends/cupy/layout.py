@@ -41,7 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...format import PackedWeight, num_groups, pack_bits
+from ...format import Layout, PackedWeight, num_groups, pack_bits, register_layout
+from ...quant import QuantFormat
 
 NAME = "cupy_mma"
 TILE_ROWS = 16
@@ -282,23 +283,40 @@ def to_canonical(pw: PackedWeight) -> PackedWeight:
 
 def check(pw: PackedWeight) -> None:
     """Raise ValueError unless every tensor of a ``cupy_mma`` weight has its declared shape and dtype."""
-    geo = Geometry(pw.N, pw.K, pw.bits, pw.group_size)
-    dtypes = {"qweight": torch.int32, "scales": torch.float32, "mins": torch.float32, "zeros": torch.int32}
-    want = geo.shapes(pw.sym, pw.zero)
+    want = CupyMmaLayout().planes(pw.N, pw.K, pw.quant_format)
     have = pw.tensors()
     if set(have) != set(want):
         raise ValueError(f"cupy_mma weight must hold {sorted(want)}, got {sorted(have)}")
-    for name, shape in want.items():
+    for name, (shape, dtype) in want.items():
         t = have[name]
-        if tuple(t.shape) != shape or t.dtype != dtypes[name]:
-            raise ValueError(
-                f"cupy_mma {name} must be {dtypes[name]} of shape {list(shape)}, got {t.dtype} {list(t.shape)}"
-            )
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(f"cupy_mma {name} must be {dtype} of shape {list(shape)}, got {t.dtype} {list(t.shape)}")
+
+
+class CupyMmaLayout(Layout):
+    """The layout the CuPy backend's decode kernels read (see the module docstring)."""
+
+    name = NAME
+
+    def planes(self, N: int, K: int, fmt: QuantFormat) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        geo = Geometry(N, K, fmt.bits, fmt.group_for(K))
+        dtypes = {"qweight": torch.int32, "scales": torch.float32, "mins": torch.float32, "zeros": torch.int32}
+        return {f: (shape, dtypes[f]) for f, shape in geo.shapes(fmt.sym, fmt.zero).items()}
+
+    def to_canonical(self, pw: PackedWeight) -> PackedWeight:
+        return to_canonical(pw)
+
+    def from_canonical(self, pw: PackedWeight) -> PackedWeight:
+        return from_canonical(pw)
+
+
+register_layout(CupyMmaLayout())
 
 
 __all__ = [
     "CHUNK",
     "NAME",
+    "CupyMmaLayout",
     "Geometry",
     "check",
     "chunk_size",

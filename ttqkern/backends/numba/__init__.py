@@ -23,23 +23,16 @@ import numba  # noqa: F401  (an ImportError here is the registry's "why not avai
 import numpy as np
 import torch
 
-from ... import reference
 from ...format import PackedWeight
+from ..base import Backend
 from . import config, gemv
 from ._common import as_f32, as_np, planes
-from .act_scale import act_scale
-from .quantize import quantize
-
-DEVICE_TYPES = ("cpu",)
+from .act_scale import act_scale as _act_scale
+from .quantize import quantize as _quantize
 
 _EMPTY_U16 = np.empty((0, 0), np.uint16)
 _DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
 _INT4_MASKS = tuple(np.int32(15 << (4 * i)) for i in range(4))
-
-
-def available() -> tuple[bool, str]:
-    """``(True, '')``: Numba imported (the registry reports an import failure itself)."""
-    return True, ""
 
 
 def _offset_args(pw: PackedWeight):
@@ -62,26 +55,31 @@ def _epilogue(y: torch.Tensor, u: np.ndarray, B: np.ndarray, bias: np.ndarray) -
     return y
 
 
-def qmatmul(
-    x: torch.Tensor,
-    pw: PackedWeight,
-    D: torch.Tensor | None = None,
-    A: torch.Tensor | None = None,
-    B: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + b``.
+class NumbaBackend(Backend):
+    """Parallel CPU kernels compiled by Numba (the ``auto`` choice on CPUs)."""
 
-    x ``[T, K]`` fp32/fp16/bf16, pw a canonical `PackedWeight` ``[N, K]``, D fp32
-    ``[K]`` | None, A ``[r, K]`` / B ``[N, r]`` | None, bias ``[N]`` | None.
-    Returns ``[T, N]`` in x.dtype, accumulated in fp32.
-    """
-    T, K = x.shape
-    if x.numel() == 0 or pw.N == 0:
-        return reference.qmatmul(x, pw, D, A, B, bias)
-    cfg = config.params("qmatmul", bits=pw.bits, T=T, N=pw.N, K=K)
-    with config.threads_for(pw.N * K, cfg):
-        return _qmatmul(x, pw, D, A, B, bias, cfg)
+    name = "numba"
+    device_types = ("cpu",)
+    preference = 10
+    params = config.TABLE
+
+    def act_scale(self, x, scaling):
+        return _act_scale(x, scaling.p, scaling.lam, scaling.alpha)
+
+    def quantize(self, W, D, fmt):
+        return _quantize(W, D, fmt.bits, fmt.group_size, fmt.sym, fmt.zero, fmt.beta)
+
+    def qmatmul(self, x, pw, D, A, B, bias) -> torch.Tensor:
+        """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + b``.
+
+        x ``[T, K]`` fp32/fp16/bf16, pw a canonical `PackedWeight` ``[N, K]``, D fp32
+        ``[K]`` | None, A ``[r, K]`` / B ``[N, r]`` | None, bias ``[N]`` | None.
+        Returns ``[T, N]`` in x.dtype, accumulated in fp32.
+        """
+        T, K = x.shape
+        cfg = config.params("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=K)
+        with config.threads_for(pw.N * K, cfg):
+            return _qmatmul(x, pw, D, A, B, bias, cfg)
 
 
 def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
@@ -154,4 +152,6 @@ def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
     return torch.from_numpy(y).to(x.dtype)
 
 
-__all__ = ["DEVICE_TYPES", "act_scale", "available", "config", "qmatmul", "quantize"]
+BACKEND = NumbaBackend()
+
+__all__ = ["BACKEND", "NumbaBackend", "config"]

@@ -41,9 +41,10 @@ import numba
 import numpy as np
 from numba import prange
 
+from ...quant import Form
 from ._common import REASSOC, STRICT
 
-OFF_MINS, OFF_ZEROS, OFF_SYM = 0, 1, 2
+OFF_MINS, OFF_ZEROS, OFF_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)  # plain ints for numba
 
 
 # --- prologue -----------------------------------------------------------------------
