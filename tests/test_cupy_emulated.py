@@ -14,8 +14,6 @@ import pytest
 import torch
 from conformance import ConformanceSuite
 from helpers import QUANT_FORMS, assert_output_close, assert_packed_match, random_case
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from ttqkern import backends, reference
 from ttqkern.backends.cupy import CupyBackend, config, host
@@ -111,18 +109,16 @@ def test_quantize_range_expansion(beta):
     assert_packed_match(L.to_canonical(pw), reference.quantize(W, None, 3, 32, False, "float", beta))
 
 
-@pytest.mark.parametrize("bits", [3, 4])
 @pytest.mark.parametrize("sym,zero", QUANT_FORMS)
-def test_quantize_nonfinite_groups_match_the_reference_exactly(bits, sym, zero):
-    W = torch.randn(6, 70)
-    W[0, 5] = float("nan")
-    W[1, 40] = float("inf")
-    W[2, 33] = float("-inf")
-    W[3, 1], W[3, 2] = float("inf"), float("-inf")
-    W[4, 69] = float("nan")  # in the ragged last group
-    W[5, 10:20] = 1e30  # huge but finite: z out of int32 range for zero="int"
-    pw = L.to_canonical(quantize(W, None, bits, 32, sym, zero, 1.0))
-    ref = reference.quantize(W, None, bits, 32, sym, zero, 1.0)
+def test_quantize_huge_narrow_groups_match_the_reference_exactly(sym, zero):
+    """Finite values far from 0 in a narrow range: for zero="int", z = round(-mn / s) leaves
+    int32 and must become INT32_MIN as torch's CPU conversion makes it (non-finite groups
+    are in the conformance suite above)."""
+    W = torch.randn(4, 70)
+    W[1, 10:40] = 1e30 + torch.arange(30) * 1e24
+    W[2, :] = -3e9
+    pw = L.to_canonical(quantize(W, None, 4, 32, sym, zero, 1.0))
+    ref = reference.quantize(W, None, 4, 32, sym, zero, 1.0)
     for name, t in ref.tensors().items():
         torch.testing.assert_close(getattr(pw, name), t, rtol=0, atol=0, equal_nan=True)
 
@@ -181,37 +177,3 @@ def test_decode_configs_of_the_search_space(cfg, bits, g):
     with store.override("cpu", config.key("decode", bits=bits, group=g, T=T, N=N, K=K), cfg):
         y = qmatmul(x, L.from_canonical(pw), D, *lowrank, bias)
     assert_output_close(y, reference.qmatmul(x, pw, D, *lowrank, bias))
-
-
-def test_nonfinite_never_gives_finite_answers():
-    x, W, _, _ = random_case(4, 6, 64)
-    W[2, 40] = float("nan")
-    W[4, 3] = float("inf")
-    pw = quantize(W, None, 4, 32, False, "float", 1.0)
-    y = qmatmul(x, pw, None, None, None, None)
-    assert torch.isnan(y[:, 2]).all() and not torch.isfinite(y[:, 4]).any()
-    assert torch.isfinite(y[:, [0, 1, 3, 5]]).all()
-    x[1, 7] = float("nan")
-    D = act_scale(x, 2.0, 1.0, 0.25)
-    assert torch.isnan(D).all() and torch.isnan(qmatmul(x, pw, D, None, None, None)).all()
-    y = qmatmul(x, pw, None, None, None, None)
-    assert torch.isnan(y[1]).all() and torch.isfinite(y[0, [0, 1, 3, 5]]).all()
-
-
-@settings(max_examples=15, deadline=None)
-@given(
-    T=st.integers(1, 20), N=st.integers(1, 40), K=st.integers(1, 150), g=st.sampled_from([8, 16, 32, 48, 64, 128, -1]),
-    bits=st.sampled_from([2, 3, 4, 8]), form=st.sampled_from(QUANT_FORMS),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]), seed=st.integers(0, 2**16),
-)  # fmt: skip
-def test_pipeline_random_shapes(T, N, K, g, bits, form, dtype, seed):
-    torch.manual_seed(seed)
-    sym, zero = form
-    g = K if g == -1 else g
-    x, W, _, _ = random_case(T, N, K, dtype=dtype)
-    D = act_scale(x, 2.0, 1.0, 0.25)
-    torch.testing.assert_close(D, reference.act_scale(x, 2.0, 1.0, 0.25), rtol=1e-5, atol=0)
-    pw = quantize(W, D, bits, g, sym, zero, 1.0)
-    canon = L.to_canonical(pw)
-    assert_packed_match(canon, reference.quantize(W, D, bits, g, sym, zero, 1.0))
-    assert_output_close(qmatmul(x, pw, D, None, None, None), reference.qmatmul(x, canon, D))
