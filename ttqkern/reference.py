@@ -134,6 +134,7 @@ def qmatmul(
     per-group sums (codes times ``x~`` plus offsets times ``X~``) so it checks that
     decomposition, not just ``x @ dequantize(pw).T``.
     """
+    pw = pw.canonical()  # any layout: the reference reads the canonical one
     T, K = x.shape
     N, g, G = pw.N, pw.group_size, pw.num_groups
     xs = x.to(torch.float32) if D is None else x.to(torch.float32) / D  # x~ = x / D
