@@ -156,6 +156,7 @@ def qmatmul(
     scales and offsets; the per-group cancellation a kernel must avoid costs fp64
     nothing), and only the result is rounded (docs/numerics.md).  CPU/CUDA only (fp64).
     """
+    pw = pw.canonical()  # any layout: the reference reads the canonical one
     T, K = x.shape
     N, g, G = pw.N, pw.group_size, pw.num_groups
     f64 = torch.float64

@@ -78,7 +78,7 @@ class NumbaBackend(Backend):
         Returns ``[T, N]`` in x.dtype, accumulated in fp32.
         """
         T, K = x.shape
-        cfg = config.params("qmatmul", bits=pw.bits, T=T, N=pw.N, K=K)
+        cfg = config.params("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=K)
         with config.threads_for(pw.N * K, cfg):
             return _qmatmul(x, pw, D, A, B, bias, cfg)
 

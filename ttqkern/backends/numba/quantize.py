@@ -235,7 +235,7 @@ def quantize(
     scales = np.empty((N, G), np.float32)
     mins = np.empty((N, G) if form == FORM_FLOAT else (0, 0), np.float32)
     zeros = np.empty((N, G) if form == FORM_INT else (0, 0), np.int32)
-    cfg = config.params("quantize", bits=bits, N=N, K=K)
+    cfg = config.params("quantize", bits=bits, group=g, N=N, K=K)
     Dn = as_f32(D) if D is not None else np.empty(0, np.float32)
     with config.threads_for(N * K, cfg):
         _quantize_kernel(as_f32(W), Dn, D is not None, bits, g, form, float(beta), cfg["BLOCK_N"],
