@@ -259,7 +259,7 @@ def _path(backend: str, path: str, pw, T: int):
     from ttqkern.backends.numba import config
     from ttqkern.tuning import store
 
-    key = config.key("qmatmul", bits=pw.bits, T=T, N=pw.N, K=pw.K)
+    key = config.key("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
     return store.override("cpu", key, {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20})
 
 

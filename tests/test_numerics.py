@@ -19,17 +19,38 @@ from helpers import QUANT_FORMS
 import ttqkern
 from ttqkern import backends, defaults, ops, reference
 
-BACKENDS = ["torch", "numba", "triton"]
 FLT_MAX = torch.finfo(torch.float32).max
 TINY = 2.0**-149  # the smallest fp32 subnormal: the spacing of fp32 numbers below 2^-126
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    ok, why = backends.availability(request.param)
+def _targets():
+    """(backend, device type) for every registered backend and device type it runs on (cuda: gpu)."""
+    for name in backends.names():
+        be = backends.get(name)
+        for device in ("cpu", "cuda"):
+            if (be is None and device == "cpu") or (be is not None and device in be.device_types):
+                marks = [pytest.mark.gpu] if device == "cuda" else []
+                yield pytest.param((name, device), id=f"{name}-{device}", marks=marks)
+
+
+def _ready(name: str, device: str) -> None:
+    ok, why = backends.availability(name)
     if not ok:
         pytest.skip(why)
+
+
+@pytest.fixture(params=list(_targets()))
+def target(request):
+    """A backend and the device its tensors live on: the numerical rules hold for every one."""
+    _ready(*request.param)
     return request.param
+
+
+@pytest.fixture(params=[p for p in _targets() if p.values[0][1] == "cpu"])
+def backend(request):
+    """A backend on CPU tensors (the behaviour tests: errors, empty inputs, modules)."""
+    _ready(*request.param)
+    return request.param[0]
 
 
 # --- the bound every qmatmul must meet --------------------------------------------------
@@ -96,16 +117,22 @@ def _outlier_case(bits, sym, zero, g):
 @pytest.mark.parametrize("sym,zero", QUANT_FORMS)
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("g", [32, 37, -1])
-def test_qmatmul_extreme_D_does_not_cancel(backend, bits, sym, zero, g):
+def test_qmatmul_extreme_D_does_not_cancel(target, bits, sym, zero, g):
     """Finding 9: with D = 1e8 on one column, the per-group-sum form lost |y| to cancellation
     (|y| 120 against 28 from dequantize-then-matmul)."""
     pw, D, cases = _outlier_case(bits, sym, zero, g)
     for x, y64, bound in cases:
-        y = ops.qmatmul(x, pw, D, backend=backend)
+        y = _qmatmul(target, x, pw, D)
         assert_within_bound(y, y64, bound, pw.K, pw.num_groups)
 
 
-def test_extreme_D_end_to_end_is_as_good_as_dequantize_then_matmul(backend):
+def _qmatmul(target, x, pw, D):
+    """`ops.qmatmul` on the target's device, result back on the CPU."""
+    name, device = target
+    return ops.qmatmul(x.to(device), pw.to(device), D.to(device), backend=name).cpu()
+
+
+def test_extreme_D_end_to_end_is_as_good_as_dequantize_then_matmul(target):
     """Finding 9 end to end: one activation channel x 1e6, lam = 0, alpha = 1 (D ~ c: 1e12).
 
     Relative error was 0.068 with the torch backend (dequantize, then matmul) and 0.464
@@ -117,7 +144,9 @@ def test_extreme_D_end_to_end_is_as_good_as_dequantize_then_matmul(backend):
     kw = dict(r=0, bits=4, group_size=32, lam=0.0, alpha=1.0)
     y_ref = x @ W.T
     rel = lambda y: float((y - y_ref).norm() / y_ref.norm())  # noqa: E731
-    got, base = rel(ttqkern.linear(x, W, backend=backend, **kw)), rel(ttqkern.linear(x, W, backend="torch", **kw))
+    name, device = target
+    got = rel(ttqkern.linear(x.to(device), W.to(device), backend=name, **kw).cpu())
+    base = rel(ttqkern.linear(x, W, backend="torch", **kw))
     assert got <= 1.05 * base + 1e-4, (got, base)
 
 
@@ -131,7 +160,7 @@ def _range_case(bits, g):
 
 
 @pytest.mark.parametrize("bits,g", [(4, 32), (3, 32), (2, 37), (8, -1)])
-def test_qmatmul_huge_activations_stay_finite(backend, bits, g):
+def test_qmatmul_huge_activations_stay_finite(target, bits, g):
     """Finding 10: x * 1e37 gave 63 infs from numba where the torch backend was finite.
 
     Whenever ``sum_k |x~_k| |Wq'_k| <= FLT_MAX / 8`` the result is finite and within the bound.
@@ -139,12 +168,12 @@ def test_qmatmul_huge_activations_stay_finite(backend, bits, g):
     pw, D, xs = _range_case(bits, g)
     for x1 in xs:
         x = x1 * (FLT_MAX / 8 / float(exact(x1, pw, D)[1].max()))  # ~1e36: sums of x~ * codes overflow unscaled
-        y = ops.qmatmul(x, pw, D, backend=backend)
+        y = _qmatmul(target, x, pw, D)
         assert_within_bound(y, *exact(x, pw, D), pw.K, pw.num_groups)
 
 
 @pytest.mark.parametrize("bits,g", [(4, 32), (3, 32), (2, 37), (8, -1)])
-def test_qmatmul_subnormal_activations_match(backend, bits, g):
+def test_qmatmul_subnormal_activations_match(target, bits, g):
     """Finding 10: x * 1e-42 (subnormal) made numba differ from torch by 133 % of |y|.
 
     Below 2^-126 fp32 numbers are spaced 2^-149 apart, so a result can only be right to a
@@ -154,19 +183,19 @@ def test_qmatmul_subnormal_activations_match(backend, bits, g):
     for x1 in xs:
         x = x1 * 1e-42
         assert (x[x != 0].abs() < 2.0**-126).all()
-        y = ops.qmatmul(x, pw, D, backend=backend)
+        y = _qmatmul(target, x, pw, D)
         y64, bound = exact(x, pw, D)
         assert_within_bound(y, y64, bound, pw.K, pw.num_groups, subnormal_terms=4 * (pw.K + pw.num_groups))
         assert float((y.double() - y64).abs().max()) < 0.1 * float(y64.abs().max())
 
 
-def test_a_batch_mixing_huge_tiny_and_normal_tokens(backend):
+def test_a_batch_mixing_huge_tiny_and_normal_tokens(target):
     torch.manual_seed(4)
     W, x = torch.randn(16, 64), torch.randn(3, 64)
     D = ops.act_scale(x, backend="torch")
     pw = ops.quantize(W, D, bits=4, group_size=32, backend="torch")
     x = x * torch.tensor([[1e-42], [1.0], [1e35]])
-    y = ops.qmatmul(x, pw, D, backend=backend)
+    y = _qmatmul(target, x, pw, D)
     y64, bound = exact(x, pw, D)
     assert_within_bound(y, y64, bound, 64, 2, subnormal_terms=4 * 66)
 
@@ -195,14 +224,15 @@ P_RANGE = [0.25, 0.5, 1.0, 2.0, defaults.P, 7.0, 100.0, 1000.0, math.inf]
 
 @pytest.mark.parametrize("scale", [1.0, 1e12, 1e-12])
 @pytest.mark.parametrize("p", P_RANGE, ids=lambda p: f"p={p:g}")
-def test_act_scale_has_no_overflow_for_any_p(backend, p, scale):
+def test_act_scale_has_no_overflow_for_any_p(target, p, scale):
     """Finding 8: p = 100 made every D 2173024768.0 (one inf column norm: TTQ became RTN)."""
     torch.manual_seed(5)
     x = torch.randn(37, 70) * (1 + 5 * (torch.rand(70) < 0.1)) * scale
     lam, alpha = 0.1, 0.5
-    D = ops.act_scale(x, p=p, lam=lam, alpha=alpha, backend=backend)
+    name, device = target
+    D = ops.act_scale(x.to(device), p=p, lam=lam, alpha=alpha, backend=name).cpu()
     expect = act_scale64(x, p, lam, alpha)
-    rtol = backends.get(backend).tolerances.act_scale_rtol
+    rtol = backends.get(name).tolerances.act_scale_rtol
     torch.testing.assert_close(D, expect, rtol=max(rtol, 2e-6), atol=0)
     assert float(D.max() / D.min()) > 1.5  # still scales columns differently (not RTN)
 
@@ -216,14 +246,15 @@ def test_reference_act_scale_matches_fp64():
         )
 
 
-def test_act_scale_inf_and_nan_columns(backend):
+def test_act_scale_inf_and_nan_columns(target):
+    name, device = target
     x = torch.randn(6, 40)
     x[2, 3] = math.inf
-    D = ops.act_scale(x, p=3.0, lam=1.0, alpha=0.5, backend=backend)
+    D = ops.act_scale(x.to(device), p=3.0, lam=1.0, alpha=0.5, backend=name).cpu()
     # an inf column norm makes mean(c) inf: every base saturates at FLT_MAX (documented)
     assert torch.isfinite(D).all() and torch.allclose(D, D[0])
     x[1, 7] = math.nan
-    assert torch.isnan(ops.act_scale(x, p=3.0, backend=backend)).all()
+    assert torch.isnan(ops.act_scale(x.to(device), p=3.0, backend=name)).cpu().all()
 
 
 def test_static_calibration_norms_for_large_p():

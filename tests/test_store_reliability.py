@@ -151,8 +151,8 @@ def test_a_valid_tuned_value_is_used(config_dir):
 @pytest.mark.parametrize(
     "op,field,shape",
     [
-        ("qmatmul", "BLOCK_N", dict(bits=4, T=4, N=32, K=64)),
-        ("quantize", "BLOCK_N", dict(bits=4, N=32, K=64)),
+        ("qmatmul", "BLOCK_N", dict(bits=4, group=32, T=4, N=32, K=64)),
+        ("quantize", "BLOCK_N", dict(bits=4, group=32, N=32, K=64)),
         ("act_scale", "BLOCK_K", dict(T=4, K=64)),
     ],
 )
