@@ -69,17 +69,27 @@ def _read_text(path: Path) -> str | None:
     except OSError as e:
         _warn(path, f"cannot open it ({e})", "unreadable ")
         return None
+    # fstat before wrapping the descriptor: os.fdopen refuses a directory (IsADirectoryError)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        _warn(path, "not a regular file")
+        return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            _warn(path, "not a regular file")
-            return None
         if st.st_size > MAX_BYTES:
             _warn(path, f"{st.st_size} bytes, larger than any config file ({MAX_BYTES})")
             return None
         try:
-            return f.read().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            raw = f.read(MAX_BYTES + 1)  # bounded: the file may have grown since the fstat
+        except OSError as e:
+            _warn(path, f"cannot read it ({e})", "unreadable ")
+            return None
+        if len(raw) > MAX_BYTES:
+            _warn(path, f"larger than any config file ({MAX_BYTES} bytes)")
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
             _warn(path, f"cannot read it ({e})", "unreadable ")
             return None
 
