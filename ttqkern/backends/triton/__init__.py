@@ -60,7 +60,7 @@ def interpreter_supported(version: str) -> bool:
 
 from . import config  # noqa: E402
 from .act_scale import act_scale as _act_scale  # noqa: E402
-from .qmatmul import prepare_plan as _prepare_plan  # noqa: E402
+from .qmatmul import prepare as _prepare_weight  # noqa: E402
 from .qmatmul import qmatmul as _qmatmul  # noqa: E402
 from .quantize import quantize as _quantize  # noqa: E402
 
@@ -105,12 +105,14 @@ class TritonBackend(Backend):
             return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
 
     def prepare(self, pw, D, A, B, bias):
-        """`qmatmul` with ``pw``'s word planes made once (for odd group sizes a padded copy) rather than per call."""
-        plan = _prepare_plan(pw)
+        """`qmatmul` with ``pw``'s word planes (for odd group sizes a padded copy) and group centres made
+        once per weight rather than per call: a decode step then launches the two kernels and nothing else."""
+        with _launch_scope(pw.scales):
+            prep = _prepare_weight(pw)
 
         def run(x):
             with _launch_scope(x):
-                return _qmatmul(x, pw, D, A, B, bias, INTERPRET, plan)
+                return _qmatmul(x, pw, D, A, B, bias, INTERPRET, prep)
 
         return run
 

@@ -90,12 +90,14 @@ def _pow2_floor(n: float) -> int:
     return 1 << max(0, int(n).bit_length() - 1) if n >= 1 else 1
 
 
-def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 132, cc: int = 90, **_) -> dict:
+def defaults(
+    op: str, interpret: bool, *, T: int = 1, N: int = 4096, bits: int = 4, sms: int = 132, cc: int = 90, **_
+) -> dict:
     """Untuned parameters of ``op`` for a shape (``sms``: the device's multiprocessor count, ``cc``:
     its compute capability, e.g. 90; docs/triton-kernels.md has the static figures behind each).
 
     decode1: 4 warps, rows per thread as many as keep >= 2 CTAs per SM (a thread's rows
-    share its x~ loads and scale lookups), prefetch on.  decode: 64-row tiles with the
+    share its x~ loads and scale lookups; at most 8, 4 for 3 bits), prefetch on.  decode: 64-row tiles with the
     weights as the MMA's M operand (64 rows amortise the x~ tile), split over K until
     there is a CTA per SM.  prefill: on Hopper 128 x 128 tiles (64 x 128 below 128
     tokens) and 8 warps; before Hopper both MMA operands live in registers, so 64 x 128
@@ -116,7 +118,8 @@ def defaults(op: str, interpret: bool, *, T: int = 1, N: int = 4096, sms: int = 
         return dict(table[op])
     warps = 4
     hopper = cc >= 90
-    rows = max(1, min(8, _pow2_floor(N / (2 * max(sms, 1) * warps))))
+    # rows per thread: 8 at most, 4 for 3 bits (two planes: 8 rows spill on sm_90)
+    rows = max(1, min(4 if bits == 3 else 8, _pow2_floor(N / (2 * max(sms, 1) * warps))))
     table = {
         "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
         "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},

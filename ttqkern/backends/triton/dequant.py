@@ -5,7 +5,7 @@ is; dequantizing the packed weight costs one pass over it (read ``b/8`` bytes,
 write 2 bytes per weight), which a long prefill amortises.  The TTQ prologue and
 the low-rank term fold into the dequantized weight itself,
 
-    W_eff[n, k] = (s * u + m)[n, k] / D[k] + (B A)[n, k],
+    W_eff[n, k] = (s * (u - c) + m0)[n, k] / D[k] + (B A)[n, k]      (centred: docs/numerics.md),
 
 so ``y = x W_eff^T + bias`` is a single ``torch.nn.functional.linear`` call: two
 launches in all.  Which T takes this path is the tunable ``DEQUANT_MIN_T``
@@ -17,15 +17,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .forms import offsets
+from .forms import centre
 from .qdot import chunk_codes
 from .unpack import load_magic, round_to
 
 
 @triton.jit
 def _dequant_kernel(
-    magic_ptr, q0_ptr, q1_ptr, s_ptr, zp_ptr, D_ptr, A_ptr, B_ptr, w_ptr,
-    N, K, G, g, NCH, R,
+    magic_ptr, q0_ptr, q1_ptr, s_ptr, cq_ptr, m0_ptr, D_ptr, A_ptr, B_ptr, w_ptr,
+    N, K, G, G4, g, NCH, R,
     BITS: tl.constexpr, MODE: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr, WPC0: tl.constexpr,
     WPC1: tl.constexpr, CPG: tl.constexpr, CCD: tl.constexpr, HAS_D: tl.constexpr, HAS_LR: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -41,11 +41,11 @@ def _dequant_kernel(
     c = tl.program_id(1)
     rmask = rows < N
     rows = tl.minimum(rows, N - 1)
-    u = chunk_codes(q0_ptr, q1_ptr, rows, c, NCH, magic, magic, B0, B1, WPC0, WPC1, False, tl.float32)
-    idx = rows * G + c // CPG
-    s = tl.load(s_ptr + idx)
-    m = offsets(s, zp_ptr, idx, MODE, BITS)
-    w = u * s[:, None] + m[:, None]
+    grp = c // CPG
+    s = tl.load(s_ptr + rows * G + grp)
+    cz, m0 = centre(s, cq_ptr, m0_ptr, rows, grp, G, G4, magic, MODE, BITS)
+    u = chunk_codes(q0_ptr, q1_ptr, rows, c, NCH, magic, magic, cz, B0, B1, WPC0, WPC1, False, 0.0, tl.float32)
+    w = u * s[:, None] + m0[:, None]  # centred (docs/numerics.md Q1)
     local = (c % CPG) * CCD + tl.arange(0, CCD)
     k = (c // CPG) * g + local
     kmask = (local < g) & (k < K)

@@ -32,23 +32,28 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .forms import offsets
+from .forms import centre
 from .unpack import codes_tile, load_magic, pair_codes_tile, round_to
 
 
 @triton.jit
-def chunk_codes(q0_ptr, q1_ptr, rows, c, NCH, magic, mag16, B0: tl.constexpr, B1: tl.constexpr,
-                WPC0: tl.constexpr, WPC1: tl.constexpr, PAIR: tl.constexpr, DOT_DT: tl.constexpr):  # fmt: skip
-    """Codes of chunk c of ``rows`` ``[BLOCK_N, CCD]`` in DOT_DT (pair order if PAIR; 3 bits: lo + 4 * hi)."""
+def chunk_codes(q0_ptr, q1_ptr, rows, c, NCH, magic, mag16, cz, B0: tl.constexpr, B1: tl.constexpr,
+                WPC0: tl.constexpr, WPC1: tl.constexpr, PAIR: tl.constexpr, OFF: tl.constexpr,
+                DOT_DT: tl.constexpr):  # fmt: skip
+    """Centred codes ``u - cz`` of chunk c of ``rows``: ``[BLOCK_N, CCD]`` in DOT_DT, exact.
+
+    cz ``[BLOCK_N]`` fp32: each row's zero code for this chunk's group; pair order if PAIR
+    (OFF: the 16-bit magic's value); 3 bits: ``lo + 4 * hi``.
+    """
     w0 = tl.load(q0_ptr + (rows.to(tl.int64) * NCH * WPC0 + c * WPC0)[:, None] + tl.arange(0, WPC0)[None, :])
     if B1 > 0:
         w1 = tl.load(q1_ptr + (rows.to(tl.int64) * NCH * WPC1 + c * WPC1)[:, None] + tl.arange(0, WPC1)[None, :])
         u = codes_tile(w0, magic, B0, tl.float32) + 4.0 * codes_tile(w1, magic, B1, tl.float32)
-        return u.to(DOT_DT)
+        return (u - cz[:, None]).to(DOT_DT)
     elif PAIR:
-        return pair_codes_tile(w0, mag16, B0, DOT_DT)
+        return pair_codes_tile(w0, mag16, (cz + OFF).to(DOT_DT)[:, None], B0, DOT_DT)
     else:
-        return codes_tile(w0, magic, B0, DOT_DT)
+        return (codes_tile(w0, magic, B0, tl.float32) - cz[:, None]).to(DOT_DT)
 
 
 @triton.jit
@@ -90,11 +95,12 @@ def _store(acc, ts, rows, tmask, rmask, bias_ptr, y_ptr, N, HAS_BIAS: tl.constex
 
 @triton.jit
 def _qdot_kernel(
-    magic_ptr, q0_ptr, q1_ptr, s_ptr, zp_ptr, xt_ptr, S_ptr, xa_ptr, B_ptr, bias_ptr, y_ptr, part_ptr, sem_ptr,
-    T, N, G, NCH, NCHP, R, P, CH_PER_SPLIT,
+    magic_ptr, q0_ptr, q1_ptr, s_ptr, cq_ptr, m0_ptr, xt_ptr, S_ptr, xa_ptr, B_ptr, bias_ptr, y_ptr, part_ptr,
+    sem_ptr, T, N, G, G4, NCH, NCHP, R, P, CH_PER_SPLIT,
     BITS: tl.constexpr, MODE: tl.constexpr, B0: tl.constexpr, B1: tl.constexpr, WPC0: tl.constexpr,
     WPC1: tl.constexpr, CPG: tl.constexpr, CCD: tl.constexpr, HAS_LR: tl.constexpr, HAS_BIAS: tl.constexpr,
-    DOT_DT: tl.constexpr, IEEE: tl.constexpr, PAIR: tl.constexpr, MAG16: tl.constexpr, SWAP: tl.constexpr,
+    DOT_DT: tl.constexpr, IEEE: tl.constexpr, PAIR: tl.constexpr, MAG16: tl.constexpr, OFF: tl.constexpr,
+    SWAP: tl.constexpr,
     DEQ_TILE: tl.constexpr, SPLIT: tl.constexpr, GROUP_T: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
@@ -138,13 +144,13 @@ def _qdot_kernel(
     c_lo = sk * CH_PER_SPLIT
     c_hi = tl.minimum(c_lo + CH_PER_SPLIT, NCH)
     for c in range(c_lo, c_hi):
-        u = chunk_codes(q0_ptr, q1_ptr, rows, c, NCH, magic, mag16, B0, B1, WPC0, WPC1, PAIR, DOT_DT)
+        grp = c // CPG
+        s = tl.load(s_ptr + srow + grp)
+        cz, m0 = centre(s, cq_ptr, m0_ptr, rows, grp, G, G4, magic, MODE, BITS)
+        u = chunk_codes(q0_ptr, q1_ptr, rows, c, NCH, magic, mag16, cz, B0, B1, WPC0, WPC1, PAIR, OFF, DOT_DT)
         x = tl.load(xp + c * CCD).to(DOT_DT)
-        idx = srow + c // CPG
-        s = tl.load(s_ptr + idx)
-        m = offsets(s, zp_ptr, idx, MODE, BITS)
-        if DEQ_TILE:
-            w = u * s.to(DOT_DT)[:, None] + m.to(DOT_DT)[:, None]
+        if DEQ_TILE:  # centred: s * (u - c) + m0 (docs/numerics.md Q1)
+            w = u * s.to(DOT_DT)[:, None] + m0.to(DOT_DT)[:, None]
             if SWAP:
                 acc = tl.dot(w, tl.trans(x), acc)
             else:
@@ -156,13 +162,13 @@ def _qdot_kernel(
                     part = tl.dot(u, tl.trans(x), input_precision="ieee")
                 else:
                     part = tl.dot(u, tl.trans(x))
-                acc += part * s[:, None] + m[:, None] * S[None, :]
+                acc += part * s[:, None] + m0[:, None] * S[None, :]
             else:
                 if IEEE:
                     part = tl.dot(x, tl.trans(u), input_precision="ieee")
                 else:
                     part = tl.dot(x, tl.trans(u))
-                acc += part * s[None, :] + S[:, None] * m[None, :]
+                acc += part * s[None, :] + S[:, None] * m0[None, :]
     if SPLIT == 1:
         if HAS_LR:
             acc = _add_lowrank(acc, ts, rows, xa_ptr, B_ptr, T, R, P, SWAP, DOT_DT, IEEE, BLOCK_T, BLOCK_R)

@@ -1,12 +1,16 @@
 """Host side of ``qmatmul``: pick the kernel for the token count, lay out the workspace, launch.
 
-- T = 1: `prologue` (FMA layout) + `gemv._gemv_kernel` -- 2 launches.
-- 2 <= T <= DECODE_MAX_T, and prefill below ``DEQUANT_MIN_T`` tokens:
-  `prologue` (dot layout) + `qdot._qdot_kernel` -- 2 launches.
+- T = 1, fp16 / bf16: `prologue` (FMA layout) + `gemv._gemv_kernel` -- 2 launches.
+- 2 <= T <= DECODE_MAX_T, prefill below ``DEQUANT_MIN_T`` tokens, and fp32
+  activations at any T below it: `prologue` (dot layout) + `qdot._qdot_kernel` --
+  2 launches (fp32 dequantizes each tile before the dot, docs/numerics.md Q2).
 - prefill from ``DEQUANT_MIN_T`` tokens: `dequant._dequant_kernel` + one
   ``torch.nn.functional.linear`` (cuBLAS) -- 2 launches.
 
-Buffer assumptions are asserted here, in one place (`_check_plan`): every kernel
+Per weight (`prepare`, once per requantization through `Backend.prepare`; per call
+otherwise): the word planes (`words.word_plan`) and the groups' zero codes and their
+values (`centres`: every kernel computes ``s * (u - c) + m0``, docs/numerics.md Q1).
+Buffer assumptions are asserted here, in one place (`_check_prepared`): every kernel
 index is then in range by construction (rows and tokens clamped, chunk lanes
 masked, the prologue's buffers padded to whole steps).
 """
@@ -14,6 +18,7 @@ masked, the prologue's buffers padded to whole steps).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -26,7 +31,7 @@ from .dequant import _dequant_kernel
 from .gemv import CHUNK_LANES, _gemv_kernel
 from .prologue import _prologue_kernel
 from .qdot import _qdot_kernel
-from .unpack import MAGICS, pair_codes_ok
+from .unpack import MAGICS, pair_codes_ok, pair_offset
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -55,20 +60,48 @@ def semaphores(device: torch.device, n: int) -> torch.Tensor:
     return buf
 
 
-def _check_plan(plan: words.WordPlan, pw: PackedWeight) -> None:
-    """The buffer facts every kernel relies on (checked once, before any launch)."""
+@dataclass(frozen=True)
+class Prepared:
+    """What the kernels read of a weight: word planes, scales, zero codes (4 per int32), their values."""
+
+    plan: words.WordPlan
+    scales: torch.Tensor  # fp32 [N, G]
+    cq: torch.Tensor  # int32 [N, G4]: byte g % 4 of word g // 4 is group g's zero code (symmetric: unused)
+    m0: torch.Tensor  # fp32 [N, G]: s * c + m, rounded once (symmetric: unused)
+    G4: int
+
+
+def centres(pw: PackedWeight) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(cq, m0, G4)``: `PackedWeight.centred` packed for the kernels (`forms.centre`)."""
     N, G = pw.N, pw.num_groups
+    G4 = triton.cdiv(G, 4)
+    if pw.sym:  # c = 2^(b-1), m0 = 0: nothing to read
+        return pw.scales, pw.scales, G4
+    c, m0 = pw.centred()
+    cq = torch.zeros(N, 4 * G4, dtype=torch.uint8, device=c.device)
+    cq[:, :G] = c.to(torch.uint8)  # zero codes are in [0, 2^b - 1]
+    return cq.view(torch.int32), m0.contiguous(), G4
+
+
+def prepare(pw: PackedWeight) -> Prepared:
+    """`Prepared` of ``pw`` (the planes a view, or for odd group sizes a padded copy), checked."""
+    plan = words.word_plan(pw)
+    cq, m0, G4 = centres(pw)
+    prep = Prepared(plan, pw.scales.contiguous(), cq, m0, G4)
+    _check_prepared(prep, pw)
+    return prep
+
+
+def _check_prepared(prep: Prepared, pw: PackedWeight) -> None:
+    """The buffer facts every kernel relies on (checked once, before any launch)."""
+    plan, N, G = prep.plan, pw.N, pw.num_groups
     assert plan.n_chunks == G * plan.chunks_per_group and plan.group_padded % plan.CC == 0
     for t, w in zip(plan.planes, plan.words_per_chunk, strict=True):
         assert t.is_contiguous() and t.dtype == torch.int32 and tuple(t.shape) == (N, plan.n_chunks * w)
-    assert pw.scales.is_contiguous() and tuple(pw.scales.shape) == (N, G)
-
-
-def prepare_plan(pw: PackedWeight) -> words.WordPlan:
-    """``pw`` as the word planes the kernels read (a view, or for odd group sizes a padded copy), checked."""
-    plan = words.word_plan(pw)
-    _check_plan(plan, pw)
-    return plan
+    assert prep.scales.is_contiguous() and tuple(prep.scales.shape) == (N, G)
+    if not pw.sym:
+        assert prep.cq.dtype == torch.int32 and tuple(prep.cq.shape) == (N, prep.G4) and prep.G4 * 4 >= G
+        assert prep.m0.is_contiguous() and prep.m0.dtype == torch.float32 and tuple(prep.m0.shape) == (N, G)
 
 
 def _dot_chunk(plan: words.WordPlan, cap: int) -> tuple[int, int, int]:
@@ -79,11 +112,6 @@ def _dot_chunk(plan: words.WordPlan, cap: int) -> tuple[int, int, int]:
     return ccd, gp // ccd, plan.n_chunks * plan.CC // ccd
 
 
-def _weights(pw: PackedWeight):
-    zp = pw.mins if pw.mins is not None else pw.zeros if pw.zeros is not None else pw.scales
-    return pw.scales.contiguous(), zp.contiguous(), int(pw.form)  # forms.MODE_* == ttqkern.quant.Form
-
-
 def qmatmul(
     x: torch.Tensor,
     pw: PackedWeight,
@@ -92,32 +120,36 @@ def qmatmul(
     B: torch.Tensor | None,
     bias: torch.Tensor | None,
     interpret: bool,
-    plan: words.WordPlan | None = None,
+    prep: Prepared | None = None,
 ) -> torch.Tensor:
     """``y = (x / D) Wq'^T + (x A^T) B^T + bias``: x ``[T, K]`` -> ``[T, N]`` in x.dtype.
 
     Inputs are contiguous (validated by `ttqkern.ops`); D fp32 ``[K]``, A ``[r, K]``,
-    B ``[N, r]``, bias ``[N]`` or None; every dimension >= 1.  ``plan``: ``pw``'s
-    `words.word_plan`, when the caller made it once for many calls (`prepare_plan`).
+    B ``[N, r]``, bias ``[N]`` or None; every dimension >= 1.  ``prep``: `prepare` (pw),
+    when the caller made it once for many calls.
     """
     T, K = x.shape
-    if plan is None:
-        plan = prepare_plan(pw)
+    if prep is None:
+        prep = prepare(pw)
     shape = dict(bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=K)
-    if T == 1:
-        return _decode1(x, pw, plan, D, A, B, bias, interpret, config.params("decode1", x.device, interpret, **shape))
+    fp32 = x.dtype == torch.float32
+    if T == 1 and not fp32:
+        cfg = config.params("decode1", x.device, interpret, **shape)
+        return _decode1(x, pw, prep, D, A, B, bias, interpret, cfg)
     if T <= config.DECODE_MAX_T:
-        return _qdot(x, pw, plan, D, A, B, bias, interpret, config.params("decode", x.device, interpret, **shape))
+        cfg = config.params("decode", x.device, interpret, **shape)
+        return _qdot(x, pw, prep, D, A, B, bias, interpret, cfg)
     cfg = config.params("prefill", x.device, interpret, **shape)
     if T >= cfg["DEQUANT_MIN_T"]:
         dcfg = config.params("dequant", x.device, interpret, **shape)
-        return _dequant_linear(x, pw, plan, D, A, B, bias, dcfg)
-    return _qdot(x, pw, plan, D, A, B, bias, interpret, cfg)
+        return _dequant_linear(x, pw, prep, D, A, B, bias, dcfg)
+    return _qdot(x, pw, prep, D, A, B, bias, interpret, cfg)
 
 
-def _decode1(x, pw, plan, D, A, B, bias, interpret, cfg):
+def _decode1(x, pw, prep, D, A, B, bias, interpret, cfg):
     """One token: FMA-layout prologue + `_gemv_kernel`."""
     K, N, dev = x.shape[1], pw.N, x.device
+    plan = prep.plan
     R = 0 if A is None else A.shape[0]
     CS = CHUNK_LANES
     nch = plan.n_chunks
@@ -139,14 +171,14 @@ def _decode1(x, pw, plan, D, A, B, bias, interpret, cfg):
         HAS_D=D is not None, DOT=False, B0=plan.bits[0], B1=B1, WCH0=wch0, WCH1=wch1, CPG=plan.chunks_per_group,
         CC=plan.CC, CPP=CS, X_DT=tl.float32, PAIR_CPW=0, BLOCK_R=BR, BLOCK_KA=64, num_warps=4,
     )  # fmt: skip
-    scales, zp, mode = _weights(pw)
+    mode = int(pw.form)  # forms.MODE_* == ttqkern.quant.Form
     y = x.new_empty(1, N)
     nw = cfg["num_warps"]
     rows = max(1, min(cfg["ROWS"], config.triton_next_pow2(triton.cdiv(N, nw))))
     _gemv_kernel[(triton.cdiv(N, rows * nw),)](
-        magic_buffer(dev), plan.planes[0], plan.planes[-1], scales, zp, xp0, xp1, S, xa,
+        magic_buffer(dev), plan.planes[0], plan.planes[-1], prep.scales, prep.cq, prep.m0, xp0, xp1, S, xa,
         B if B is not None else ws, bias if bias is not None else ws, y,
-        N, pw.num_groups, nch, R, P,
+        N, pw.num_groups, prep.G4, nch, R, P,
         BITS=pw.bits, MODE=mode, B0=plan.bits[0], B1=B1, WCH0=wch0, WCH1=wch1, CPG=plan.chunks_per_group,
         HAS_LR=R > 0, HAS_BIAS=bias is not None, ROWS=rows, NW=nw, BLOCK_R=max(BR, 1), PREFETCH=cfg["PREFETCH"],
         num_warps=nw, num_stages=1,
@@ -163,9 +195,10 @@ def _dot_dtypes(x: torch.Tensor, interpret: bool):
     return xdt, (tl.float32 if interpret and x.dtype == torch.bfloat16 else xdt), False
 
 
-def _qdot(x, pw, plan, D, A, B, bias, interpret, cfg):
-    """2 or more tokens: dot-layout prologue + `_qdot_kernel`."""
+def _qdot(x, pw, prep, D, A, B, bias, interpret, cfg):
+    """2 or more tokens (and fp32 activations): dot-layout prologue + `_qdot_kernel`."""
     T, K = x.shape
+    plan = prep.plan
     N, dev = pw.N, x.device
     R = 0 if A is None else A.shape[0]
     ccd, cpg, nch = _dot_chunk(plan, cfg["CHUNK"])
@@ -184,7 +217,7 @@ def _qdot(x, pw, plan, D, A, B, bias, interpret, cfg):
         HAS_D=D is not None, DOT=True, B0=plan.bits[0], B1=0, WCH0=1, WCH1=1, CPG=cpg, CC=ccd, CPP=cpp, X_DT=xdt,
         PAIR_CPW=32 // pw.bits if pair else 0, BLOCK_R=BR, BLOCK_KA=64, num_warps=4,
     )  # fmt: skip
-    scales, zp, mode = _weights(pw)
+    mode = int(pw.form)
     two = pw.bits == 3
     wpc = [ccd * b // 32 for b in plan.bits]
     BT = max(config.DOT_MIN, min(cfg.get("BLOCK_T", 16), config.triton_next_pow2(T)))
@@ -198,34 +231,38 @@ def _qdot(x, pw, plan, D, A, B, bias, interpret, cfg):
     part = torch.empty(split, T, N, dtype=torch.float32, device=dev) if split > 1 else ws
     sem = semaphores(dev, tiles) if split > 1 else magic_buffer(dev)
     _qdot_kernel[(tiles, split)](
-        magic_buffer(dev), plan.planes[0], plan.planes[-1], scales, zp, xt, S, xa,
+        magic_buffer(dev), plan.planes[0], plan.planes[-1], prep.scales, prep.cq, prep.m0, xt, S, xa,
         B if B is not None else ws, bias if bias is not None else ws, y, part, sem,
-        T, N, pw.num_groups, nch, nchp, R, P, per,
+        T, N, pw.num_groups, prep.G4, nch, nchp, R, P, per,
         BITS=pw.bits, MODE=mode, B0=plan.bits[0], B1=plan.bits[1] if two else 0, WPC0=wpc[0],
         WPC1=wpc[1] if two else 1, CPG=cpg, CCD=ccd, HAS_LR=R > 0, HAS_BIAS=bias is not None, DOT_DT=dot_dt,
-        IEEE=ieee, PAIR=pair, MAG16=2 if x.dtype == torch.bfloat16 else 1, SWAP=cfg["SWAP"],
-        DEQ_TILE=bool(cfg.get("DEQ_TILE", 0)) and not ieee, SPLIT=split,
+        IEEE=ieee, PAIR=pair, MAG16=2 if x.dtype == torch.bfloat16 else 1,
+        OFF=pair_offset(str(x.dtype).split(".")[-1]), SWAP=cfg["SWAP"],
+        # fp32 dequantizes every tile before the dot: no partial sum of x~ * code can overflow (numerics Q2)
+        DEQ_TILE=bool(cfg.get("DEQ_TILE", 0)) or ieee, SPLIT=split,
         GROUP_T=cfg.get("GROUP_T", 1), BLOCK_T=BT, BLOCK_N=BN, BLOCK_R=max(BR, 1),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )  # fmt: skip
     return y
 
 
-def _dequant_linear(x, pw, plan, D, A, B, bias, cfg):
+def _dequant_linear(x, pw, prep, D, A, B, bias, cfg):
     """Many tokens: ``W_eff = Wq' / D + B A`` in x's dtype, then ``F.linear(x, W_eff, bias)`` (cuBLAS)."""
     K = x.shape[1]
     N, dev = pw.N, x.device
     R = 0 if A is None else A.shape[0]
+    plan = prep.plan
     ccd, cpg, nch = _dot_chunk(plan, cfg["CHUNK"])
-    scales, zp, mode = _weights(pw)
+    mode = int(pw.form)
     two = pw.bits == 3
     wpc = [ccd * b // 32 for b in plan.bits]
     BN = max(config.DOT_MIN, min(cfg["BLOCK_N"], config.triton_next_pow2(N)))
     W = torch.empty(N, K, dtype=x.dtype, device=dev)
     _dequant_kernel[(triton.cdiv(N, BN), nch)](
-        magic_buffer(dev), plan.planes[0], plan.planes[-1], scales, zp, D if D is not None else scales,
-        A if A is not None else scales, B if B is not None else scales, W,
-        N, K, pw.num_groups, plan.group_size, nch, R,
+        magic_buffer(dev), plan.planes[0], plan.planes[-1], prep.scales, prep.cq, prep.m0,
+        D if D is not None else prep.scales, A if A is not None else prep.scales,
+        B if B is not None else prep.scales, W,
+        N, K, pw.num_groups, prep.G4, plan.group_size, nch, R,
         BITS=pw.bits, MODE=mode, B0=plan.bits[0], B1=plan.bits[1] if two else 0, WPC0=wpc[0],
         WPC1=wpc[1] if two else 1, CPG=cpg, CCD=ccd, HAS_D=D is not None, HAS_LR=R > 0, BLOCK_N=BN,
         BLOCK_R=max(config.DOT_MIN, config.triton_next_pow2(max(R, 1))), num_warps=cfg["num_warps"],

@@ -56,16 +56,17 @@ def pair_codes_ok(bits: int, dtype_name: str) -> bool:
     return (dtype_name == "float16" and bits in (2, 4, 8)) or (dtype_name == "bfloat16" and bits in (2, 4))
 
 
+def pair_offset(dtype_name: str) -> float:
+    """The value of the 16-bit magic of `pair_codes_tile`: 1024 (fp16) or 128 (bf16)."""
+    return 1024.0 if dtype_name == "float16" else 128.0
+
+
 @triton.jit
-def _half_codes(w, mag, i: tl.constexpr, H: tl.constexpr, B: tl.constexpr, DT: tl.constexpr):
-    """Code ``i + H * CPW/2`` of each word as DT: fields i (low half) and i + CPW/2 (high half)
-    are OR-ed into the mantissas of a pair of 16-bit floats at once, then the pair's offset is
-    subtracted (one HADD2 for both)."""
+def _half_codes(w, mag, off, i: tl.constexpr, H: tl.constexpr, B: tl.constexpr, DT: tl.constexpr):
+    """Code ``i + H * CPW/2`` of each word minus its centre, as DT: fields i (low half) and
+    i + CPW/2 (high half) are OR-ed into the mantissas of a pair of 16-bit floats at once, then
+    ``off`` (the magic's value plus the row's centre) is subtracted from both (one HADD2)."""
     M: tl.constexpr = ((1 << B) - 1) | (((1 << B) - 1) << 16)
-    if DT == tl.float16:
-        OFF: tl.constexpr = 1024.0
-    else:
-        OFF: tl.constexpr = 128.0
     if i == 0:
         t = (w & M) | mag
     else:
@@ -74,23 +75,24 @@ def _half_codes(w, mag, i: tl.constexpr, H: tl.constexpr, B: tl.constexpr, DT: t
         h = (t & 0xFFFF).to(tl.int16)
     else:
         h = (t >> 16).to(tl.int16)
-    return h.to(DT, bitcast=True) - OFF
+    return h.to(DT, bitcast=True) - off
 
 
 @triton.jit
-def _pair_tree(w, mag, lo: tl.constexpr, step: tl.constexpr, n: tl.constexpr, H: tl.constexpr, B: tl.constexpr,
-               DT: tl.constexpr):  # fmt: skip
+def _pair_tree(w, mag, off, lo: tl.constexpr, step: tl.constexpr, n: tl.constexpr, H: tl.constexpr,
+               B: tl.constexpr, DT: tl.constexpr):  # fmt: skip
     if n == 1:
-        return _half_codes(w, mag, lo, H, B, DT)
+        return _half_codes(w, mag, off, lo, H, B, DT)
     else:
-        a = _pair_tree(w, mag, lo, 2 * step, n // 2, H, B, DT)
-        b = _pair_tree(w, mag, lo + step, 2 * step, n // 2, H, B, DT)
+        a = _pair_tree(w, mag, off, lo, 2 * step, n // 2, H, B, DT)
+        b = _pair_tree(w, mag, off, lo + step, 2 * step, n // 2, H, B, DT)
         return tl.join(a, b)
 
 
 @triton.jit
-def pair_codes_tile(w, mag, B: tl.constexpr, DT: tl.constexpr):
-    """Words ``[R, W]`` of a B-bit plane -> codes ``[R, W * 32/B]`` in DT (fp16 / bf16), in *pair order*.
+def pair_codes_tile(w, mag, off, B: tl.constexpr, DT: tl.constexpr):
+    """Words ``[R, W]`` of a B-bit plane -> centred codes ``u - c`` ``[R, W * 32/B]`` in DT (fp16 /
+    bf16), in *pair order*; ``off [R, 1]`` = `pair_offset` + the row's centre c, in DT.
 
     Position ``j * CPW + 2 p + h`` holds field ``p + h * CPW/2`` of word j (CPW = 32/B): the two
     codes that share a 32-bit register are adjacent, so no byte permutes are needed to pack the
@@ -98,7 +100,7 @@ def pair_codes_tile(w, mag, B: tl.constexpr, DT: tl.constexpr):
     prologue writes x~ in the same order (`pair_position`).
     """
     CPW: tl.constexpr = 32 // B
-    f = tl.join(_pair_tree(w, mag, 0, 1, CPW // 2, 0, B, DT), _pair_tree(w, mag, 0, 1, CPW // 2, 1, B, DT))
+    f = tl.join(_pair_tree(w, mag, off, 0, 1, CPW // 2, 0, B, DT), _pair_tree(w, mag, off, 0, 1, CPW // 2, 1, B, DT))
     return tl.reshape(f, [w.shape[0], w.shape[1] * CPW])
 
 
