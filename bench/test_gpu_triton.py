@@ -12,7 +12,7 @@ Layers (``nn.Linear`` weights ``[N, K]``) of Qwen3-8B (hidden 4096, intermediate
 12288, 32 heads x 128) and Qwen3-32B (hidden 5120, intermediate 25600, 64 heads x
 128): q_proj, gate/up (fused), down.  Per layer and bit width (4, 3, 2; g = 128):
 
-- decode, T = 1 and 16: TTQ ``qmatmul`` with D, rank-16 low rank and bias, timed through the
+- decode, T = 1, 4 and 16: TTQ ``qmatmul`` with D, rank-16 low rank and bias, timed through the
   backend's ``prepare`` (as ``TTQLinear`` runs it: planes and centres made once per weight)
   (``ttq-fused``), the packed GEMM alone (``ttq-plain``: the "r = 16 extras" are
   fused / plain - 1), the same TTQ math as separate torch ops around the packed
@@ -20,7 +20,7 @@ Layers (``nn.Linear`` weights ``[N, K]``) of Qwen3-8B (hidden 4096, intermediate
   torchao int4 (tinygemm) and gemlite at 4 bits.
 - requantization per prompt (act_scale over 512 prompt tokens + quantize of the fp16
   weight) and the break-even number of decode tokens against fp16.
-- prefill, T = 512 and 2048: the tensor-core kernel (``ttq-prefill-kernel``), the
+- prefill, T = 128, 512 and 2048: the tensor-core kernel (``ttq-prefill-kernel``), the
   dequantize + cuBLAS path (``ttq-prefill-dequant``), the default choice
   (``ttq-prefill``, by the tunable ``DEQUANT_MIN_T``), and ``F.linear``.
 
@@ -31,7 +31,8 @@ carry GB/s over the bytes that must move and % of the device's HBM roofline, or
 TFLOP/s and % of its fp16 tensor peak (`ttqkern.tuning.devices`), and
 ``vs_fp16``: cuBLAS fp16's time over ours in the same run and mode (> 1: faster).
 Every TTQ output measured is first checked against the torch backend.
-``TTQKERN_BENCH_LAYERS`` / ``TTQKERN_BENCH_BITS`` (comma lists) restrict the run.
+``TTQKERN_BENCH_LAYERS`` / ``TTQKERN_BENCH_BITS`` / ``TTQKERN_BENCH_DECODE_T`` /
+``TTQKERN_BENCH_PREFILL_T`` (comma lists) restrict the run.
 """
 
 from __future__ import annotations
@@ -75,8 +76,17 @@ LAYERS = {k: (n // SCALE, k_ // SCALE) for k, (n, k_) in ALL_LAYERS.items() if n
 BITS = tuple(int(b) for b in os.environ.get("TTQKERN_BENCH_BITS", "4,3,2").split(","))
 GROUP = 128 // (2 if DRY_RUN else 1)
 RANK = 16
-DECODE_T = (1, 16)
-PREFILL_T = (512 // SCALE * 4, 2048 // SCALE * 4) if DRY_RUN else (512, 2048)
+PREFILL_LAYERS = tuple(k for k in LAYERS if k.startswith("qwen3-8b/"))  # the CuPy bench's prefill layers
+
+
+def _ints(var: str, default: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in os.environ.get(var, default).split(","))
+
+
+# T = 1: the one-token kernel; 2..16: tensor-core decode; 128: the in-register prefill kernel
+# (below DEQUANT_MIN_T); 512, 2048: dequantize + cuBLAS by default, the kernel beside it (dry run: 24, 48, 144)
+DECODE_T = _ints("TTQKERN_BENCH_DECODE_T", "1,4,16")
+PREFILL_T = tuple(t // SCALE * 4 + 16 if DRY_RUN else t for t in _ints("TTQKERN_BENCH_PREFILL_T", "128,512,2048"))
 PROMPT_T = 512 // SCALE * 4 if DRY_RUN else 512
 DTYPE = torch.float16
 DEVICE = "cpu" if DRY_RUN else "cuda"
@@ -163,11 +173,16 @@ def report():
         "unavailable": {},
     }
     yield data
+    print(f"\nwrote {_save(data)}")
+
+
+def _save(data) -> Path:
+    """Write the report so far (after every test: a run cut short by its time limit keeps what it measured)."""
+    path = Path(DRY_RUN) if DRY_RUN else RESULTS / f"triton_{data['slug']}.json"
     _add_ratios(data["rows"])
-    path = Path(DRY_RUN) if DRY_RUN else RESULTS / f"triton_{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"\nwrote {path}")
+    return path
 
 
 def _add_ratios(rows) -> None:
@@ -275,6 +290,7 @@ def test_gpu_decode_and_requantization(report, layer):
                 decode_saving_us=saving,
                 break_even_tokens=(t_req / saving) if saving > 0 else None,
             )  # fmt: skip  (None: never ahead)
+    _save(report)
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))
@@ -307,3 +323,4 @@ def test_gpu_prefill(report, layer):
                          path="dequant" if T >= (entry or base)["DEQUANT_MIN_T"] else "kernel")  # fmt: skip
         _row(report, layer=layer, N=N, K=K, bits=16, T=T, kernel="fp16-F.linear", flops=flops,
              us=_ms(lambda: F.linear(x, W)) * 1e3)  # fmt: skip
+    _save(report)
