@@ -327,6 +327,25 @@ def test_invalid_tuned_entry_warns_and_uses_defaults(device, tuned):
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw))
 
 
+def test_shipped_entries_name_the_current_ops_and_validate():
+    """Every shipped Triton entry is keyed for an op this version launches and passes its `ConfigTable`
+    check: entries tuned for the kernels issue 13 replaced (ops gemv / gemm / lowrank) would never be
+    looked up again, and the compile check would skip them silently."""
+    shipped = {p.stem: store._read(p) for p in sorted(store.PACKAGE_DIR.glob("*.json"))}
+    checked = 0
+    for slug, entries in shipped.items():
+        for key, entry in entries.items():
+            backend, op = key.split("/")[:2]
+            if backend != "triton":
+                continue
+            assert op in config.TABLE.ops, f"{slug}: {key} is keyed for an op the Triton backend does not have"
+            assert config.TABLE.ops[op].invalid(entry) == "", (slug, key, entry)
+            fields = dict(p.split("=") for p in key.split("/")[2:])
+            assert set(fields) == set(config.KEY_FIELDS[op]), (slug, key)
+            checked += 1
+    assert checked >= 1  # h200.json ships the quantize entries
+
+
 def test_defaults_and_search_space_are_valid():
     for op in config.OPS:
         for interpret in (True, False):
@@ -441,10 +460,27 @@ def test_gpu_real_shape_matches_torch_backend_and_fp16_linear(T, bits):
     y = ops.qmatmul(x, pw, D, backend="triton")
     assert_output_close(y, ops.qmatmul(x, pw, D, backend="torch"))
     assert rel_err(y, x @ W.T) < (0.12 if bits == 4 else 0.25)
-    # auto is triton on CUDA tensors; not bitwise equal to y: split-K sums with fp32
-    # atomics, whose order varies from run to run (seen on an H200 at T = 16)
+    # auto is triton on CUDA tensors; split-K decode sums its partials in split order: bitwise repeatable
     assert backends.resolve("auto", x.device).name == "triton"
-    assert_output_close(ops.qmatmul(x, pw, D, backend="auto"), y)
+    assert torch.equal(ops.qmatmul(x, pw, D, backend="auto"), y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,N,split", [(16, 256, 8), (4, 1000, 3), (2, 64, 16)])
+def test_gpu_split_k_decode_is_deterministic_and_resets_its_counters(tuned, T, N, split):
+    """The last program of a tile sums the partials after an acquire and resets the tile's counter: a race
+    or a counter left set would change some call's output (the interpreter runs programs one by one and
+    cannot show either)."""
+    x, W, lowrank, bias = random_case(T, N, 4096, r=16, bias=True, dtype=torch.float16, device="cuda")
+    D = ops.act_scale(x, backend="triton")
+    pw = ops.quantize(W, D, bits=4, group_size=128, backend="triton")
+    tuned("cuda", "decode", {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": split}, bits=4, group=128, T=T,
+          N=N, K=4096)  # fmt: skip
+    run = tb.BACKEND.prepare(pw, D, *lowrank, bias)
+    first = run(x)
+    assert_output_close(first, ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch"))
+    for _ in range(50):
+        assert torch.equal(run(x), first)
 
 
 @pytest.mark.gpu

@@ -23,6 +23,7 @@ Only the standard library is imported; the tools are run as subprocesses.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -436,6 +437,11 @@ def parse_ptxas_verbose(text: str) -> dict[str, Resources]:
     return {k: Resources(**{"registers": 0, **v}) for k, v in out.items()}
 
 
+def _usage_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("TTQKERN_PTXAS_CACHE", Path(base) / "ttqkern" / "ptxas"))
+
+
 def ptxas_usage(
     ptx: str, arch: str, extra: tuple[str, ...] = (), ptxas: str | Path | None = None
 ) -> dict[str, Resources]:
@@ -443,12 +449,31 @@ def ptxas_usage(
 
     ``ptxas``: the assembler to run (default: `find_tool`); pass the one the compiler
     used, with its flags in ``extra``, to see exactly its register allocation.
+    The report is cached on disk (``$TTQKERN_PTXAS_CACHE``, default
+    ``~/.cache/ttqkern/ptxas``) under a hash of the assembler (path, size, mtime), the
+    arguments and the PTX: the static gates and the compile check assemble the same
+    kernels, and a second run assembles nothing.
     """
+    import hashlib
+
     tool = Path(ptxas) if ptxas is not None else require_tool("ptxas")
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "k.ptx"
-        src.write_text(ptx)
-        text = _run([tool, f"-arch={arch}", "-v", *extra, src, "-o", Path(d) / "k.cubin"])
+    st = tool.stat()
+    key = hashlib.sha256(
+        "\0".join([str(tool.resolve()), str(st.st_size), str(st.st_mtime_ns), arch, *extra, ptx]).encode()
+    ).hexdigest()
+    cached = _usage_cache_dir() / f"{key}.txt"
+    try:
+        text = cached.read_text()
+    except OSError:
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "k.ptx"
+            src.write_text(ptx)
+            text = _run([tool, f"-arch={arch}", "-v", *extra, src, "-o", Path(d) / "k.cubin"])
+        with contextlib.suppress(OSError):  # a read-only home only costs the re-assembly next time
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(cached)  # atomic: parallel runs never read half a report
     return parse_ptxas_verbose(text)
 
 

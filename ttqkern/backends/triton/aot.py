@@ -114,3 +114,10 @@ def capture(target: GPUTarget):
         yield launches
     finally:
         JITFunction.run = saved
+
+
+def ptxas_flags(launch: Launch) -> tuple[str, ...]:
+    """The register-allocation flags Triton's NVIDIA backend passes ``ptxas`` for ``launch`` (triton 3.9:
+    ``--regAllocOptLevel=2``, and ``--fmad=false`` without FP fusion): re-assembling its PTX with them
+    (`sass.ptxas_usage`) reports the registers and spills of the cubin Triton made."""
+    return ("--regAllocOptLevel=2",) + (() if launch.options.get("enable_fp_fusion", True) else ("--fmad=false",))

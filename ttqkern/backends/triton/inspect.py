@@ -99,10 +99,12 @@ def analyse_launch(lc, arch: str, sms: int, clock_ghz: float, dump: Path | None,
     """The figures of one captured launch (see the module docstring)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
+    from . import aot
+
     cubin, ptx = lc.asm("cubin"), lc.asm("ptx")
     cap = int(re.sub(r"\D", "", arch))
     sm_arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
-    flags = ("--regAllocOptLevel=2",) + (() if lc.options.get("enable_fp_fusion", True) else ("--fmad=false",))
+    flags = aot.ptxas_flags(lc)
     key = (hashlib.sha256(cubin).hexdigest(), sm_arch, flags)
     kr = _reports.get(key)
     if kr is None:  # shapes and config sets share compiled kernels: disassemble each once
