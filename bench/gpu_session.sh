@@ -68,8 +68,10 @@ if [ -n "$has_cupy" ] && [ -z "$dry" ]; then
     $PY -m pytest bench/test_gpu_cupy.py -s -q -p no:cacheprovider > "$out/bench_cupy.log" 2>&1
   echo "cupy bench exit $? ($((SECONDS - t0)) s)"; tail -3 "$out/bench_cupy.log"
   cp results/bench/cupy_*.json "$out/" 2>/dev/null
+elif [ -n "$dry" ]; then
+  echo "cupy bench skipped (dry run)"
 else
-  echo "cupy bench skipped (${dry:+dry run}${dry:-cupy not importable})"
+  echo "cupy bench skipped (cupy not importable)"
 fi
 
 if [ -z "$dry" ]; then
@@ -79,7 +81,7 @@ if [ -z "$dry" ]; then
   echo "tune exit $? ($((SECONDS - t0)) s)"; tail -3 "$out/tune.log"
   cp "$out"/configs/*.json "$out/" 2>/dev/null
 else
-  $PY -m ttqkern.tune --gpu --shapes qwen3-8b --tokens 1,16 --ops decode1,decode --bits 4 --list \
+  $PY -m ttqkern.tune --gpu --shapes qwen3-8b --tokens 1,16 --ops decode1,decode --bits 4 --device cpu --list \
     > "$out/tune.log" 2>&1
   echo "tune (--list only, dry run) exit $?"; tail -3 "$out/tune.log"
 fi
