@@ -175,6 +175,8 @@ def check_device(dev, backend, shapes, log=print) -> list[Check]:
                     )
                 if res_ is not None and occ < 1:
                     ck.problems.append(f"{ln.kernel}: no CTA fits an SM ({regs} registers x {ln.num_warps} warps)")
+            if spec.kernels and not ck.kernels:  # a case that compiles none of its op's kernels checks nothing
+                ck.problems.append(f"launched none of {', '.join(spec.kernels)} at T = {full['T']}")
             checks.append(ck)
     return checks
 

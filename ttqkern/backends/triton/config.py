@@ -39,6 +39,8 @@ from ...tuning.params import ConfigTable, Int, OpParams
 DECODE_MAX_T = 16
 # tl.dot needs every tile dimension >= 16 on GPUs.
 DOT_MIN = 16
+# prefill: from this many tokens (tunable, DEQUANT_MIN_T) dequantize once and call cuBLAS
+DEQUANT_MIN_T_DEFAULT = 512
 
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
@@ -127,7 +129,7 @@ def defaults(
         "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 4},
         "prefill": {"BLOCK_T": 128 if T >= 128 and hopper else 64, "BLOCK_N": 128, "CHUNK": 64, "GROUP_T": 8,
                     "SWAP": 1, "DEQ_TILE": 1, "num_warps": 8 if hopper else 4, "num_stages": 3,
-                    "DEQUANT_MIN_T": 512},
+                    "DEQUANT_MIN_T": DEQUANT_MIN_T_DEFAULT},
         "dequant": {"BLOCK_N": 32, "CHUNK": 128, "num_warps": 4},
     }  # fmt: skip
     return dict(table[op])
@@ -230,8 +232,9 @@ def _derived(device) -> str:
 # For the tuner (`ttqkern.tune`): the public stage that runs each op and the token counts it serves.
 STAGE = {"act_scale": "act_scale", "quantize": "quantize", "decode1": "qmatmul", "decode": "qmatmul",
          "prefill": "qmatmul", "dequant": "qmatmul"}  # fmt: skip
+# dequant serves the prefills from DEQUANT_MIN_T tokens: its tuning / compile-check cases take T = 512, not 17
 TOKENS = {"decode1": (1, 1), "decode": (2, DECODE_MAX_T), "prefill": (DECODE_MAX_T + 1, 1 << 31),
-          "dequant": (DECODE_MAX_T + 1, 1 << 31)}  # fmt: skip
+          "dequant": (DEQUANT_MIN_T_DEFAULT, 1 << 31)}  # fmt: skip
 KERNELS = {"act_scale": ("_colpow_kernel", "_scale_kernel"), "quantize": ("_quantize_kernel",),
            "decode1": ("_prologue_kernel", "_gemv_kernel"), "decode": ("_prologue_kernel", "_qdot_kernel"),
            "prefill": ("_prologue_kernel", "_qdot_kernel"), "dequant": ("_dequant_kernel",)}  # fmt: skip
