@@ -237,7 +237,8 @@ TOKENS = {"decode1": (1, 1), "decode": (2, DECODE_MAX_T), "prefill": (DECODE_MAX
           "dequant": (DEQUANT_MIN_T_DEFAULT, 1 << 31)}  # fmt: skip
 KERNELS = {"act_scale": ("_colpow_kernel", "_scale_kernel"), "quantize": ("_quantize_kernel",),
            "decode1": ("_prologue_kernel", "_gemv_kernel"), "decode": ("_prologue_kernel", "_qdot_kernel"),
-           "prefill": ("_prologue_kernel", "_qdot_kernel"), "dequant": ("_dequant_kernel",)}  # fmt: skip
+           "prefill": ("_prologue_kernel", "_qdot_kernel", "_dequant_kernel"),  # DEQUANT_MIN_T picks the path
+           "dequant": ("_dequant_kernel",)}  # fmt: skip
 
 TABLE = ConfigTable(
     "triton",
