@@ -8,15 +8,13 @@ what that does and does not check).  Tolerances are the conformance suite's (spe
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import pytest
 import torch
 from conformance import ConformanceSuite
 from helpers import QUANT_FORMS, assert_output_close, assert_packed_match, random_case
 
-from ttqkern import backends, reference
-from ttqkern.backends.cupy import CupyBackend, config, host
+from ttqkern import reference
+from ttqkern.backends.cupy import config, host
 from ttqkern.backends.cupy import layout as L
 from ttqkern.format import dequantize
 from ttqkern.tuning import store
@@ -39,30 +37,16 @@ SHAPES = [  # (T, N, K, g): T = 1, odd sizes, K not a multiple of g, one group p
 ]
 
 
-class EmulatedCupy(CupyBackend):
-    """The CuPy backend with its launches executed by the host emulator, on CPU tensors."""
-
-    name = "cupy-emulated"
-    device_types: ClassVar[tuple[str, ...]] = ("cpu",)
-    preference: ClassVar[dict[str, int]] = {}  # never chosen by backend="auto"
-    run = staticmethod(emulator.run)
-
-    def available(self):
-        return True, ""
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _built():
-    emulator.build()
-    backends.register(EmulatedCupy.name, EmulatedCupy())
-    yield
-    backends.unregister(EmulatedCupy.name)
+    with emulator.registered():
+        yield
 
 
 class TestEmulatedConformance(ConformanceSuite):
     """The shared conformance suite (the one GPU backends run under marker gpu), on the emulator."""
 
-    backend = EmulatedCupy.name
+    backend = emulator.EmulatedCupy.name
     device = "cpu"
 
 
