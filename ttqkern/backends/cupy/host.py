@@ -28,7 +28,7 @@ from . import layout as L
 SIGNATURES = {
     "decode": "pppppppppp" + "i" * 15,
     "prologue": "ppppppp" + "i" * 8,
-    "colnorm": "pp" + "iiii" + "f",
+    "colnorm": "pp" + "iiiii" + "f",
     "scale": "pp" + "iii" + "fff",
     "quantize": "ppppp" + "i" * 9 + "f" + "uuu",
     "dequant": "pppp" + "iiiii" + "uuu",
@@ -112,12 +112,12 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float, run: Runner) 
     tsplit = cfg["TSPLIT"] or max(1, min(cdiv(2 * config.num_sms(x.device), kblocks), cdiv(T, 64)))
     t_per = cdiv(T, tsplit)
     tsplit = cdiv(T, t_per)
-    part = torch.empty(tsplit, K, dtype=torch.float32, device=x.device)
+    part = torch.empty(2, tsplit, K, dtype=torch.float32, device=x.device)  # column max, sum (|x| / max)^p
     D = torch.empty(K, dtype=torch.float32, device=x.device)
     _check(x, T * K, x.dtype, "x")
     p_arg = 1.0 if pmode == P_INF else float(p)
     run([
-        Launch("colnorm", (ELEM[x.dtype],), (kblocks, tsplit, 1), 256, 0, (x, part, T, K, t_per, pmode, p_arg)),
+        Launch("colnorm", (ELEM[x.dtype],), (kblocks, tsplit, 1), 256, 0, (x, part, T, K, t_per, tsplit, pmode, p_arg)),
         Launch("scale", (), (1, 1, 1), 1024, 0, (part, D, K, tsplit, pmode, p_arg, float(lam), float(alpha))),
     ])  # fmt: skip
     return D

@@ -147,8 +147,9 @@ extern "C" int ttq_emu_prologue(int xm, int xe, TTQ_GRID, const void* x, const f
 }
 
 // ---- act_scale ------------------------------------------------------------------------------
-extern "C" int ttq_emu_colnorm(int xe, TTQ_GRID, const void* x, float* part, int T, int K, int t_per, int pmode, float p) {
-  const ColNormArgs a{x, part, T, K, t_per, pmode, p};
+extern "C" int ttq_emu_colnorm(int xe, TTQ_GRID, const void* x, float* part, int T, int K, int t_per, int tsplit,
+                               int pmode, float p) {
+  const ColNormArgs a{x, part, T, K, t_per, tsplit, pmode, p};
   if (xe == 0) return run_grid(gx, gy, gz, threads, smem, [&](HostWarp& w) { ColNorm<F16>::run(a, w); }), 0;
   if (xe == 1) return run_grid(gx, gy, gz, threads, smem, [&](HostWarp& w) { ColNorm<BF16>::run(a, w); }), 0;
   if (xe == 2) return run_grid(gx, gy, gz, threads, smem, [&](HostWarp& w) { ColNorm<F32>::run(a, w); }), 0;

@@ -3,9 +3,9 @@
 #include "ttq_requant.cuh"
 
 template <class XE>
-__global__ void __launch_bounds__(256) ttq_colnorm(const void* x, float* part, int T, int K, int t_per, int pmode,
-                                                   float p) {
-  const ttq::ColNormArgs a{x, part, T, K, t_per, pmode, p};
+__global__ void __launch_bounds__(256) ttq_colnorm(const void* x, float* part, int T, int K, int t_per, int tsplit,
+                                                   int pmode, float p) {
+  const ttq::ColNormArgs a{x, part, T, K, t_per, tsplit, pmode, p};
   ttq::DevWarp w(nullptr);
   ttq::ColNorm<XE>::run(a, w);
 }

@@ -7,18 +7,26 @@ namespace ttq {
 TTQ_FN float f32_nan() { return as_f32(0x7FC00000u); }
 
 // ---- act_scale: D = clamp(c + lam mean(c), tiny, max)^alpha, c = ||x[:, k]||_p^2 ------------
+// No raw power |x|^p is ever formed (docs/numerics.md, rule A1): |x|^p overflows fp32 for
+// p = 100 at |x| > 2.4.  Each column keeps its running maximum a and the sum of (|x| / a)^p
+// <= T; when a grows the sum is rescaled by (a_old / a_new)^p.  Every power is at most 1.
 enum PMode { P_GENERIC = 0, P_ONE = 1, P_TWO = 2, P_INF = 3 };
+
+// r^p for a ratio r in [0, 1]
+TTQ_FN float pow_ratio(float r, int pmode, float p) {
+  return pmode == P_ONE ? r : (pmode == P_TWO ? mul_rn(r, r) : pow_f(r, p));
+}
 
 struct ColNormArgs {
   const void* x;  // [T][K]
-  float* part;    // [TSPLIT][K] sum |x|^p (max |x| for p = inf) over a slice of tokens
-  int T, K, t_per, pmode;
+  float* part;    // [2][tsplit][K]: max |x| (nan sticky, inf kept) and sum (|x| / max)^p per token slice
+  int T, K, t_per, tsplit, pmode;
   float p;
 };
 
-// Grid (ceil(K / 256), TSPLIT), block 256: thread k of block (x, y) reduces column
+// Grid (ceil(K / 256), tsplit), block 256: thread k of block (x, y) reduces column
 // k = 256 x + thread over tokens [y t_per, + t_per) in order.  Reads x once (coalesced
-// along K, 2-4 B per element), writes 4 B per column and slice.
+// along K, 2-4 B per element), writes 8 B per column and slice.
 template <class XE>
 struct ColNorm {
   template <class W>
@@ -28,19 +36,20 @@ struct ColNorm {
       const int k = w.bx * 256 + w.warp * 32 + w.lane(li);
       if (k >= a.K) continue;
       const int t0 = w.by * a.t_per, t1 = imin(a.T, t0 + a.t_per);
-      float acc = 0.0f;
+      float amax = 0.0f, sum = 0.0f;  // sum of (|x| / amax)^p while amax is finite and > 0
       for (int t = t0; t < t1; ++t) {
         const float v = abs_f(XE::load(x, (i64)t * a.K + k));
-        if (a.pmode == P_INF)
-          acc = (is_nan(v) || v > acc) ? v : acc;  // nan sticks: torch's max propagates it
-        else if (a.pmode == P_TWO)
-          acc += v * v;
-        else if (a.pmode == P_ONE)
-          acc += v;
-        else
-          acc += pow_f(v, a.p);
+        if (is_nan(v)) {
+          amax = v;  // nan sticks: every comparison with it is false from here on
+        } else if (v > amax) {  // a new maximum (false once amax is nan)
+          if (a.pmode != P_INF && is_finite(v)) sum = add_rn(mul_rn(sum, pow_ratio(div_rn(amax, v), a.pmode, a.p)), 1.0f);
+          amax = v;  // inf: the norm is inf, the sum no longer matters
+        } else if (a.pmode != P_INF && v > 0.0f && is_finite(amax)) {
+          sum = add_rn(sum, pow_ratio(div_rn(v, amax), a.pmode, a.p));
+        }
       }
-      a.part[(i64)w.by * a.K + k] = acc;
+      a.part[(i64)w.by * a.K + k] = amax;
+      a.part[(i64)(a.tsplit + w.by) * a.K + k] = sum;
     }
   }
 };
@@ -52,9 +61,9 @@ struct ScaleArgs {
   float p, lam, alpha;
 };
 
-// Grid (1), block 1024: the mean needs every column.  Pass 1: c_k from the slices' partial
-// sums (as the reference: n = S^(1/p), c = n * n), kept in D, and the block's fixed-order
-// tree sum of c; pass 2: D.  Bytes: 4 TSPLIT + 8 per column.
+// Grid (1), block 1024: the mean needs every column.  Pass 1: the slices' (max, sum) pairs
+// merged (sums rescaled to the column max, in order), n = a S^(1/p), c = n * n kept in D,
+// and the block's fixed-order tree sum of c; pass 2: D.  Bytes: 8 tsplit + 8 per column.
 struct Scale {
   static constexpr int SMEM_FLOATS = 1024;  // static shared memory: the tree reduction
   template <class W>
@@ -64,18 +73,21 @@ struct Scale {
       const int tid = w.warp * 32 + w.lane(li);
       float s = 0.0f;
       for (int k = tid; k < a.K; k += w.nwarps * 32) {
-        float S = a.part[k];
+        float amax = a.part[k];
         for (int q = 1; q < a.tsplit; ++q) {
           const float o = a.part[(i64)q * a.K + k];
-          S = a.pmode == P_INF ? ((is_nan(o) || o > S) ? o : S) : S + o;
+          amax = (is_nan(o) || o > amax) ? o : amax;  // nan sticky
         }
-        float n;
-        if (a.pmode == P_TWO)
-          n = sqrt_f(S);
-        else if (a.pmode == P_ONE || a.pmode == P_INF)
-          n = S;
-        else
-          n = pow_f(S, div_rn(1.0f, a.p));
+        float n = amax;  // p = inf; and nan / inf / 0 columns for every p
+        if (a.pmode != P_INF && is_finite(amax) && amax > 0.0f) {
+          float S = 0.0f;
+          for (int q = 0; q < a.tsplit; ++q) {
+            const float aq = a.part[(i64)q * a.K + k];
+            if (aq > 0.0f) S = add_rn(S, mul_rn(a.part[(i64)(a.tsplit + q) * a.K + k], pow_ratio(div_rn(aq, amax), a.pmode, a.p)));
+          }
+          const float root = a.pmode == P_ONE ? S : (a.pmode == P_TWO ? sqrt_f(S) : pow_f(S, div_rn(1.0f, a.p)));
+          n = mul_rn(amax, root);
+        }
         const float c = mul_rn(n, n);
         a.D[k] = c;
         s += c;
