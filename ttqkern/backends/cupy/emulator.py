@@ -131,12 +131,14 @@ def registered() -> Iterator[EmulatedCupy]:
         unregister(be.name)
 
 
-def afrag(bits: int, bf16: bool, words: Sequence[int], j: int) -> list[int]:
-    """The 4 A-fragment registers ``codes_to_afrag`` makes of a lane's chunk words, tile j."""
+def afrag(bits: int, bf16: bool, words: Sequence[int], j: int, centres: tuple[int, int] = (0, 0)) -> list[int]:
+    """The 4 A-fragment registers ``codes_to_afrag`` makes of a lane's chunk words, tile j, with
+    the codes centred on ``centres`` (zero codes of rows gID and gID + 8)."""
     w = (ctypes.c_uint * len(words))(*[int(v) & 0xFFFFFFFF for v in words])
     out = (ctypes.c_uint * 4)()
     lib = build()
-    assert lib.ttq_emu_afrag(bits, int(bf16), w, j, out) == 0
+    c0, c1 = (ctypes.c_uint(c) for c in centres)
+    assert lib.ttq_emu_afrag(bits, int(bf16), w, j, c0, c1, out) == 0
     return list(out)
 
 
