@@ -66,7 +66,7 @@ def test_decode_main_loop_static_gates(report, arch):
         ml = r["main_loop"]
         assert ml is not None, f"{name}: no K loop with MMA found"
         mem, fam = ml["memory"], ml["families"]
-        planes = 2 if p["xm"] == 2 else 1
+        planes = 3 if p["xm"] == 2 else 1  # fp32 x: bf16 hi + mid + lo
         # weights: V 128-bit loads per row tile; x / D: 2 (4) 128-bit loads per step and token tile
         assert mem.get("LDG.128", 0) >= p["rt"] * {8: 2, 4: 1, 2: 1, 3: 3}[p["bits"]], (name, mem)
         assert not any(int(k.split(".")[1]) < 64 for k in mem if k.startswith("LDG")), (name, mem)

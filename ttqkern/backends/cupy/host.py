@@ -163,6 +163,8 @@ def _check_weight(pw: PackedWeight, geo: L.Geometry) -> None:
     """The buffers the decode and dequantize kernels read of a ``cupy_mma`` weight."""
     _check(pw.qweight, geo.NT * (geo.CODE_WORDS + geo.GQ * 16), torch.int32, "qweight", align=16)
     _check(pw.scales, geo.NT * geo.G * 32, torch.float32, "scales", align=16)
+    # the decode kernel addresses the zero codes with 32-bit offsets (fewer registers in its K loop)
+    assert pw.qweight.numel() < 2**31, f"qweight: {pw.qweight.numel()} words, the kernels address fewer than 2^31"
 
 
 def dequantize(pw: PackedWeight, dtype: torch.dtype, run: Runner) -> torch.Tensor:

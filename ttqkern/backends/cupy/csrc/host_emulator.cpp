@@ -11,6 +11,7 @@
 #include <barrier>
 #include <cstdio>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "ttq_decode.cuh"
@@ -82,6 +83,18 @@ using namespace ttq;
 
 #define TTQ_GRID int gx, int gy, int gz, int threads, long long smem
 
+// f(std::integral_constant<int, BITS>) for the code widths the kernels are instantiated for
+template <class F>
+static int by_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+  }
+  return -1;
+}
+
 // ---- decode ---------------------------------------------------------------------------------
 template <int BITS, int XM, int NT, int TG, int RT>
 static void decode_inst(const DecodeArgs& a, int gx, int gy, int gz, int threads, long long smem) {
@@ -122,13 +135,7 @@ extern "C" int ttq_emu_decode(int bits, int xm, int nt, int tg, int rt, TTQ_GRID
                               int NBX, int has_D, int has_lr, int has_bias, int wr, int wk, int cps) {
   const DecodeArgs a{qw, sc, xb, xs1, xs4, xa, fl, x, D, lrB, bias, y, N, ntiles, KC, G, g, T, TP, K, KB, R,
                      NBX, has_D, has_lr, has_bias, wr, wk, cps};
-  switch (bits) {
-    case 2: return decode_xm<2>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-    case 3: return decode_xm<3>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-    case 4: return decode_xm<4>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-    case 8: return decode_xm<8>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-  }
-  return -1;
+  return by_bits(bits, [&](auto B) { return decode_xm<B.value>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem); });
 }
 
 // ---- prologue -------------------------------------------------------------------------------
@@ -178,13 +185,7 @@ extern "C" int ttq_emu_quantize(int bits, int we, TTQ_GRID, const void* W, const
                      int N, int K, int KC, int G, int g, int UC, int UG, int form, int has_D, float beta, unsigned gd,
                      unsigned gm, unsigned gl) {
   const QuantArgs a{W, D, qw, sc, zp, N, K, KC, G, g, UC, UG, form, has_D, beta, {gd, gm, gl}};
-  switch (bits) {
-    case 2: return quantize_we<2>(we, a, gx, gy, gz, threads, smem);
-    case 3: return quantize_we<3>(we, a, gx, gy, gz, threads, smem);
-    case 4: return quantize_we<4>(we, a, gx, gy, gz, threads, smem);
-    case 8: return quantize_we<8>(we, a, gx, gy, gz, threads, smem);
-  }
-  return -1;
+  return by_bits(bits, [&](auto B) { return quantize_we<B.value>(we, a, gx, gy, gz, threads, smem); });
 }
 
 template <int BITS>
@@ -199,13 +200,7 @@ static int dequant_oe(int oe, const DequantArgs& a, TTQ_GRID) {
 extern "C" int ttq_emu_dequant(int bits, int oe, TTQ_GRID, const unsigned* qw, const float* sc, void* out, int N, int K,
                                int KC, int G, unsigned gd, unsigned gm, unsigned gl) {
   const DequantArgs a{qw, sc, out, N, K, KC, G, {gd, gm, gl}};
-  switch (bits) {
-    case 2: return dequant_oe<2>(oe, a, gx, gy, gz, threads, smem);
-    case 3: return dequant_oe<3>(oe, a, gx, gy, gz, threads, smem);
-    case 4: return dequant_oe<4>(oe, a, gx, gy, gz, threads, smem);
-    case 8: return dequant_oe<8>(oe, a, gx, gy, gz, threads, smem);
-  }
-  return -1;
+  return by_bits(bits, [&](auto B) { return dequant_oe<B.value>(oe, a, gx, gy, gz, threads, smem); });
 }
 
 // ---- unit checks of the building blocks -----------------------------------------------------

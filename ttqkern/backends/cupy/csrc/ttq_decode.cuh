@@ -103,7 +103,11 @@ struct Decode {
   template <class W>
   static TTQ_FN void zero_codes(const DecodeArgs& a, const W& w, int li, int mt, int gidx, u32& c0, u32& c1) {
     u32 cw[2];
-    ldg64(tile_words(a, mt) + (i64)a.KC * V * 128 + ((gidx >> 2) * 8 + (w.lane(li) >> 2)) * 2, cw);
+    // 32-bit offset arithmetic (host.check_weight: qweight has fewer than 2^31 words): the
+    // 64-bit tile base would keep two more registers live through the K loop
+    const u32 code_words = (u32)(a.KC * V * 128);
+    const u32 off = (u32)mt * (code_words + (u32)centre_words(a.G)) + code_words + (u32)(((gidx >> 2) * 8 + (w.lane(li) >> 2)) * 2);
+    ldg64(a.qw + off, cw);
     c0 = centre_of<BITS>(cw[0], gidx);
     c1 = centre_of<BITS>(cw[1], gidx);
   }
@@ -189,6 +193,7 @@ struct Decode {
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) FOR_LANES(li) xsum[nt][li][0] = xsum[nt][li][1] = 0.0f;
 
+    bool stored = false;                      // the exact path wrote this warp's partials
     if (mt0 < a.ntiles && c_begin < c_end) {  // warp-uniform
       Cursor<W> cur[W::N];
       const int unit = TG ? 16 : 64;
@@ -214,7 +219,8 @@ struct Decode {
       u32 wa[RT][W::N][NWORD], wn[RT][W::N][NWORD];
       load_weights(w, cur, 0, wa);
       if (flagged(a, w, c_begin, c_end, tok0)) {
-        exact(a, w, mt0, c_begin, c_end, tok0, yacc);
+        exact(a, w, warp_r, warp_k, mt0, c_begin, c_end, tok0);  // its partials go straight to shared memory
+        stored = true;
       } else {
         u32 bz[RT][W::N][NBZ];
         centres(a, w, mt0, cur[0].gidx, bz);
@@ -231,7 +237,8 @@ struct Decode {
         if (cur[0].left != cur[0].full) flush(a, w, mt0, cur[0].gidx, cacc, xsum, yacc);  // group cut by the slice end
       }
     }
-    epilogue(a, w, warp_r, warp_k, tok0, yacc);
+    if (!stored) FOR_LANES(li) store_partials(a, w, warp_r, warp_k, li, yacc);
+    epilogue(a, w, tok0);
   }
 
   template <class W>
@@ -314,12 +321,13 @@ struct Decode {
   // The exact path (flagged tokens): the warp's partial sums over its K slice in plain fp32,
   // w = s (u - c) + m0 (the codes from the same bit tricks) times x / D recomputed with an
   // IEEE division, one FMA each; the 4 lanes of a quad hold disjoint k and are summed with
-  // two shuffles, then each lane keeps the C-fragment slots (rows gID, gID + 8, tokens
-  // 2t, 2t + 1) the epilogue expects.  One token at a time: slow, and only for inputs at
-  // the edges of fp32.
+  // two shuffles, then each lane writes its C-fragment slots (rows gID, gID + 8, tokens
+  // 2t, 2t + 1) straight to the epilogue's shared memory (the K loop's accumulators are not
+  // live here, so this path adds no registers to the kernel).  One token at a time: slow,
+  // and only for inputs at the edges of fp32.
   template <class W>
-  static TTQ_FN void exact(const DecodeArgs& a, const W& w, int mt0, int c_begin, int c_end, int tok0,
-                           float (&yacc)[RT][NT][W::N][4]) {
+  static TTQ_FN void exact(const DecodeArgs& a, const W& w, int warp_r, int warp_k, int mt0, int c_begin, int c_end,
+                           int tok0) {
     const typename E::T* x = static_cast<const typename E::T*>(a.x);
 #pragma unroll
     for (int r = 0; r < RT; ++r) {
@@ -329,11 +337,10 @@ struct Decode {
 #pragma unroll 1
         for (int tc = 0; tc < 8; ++tc) {
           const int tok = tok0 + nt * 8 + tc;
-          if (tok >= a.T) break;  // warp-uniform
           float acc[W::N][2];
           FOR_LANES(li) acc[li][0] = acc[li][1] = 0.0f;
 #pragma unroll 1
-          for (int c = c_begin; c < c_end; ++c) {
+          for (int c = c_begin; c < c_end && tok < a.T; ++c) {  // tokens >= T: zero partials (warp-uniform)
 #pragma unroll 1
             for (int j = 0; j < KCH / 16; ++j) {
               const int kt = c * KCH + 16 * j;
@@ -370,8 +377,8 @@ struct Decode {
           FOR_LANES(li) {
             if (((w.lane(li) & 3) != (tc >> 1))) continue;  // C columns 2t, 2t + 1 are this lane's
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-              if ((i & 1) == (tc & 1)) yacc[r][nt][li][i] = acc[li][i >> 1];  // i = 2 h + column
+            for (int h = 0; h < 2; ++h)  // C-fragment slot i = 2 h + column
+              w.smem[partial_index(a, warp_r, warp_k, r, nt, 2 * h + (tc & 1)) + w.lane(li)] = acc[li][h];
           }
         }
       }
@@ -382,17 +389,26 @@ struct Decode {
   // the block's x A^T [TS][R]); after one barrier every thread finishes outputs (row
   // fastest, so the stores of a warp are contiguous): the k-partials added in order,
   // B[n] . (x A^T), bias, rounded to the activation dtype.
+  // where C-fragment slot i of row tile r, token tile nt of warp (warp_r, warp_k) starts (+ lane)
+  static TTQ_FN int partial_index(const DecodeArgs& a, int warp_r, int warp_k, int r, int nt, int i) {
+    return ((((warp_k * a.wr + warp_r) * RT + r) * NT + nt) * 4 + i) * 32;
+  }
+
   template <class W>
-  static TTQ_FN void epilogue(const DecodeArgs& a, W& w, int warp_r, int warp_k, int tok0,
-                              const float (&yacc)[RT][NT][W::N][4]) {
-    float* red = w.smem;
-    float* xas = w.smem + a.wk * a.wr * RT * NT * 128;
+  static TTQ_FN void store_partials(const DecodeArgs& a, const W& w, int warp_r, int warp_k, int li,
+                                    const float (&yacc)[RT][NT][W::N][4]) {
 #pragma unroll
     for (int r = 0; r < RT; ++r)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
-        FOR_LANES(li) for (int i = 0; i < 4; ++i) red[((((warp_k * a.wr + warp_r) * RT + r) * NT + nt) * 4 + i) * 32 +
-                                                      w.lane(li)] = yacc[r][nt][li][i];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w.smem[partial_index(a, warp_r, warp_k, r, nt, i) + w.lane(li)] = yacc[r][nt][li][i];
+  }
+
+  template <class W>
+  static TTQ_FN void epilogue(const DecodeArgs& a, W& w, int tok0) {
+    float* red = w.smem;
+    float* xas = w.smem + a.wk * a.wr * RT * NT * 128;
     const int nthreads = w.nwarps * 32;
     if (a.has_lr) {  // x A^T of this block's tokens: the prologue's K-slice partials, in order
       FOR_LANES(li) {

@@ -81,6 +81,7 @@ struct Scale {
         float n = amax;  // p = inf; and nan / inf / 0 columns for every p
         if (a.pmode != P_INF && is_finite(amax) && amax > 0.0f) {
           float S = 0.0f;
+#pragma unroll 1  // unrolled, each division's slow-path call spills the live sums (sm_80, sm_90)
           for (int q = 0; q < a.tsplit; ++q) {
             const float aq = a.part[(i64)q * a.K + k];
             if (aq > 0.0f) S = add_rn(S, mul_rn(a.part[(i64)(a.tsplit + q) * a.K + k], pow_ratio(div_rn(aq, amax), a.pmode, a.p)));
