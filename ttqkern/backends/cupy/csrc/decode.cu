@@ -4,7 +4,7 @@
 #include "ttq_decode.cuh"
 
 template <int BITS, int XM, int NT, int TG, int RT>
-__global__ void __launch_bounds__(256, 1)
+__global__ void __launch_bounds__(256, (ttq::Decode<BITS, XM, NT, TG, RT>::MIN_BLOCKS))
     ttq_decode(const unsigned* qw, const float* sc, const unsigned* xb, const float* xs1, const float* xs4,
                const float* xa, const unsigned* fl, const void* x, const float* D, const void* lrB, const void* bias,
                void* y, int N, int ntiles, int KC, int G, int g, int T, int TP, int K, int KB, int R, int NBX, int has_D,

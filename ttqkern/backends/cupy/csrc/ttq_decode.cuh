@@ -77,6 +77,14 @@ struct Decode {
   static constexpr int UW = 2 * NB;                   // 32-bit words of x / D per lane and tile
   static constexpr int TS = 8 * NT;                   // tokens per block
   static constexpr int NBZ = Centre<BITS>::NB;        // HFMA2 bias operands per lane and row tile
+  // blocks of 256 threads that must fit an SM (__launch_bounds__): 3 (at most 80 registers, 24
+  // warps per SM, to keep bytes in flight) where that compiles without spills on sm_80 - sm_90:
+  // up to two 16 x 8 tiles per warp and iteration, except 8-bit codes with two (8 words per
+  // row tile) and 3-bit codes with 16 tokens; fp32 activations (three B planes) one row tile,
+  // not 3-bit.  Else 1 (the compiler's choice, at most 127 registers: config.rt_cap)
+  static constexpr bool FITS_80 = XM == XM_BF16X2 ? (RT == 1 && BITS != 3)
+                                                  : ((RT * NT == 1 || (RT * NT == 2 && BITS != 8)) && !(BITS == 3 && NT == 2));
+  static constexpr int MIN_BLOCKS = FITS_80 ? 3 : 1;
   typedef typename XIO<XM>::E E;
 
   // per-warp state of the K loop: the group being accumulated and where the lane reads
