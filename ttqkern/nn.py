@@ -76,6 +76,7 @@ class TTQLinear(nn.Module):
         for name in (*PACKED_FIELDS, "D"):
             self.register_buffer(name, None, persistent=False)
         self._stats: calibration.ColumnStats | None = None
+        self._decode = None  # `ops.prepare` of the current packed weight (eager decode steps)
         self.quantize_calls = 0
 
     @classmethod
@@ -120,6 +121,7 @@ class TTQLinear(nn.Module):
         for name in PACKED_FIELDS:
             setattr(self, name, getattr(pw, name))
         self.D = D
+        self._decode = None
         self.quantize_calls += 1
 
     def _quantize(self, D: torch.Tensor | None) -> PackedWeight:
@@ -138,6 +140,7 @@ class TTQLinear(nn.Module):
         for name in (*PACKED_FIELDS, "D"):
             setattr(self, name, None)
         self._stats = None
+        self._decode = None
 
     # -- static mode: calibration -------------------------------------------
     @property
@@ -192,10 +195,23 @@ class TTQLinear(nn.Module):
                 self.requantize(x)
         elif self.qweight is None:  # static, never calibrated: RTN
             self.finish_calibration()
-        return self._matmul(x, self.packed, self.D)
+        return self._matmul(x, None, self.D)
 
     def _matmul(self, x, pw, D):
+        """``ops.qmatmul`` with this layer's factors; pw None: the stored packed weight.
+
+        Eager calls on the stored weight go through `ops.prepare`, made once per
+        quantization (the per-token path then skips validation, config lookup and
+        layout work); under `torch.compile` the registered custom op runs.
+        """
         lowrank = (self.lowrank_A, self.lowrank_B) if self.r else None
+        if pw is None and ops._direct(x):
+            dec = self._decode
+            if dec is None or dec[0] is not self.qweight or dec[1] is not D:
+                fn = ops.prepare(self.packed, D, lowrank=lowrank, bias=self.bias, backend=self.backend)
+                dec = self._decode = (self.qweight, D, fn)
+            return dec[2](x)
+        pw = self.packed if pw is None else pw
         return ops.qmatmul(x, pw, D, lowrank=lowrank, bias=self.bias, backend=self.backend)
 
     def extra_repr(self) -> str:

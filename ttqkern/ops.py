@@ -15,7 +15,7 @@ from . import backends, defaults, reference
 from ._library import act_scale_op, op_args, packed_from_op, qmatmul_op, quantize_op
 from .format import PackedWeight, dequantize, pack, resolve_group_size, unpack
 
-__all__ = ["act_scale", "dequantize", "lowrank", "pack", "qmatmul", "quantize", "unpack"]
+__all__ = ["act_scale", "dequantize", "lowrank", "pack", "prepare", "qmatmul", "quantize", "unpack"]
 
 
 def _direct(t: torch.Tensor) -> bool:
@@ -130,6 +130,58 @@ def qmatmul(
     else:
         y = qmatmul_op(x2, *op_args(pw), D, A, B, bias, pw.bits, pw.group_size, N, K, pw.sym, pw.zero, backend)
     return y.reshape(*lead, N)
+
+
+def prepare(
+    pw: PackedWeight,
+    D: torch.Tensor | None = None,
+    *,
+    lowrank: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bias: torch.Tensor | None = None,
+    backend: str = "auto",
+):
+    """A layer's decode callable: ``f(x) == qmatmul(x, pw, D, lowrank=..., bias=...)``, eager mode.
+
+    Validates pw, D, lowrank and bias once and hands them to the backend's
+    ``prepare`` (when it has one: it hoists config lookup, layout work and buffer
+    checks out of the per-token path), so that each call only checks x (a
+    ``[..., K]`` fp32/fp16/bf16 tensor on pw's device).  The callable reads pw,
+    D and the factors as they are now: prepare again after a requantization.
+    """
+    C.check_packed(pw, pw.K)
+    N, K = pw.shape
+    C.check_D(D, K)
+    C.check_lowrank(lowrank, N, K)
+    C.check_bias(bias, N)
+    A, B = lowrank if lowrank is not None else (None, None)
+    C.check_same_device(qweight=pw.qweight, D=D, A=A, B=B, bias=bias)
+    backends.check_name(backend)
+    be = backends.resolve(backend, pw.device)
+    D = None if D is None else D.to(torch.float32).contiguous()
+    A = None if A is None else A.contiguous()
+    B = None if B is None else B.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    if hasattr(be, "prepare"):
+        fn = be.prepare(pw, D, A, B, bias)
+    else:
+        fn = lambda x2: be.qmatmul(x2, pw, D, A, B, bias)  # noqa: E731
+    device = pw.device
+
+    def call(x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dtype not in C.FLOAT_DTYPES or x.dim() < 1 or x.shape[-1] != K:
+            C.check_tensor(x, "x", min_dims=1)
+            raise ValueError(f"x's last dim ({x.shape[-1]}) must equal the packed weight's K ({K})")
+        if x.device != device:
+            C.check_same_device(x=x, qweight=pw.qweight)
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, K)
+        if x2.shape[0] == 0:
+            return x.new_zeros(*lead, N)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        return fn(x2).reshape(*lead, N)
+
+    return call
 
 
 def lowrank(W: torch.Tensor, r: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:

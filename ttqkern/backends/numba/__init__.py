@@ -1,15 +1,21 @@
-"""The Numba backend: TTQ's stages as parallel CPU kernels compiled by Numba.
+"""The Numba backend: TTQ's stages as CPU kernels compiled by Numba.
 
 Modules, one job each:
 
+- `isa`: which code path this CPU takes (AVX-512 or portable), detected at import.
+- `simd`: 16-lane vector types and LLVM intrinsics (``vpermps``, FMA, prefetch) for
+  Numba kernels, and the codegen helpers of the micro-kernels.
 - `act_scale`: column p-norms of x over the tokens (parallel over column blocks).
 - `quantize`: scale by D, groupwise min/max, round and pack -- one pass over W,
   straight into the canonical packed layout (spec §3), every bit width and form.
-- `gemv`: the packed GEMM with the ``x / D`` prologue and the low-rank + bias
-  epilogue: a fused decode GEMV, a buffered small-T GEMM, a generic kernel for odd
-  group sizes, and the dequantize kernel feeding BLAS for prefill.
-- `config`: block sizes and thresholds (documented defaults, tuned entries from
-  `ttqkern.tuning.store`).
+- `host`: qmatmul's host side: picks a kernel family per weight and T, holds the
+  decode layout (`ttqkern.backends.cpu_layouts`), allocates, launches; `prepare`.
+- kernel families: `gemv_blocked` (bits 4 / 8, AVX-512 table lookups or portable
+  IR), `gemv_lut` (bits 2 / 3, AVX-512 activation lookup tables), `gemv_words`
+  (portable word-plane GEMVs), `gemm` (small-T GEMM, prefill unpack), `generic`
+  (any group size; dequantize for BLAS), `prologue` (their x / D prologues).
+- `config`: block sizes, tiles and thresholds (documented defaults, tuned entries
+  from `ttqkern.tuning.store`).
 - `_common`: jit options (why fastmath is or is not used), array views, plane layout.
 
 Kernels are compiled with ``cache=True``: a second process loads them from Numba's
@@ -20,46 +26,19 @@ compiling again.  Threads: Numba's pool (``numba.set_num_threads``).
 from __future__ import annotations
 
 import numba  # noqa: F401  (an ImportError here is the registry's "why not available" reason)
-import numpy as np
 import torch
 
-from ... import reference
 from ...format import PackedWeight
-from . import config, gemv
-from ._common import as_f32, as_np, planes
+from . import config, host, isa
 from .act_scale import act_scale
 from .quantize import quantize
 
 DEVICE_TYPES = ("cpu",)
 
-_EMPTY_U16 = np.empty((0, 0), np.uint16)
-_DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
-_INT4_MASKS = tuple(np.int32(15 << (4 * i)) for i in range(4))
-
 
 def available() -> tuple[bool, str]:
     """``(True, '')``: Numba imported (the registry reports an import failure itself)."""
     return True, ""
-
-
-def _offset_args(pw: PackedWeight):
-    """(zp_f, zp_i, off_mode, half) describing the offsets m of ``w = s * u + m``."""
-    f0, i0 = np.empty((0, 0), np.float32), np.empty((0, 0), np.int32)
-    half = np.float32(1 << (pw.bits - 1))
-    if pw.sym:
-        return f0, i0, gemv.OFF_SYM, half
-    if pw.zero == "int":
-        return f0, as_np(pw.zeros), gemv.OFF_ZEROS, half
-    return as_np(pw.mins), i0, gemv.OFF_MINS, half
-
-
-def _epilogue(y: torch.Tensor, u: np.ndarray, B: np.ndarray, bias: np.ndarray) -> torch.Tensor:
-    """y += u B^T + bias (fp32, in place) for the BLAS paths."""
-    if B.shape[1]:
-        y += torch.from_numpy(u) @ torch.from_numpy(B).mT
-    if bias.shape[0]:
-        y += torch.from_numpy(bias)
-    return y
 
 
 def qmatmul(
@@ -76,82 +55,16 @@ def qmatmul(
     ``[K]`` | None, A ``[r, K]`` / B ``[N, r]`` | None, bias ``[N]`` | None.
     Returns ``[T, N]`` in x.dtype, accumulated in fp32.
     """
-    T, K = x.shape
-    if x.numel() == 0 or pw.N == 0:
-        return reference.qmatmul(x, pw, D, A, B, bias)
-    cfg = config.params("qmatmul", bits=pw.bits, T=T, N=pw.N, K=K)
-    with config.threads_for(pw.N * K, cfg):
-        return _qmatmul(x, pw, D, A, B, bias, cfg)
+    return host.qmatmul(x, pw, D, A, B, bias)
 
 
-def _qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
-    """`qmatmul` for a non-empty problem with its config ``cfg`` (see there)."""
-    T, K = x.shape
-    N, g = pw.N, pw.group_size
-    x32 = as_f32(x)
-    G = pw.num_groups
-    xp = np.empty((T, G * g), np.float32)
-    Xg = np.empty((T, G), np.float32)
-    gemv.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
-    scales = as_np(pw.scales)
-    zp_f, zp_i, off_mode, half = _offset_args(pw)
-    prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
-    if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row (one GEMM for prefill)
-        if prefill:
-            u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
-        else:
-            u = np.empty((T, A.shape[0]), np.float32)
-            gemv.lowrank_left(x32, as_f32(A), u)
-        Bn = as_f32(B)
-    else:
-        u, Bn = np.empty((T, 0), np.float32), np.empty((N, 0), np.float32)
-    bn = as_f32(bias)
-    y = np.empty((T, N), np.float32)
+def prepare(pw: PackedWeight, D=None, A=None, B=None, bias=None):
+    """Per-layer decode state: a callable ``f(x [T, K]) -> y [T, N]`` (x validated by the caller).
 
-    pl = planes(pw)
-    if pl is None:  # group sizes that are not whole words
-        qw = as_np(pw.qweight)
-        qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
-        if prefill:
-            W = np.empty((N, K), np.float32)
-            gemv.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
-            yt = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
-            return _epilogue(yt, u, Bn, bn).to(x.dtype)
-        gemv.generic(qw, qhi, pw.bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
-        return torch.from_numpy(y).to(x.dtype)
-
-    L = sum(p.words.shape[1] * p.cpw for p in pl)
-    fused = T <= cfg["FUSED_MAX_T"] and not prefill
-    if fused and pw.bits == 3:  # planes merged into nibble words in registers
-        xs3 = np.empty((T, L), np.float32)
-        gemv.permute3(xp, xs3)
-        lo, hi = pl
-        gemv.fused3(lo.words, hi.words, _INT4_MASKS, lo.Wg, xs3, Xg, scales, zp_f, zp_i, off_mode, half,
-                    u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
-        return torch.from_numpy(y).to(x.dtype)
-    T2 = T + (T & 1) if fused and T > 1 else T  # the fused kernel takes tokens 2 at a time
-    xs = np.zeros((T2, L), np.float32) if T2 > T else np.empty((T, L), np.float32)
-    off = 0
-    for p in pl:
-        gemv.permute(xp, xs, off, p.words.shape[1], p.nf, p.b, p.factor)
-        off += p.words.shape[1] * p.cpw
-    p1 = pl[0]
-    if len(pl) == 2:
-        p2 = pl[1]
-        second = (p2.words, p2.masks, p2.Wg)
-    else:
-        second = (_EMPTY_U16, _DUMMY_MASKS, 1)
-    off2 = p1.words.shape[1] * p1.cpw  # where the second plane's block starts (= L with one plane)
-    if prefill:  # x~ (s u)^T by BLAS on the unpacked rows, + X~ m^T, + the epilogue
-        Wp = np.empty((N, L), np.float32)
-        gemv.unpack_rows(p1.words, p1.masks, p1.Wg, *second, off2, scales, cfg["BLOCK_N"], Wp)
-        yt = torch.from_numpy(xs[:T]) @ torch.from_numpy(Wp).mT
-        yt += torch.from_numpy(Xg) @ pw.offsets().mT
-        return _epilogue(yt, u, Bn, bn).to(x.dtype)
-    kernel = gemv.fused if fused else gemv.buffered
-    kernel(p1.words, p1.masks, p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
-           half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
-    return torch.from_numpy(y).to(x.dtype)
+    Same arguments and result as `qmatmul`; the layout, fp32 views, config lookup
+    and buffer checks are done here once instead of on every call.
+    """
+    return host.prepare(pw, D, A, B, bias)
 
 
-__all__ = ["DEVICE_TYPES", "act_scale", "available", "config", "qmatmul", "quantize"]
+__all__ = ["DEVICE_TYPES", "act_scale", "available", "config", "isa", "prepare", "qmatmul", "quantize"]

@@ -1,8 +1,8 @@
 """Parameters of the Numba kernels: documented defaults, overridden by tuned entries.
 
-Every call asks `params(op, **shape)`.  The answer is the op's `DEFAULTS` updated by
-the entry the tuned-config store holds for the CPU (`ttqkern.tuning.store.lookup`,
-file ``cpu.json``) under the key
+Every call asks `params(op, **shape)` (a prepared layer asks once).  The answer is
+the op's defaults for that shape (`defaults`) updated by the entry the tuned-config
+store holds for the CPU (`ttqkern.tuning.store.lookup`, file ``cpu.json``) under the key
 
     numba/act_scale/T=<t>/K=<k>
     numba/quantize/bits=<b>/N=<n>/K=<k>
@@ -19,27 +19,48 @@ act_scale.BLOCK_K
 quantize.BLOCK_N
     Rows of W per parallel task.  Each task quantizes and packs whole rows, so a
     block is ``BLOCK_N * K`` weights read once and written packed.
-qmatmul.BLOCK_N
-    Output rows per parallel task of the packed kernels.  Small blocks balance the
-    threads; large ones amortise the per-task start.
-qmatmul.FUSED_MAX_T
-    Up to this many tokens the *fused* kernel is used: codes are unpacked in
-    registers and multiplied straight away (one token, or two tokens per unpack).
-    Above it (and below DEQUANT_MIN_T) the *buffered* kernel unpacks a row once into
-    an L1-resident fp32 buffer (scales applied) and reuses it for every token.
-    Default 16: on a 2-core EPYC (1 thread) the fused kernel was faster than the
-    buffered one at every T, and faster than dequantize + BLAS up to T ~ 16-20.
 SERIAL_MAX (every op)
     Problems with at most this many elements (``T * K`` for act_scale, ``N * K``
-    otherwise) run on the calling thread only: starting a parallel region costs
-    ~10-20 us on idle cores and milliseconds when the cores are shared with other
-    jobs (a thread of the team waits for its time slice), far more than small
-    problems gain from a second thread.
+    otherwise) run a serial build of the kernel on the calling thread: starting a
+    parallel region costs ~3-10 us on idle cores and up to milliseconds when the
+    cores are shared with other jobs (a thread of the team waits for its time
+    slice), more than a small layer gains from a second thread.  qmatmul's default
+    (2^20) keeps every layer of a 135M-parameter model (at most 1536 x 576) serial.
 qmatmul.DEQUANT_MIN_T
     From this many tokens on (prefill), the weight is dequantized to fp32 by a
-    parallel Numba kernel and multiplied with ``torch.matmul`` (BLAS): compute
-    bound, so the GEMM's efficiency wins over streaming the packed weight
-    (measured crossover with the fused kernel at T ~ 16-20 for 4096 x 4096 int4).
+    parallel Numba kernel and multiplied with ``torch.matmul`` (BLAS).  Below it the
+    packed kernels run: decode (T <= 16) is memory-bound and they stream the packed
+    weight; the crossover with BLAS is a property of the machine (tunable).
+
+qmatmul, AVX-512 kernels (`gemv_blocked` for bits 4 and 8, `gemv_lut` for bits 2 and 3;
+`gemv_blocked`'s portable 4-bit form uses the same fields):
+
+TILE_ROWS
+    Rows of the register tile: blocked kernels, rows of a block handled together
+    (4 or 8, dividing the layout's 8); lut kernels, 16-row blocks handled together.
+TILE_TOKENS
+    Most tokens per register tile; T is split into ``ceil(T / TILE_TOKENS)`` equal
+    chunks (e.g. T = 6 -> 2 x 3), so little of a tile is padding.
+PARTIALS
+    Partial sums per (row, token): 2 halves the FMA / add dependency chain when a
+    tile has one token (more independent work per cycle), 1 otherwise.
+TASK_BLOCKS
+    Row blocks (of 8 rows, or 16 for lut) per parallel task.  lut kernels reuse a
+    group's tables across the blocks of a task, so more blocks per task means fewer
+    table reloads for T > 1.
+PREFETCH
+    Software prefetch distance: bytes ahead in the weight stream (blocked) or groups
+    ahead in each row block's stream (lut).
+
+qmatmul, portable word-plane kernels (`gemv_words`, `gemm`, `generic`):
+
+BLOCK_N
+    Output rows per parallel task.
+FUSED_MAX_T
+    Up to this many tokens the *fused* kernel is used (codes unpacked in registers,
+    one token or two per unpack); above it (and below DEQUANT_MIN_T) the
+    *buffered* kernel unpacks a row once into an L1-resident fp32 buffer and reuses
+    it for every token.
 """
 
 from __future__ import annotations
@@ -61,7 +82,17 @@ KEY_FIELDS = {
 DEFAULTS = {
     "act_scale": {"BLOCK_K": 256, "SERIAL_MAX": 1 << 16},
     "quantize": {"BLOCK_N": 16, "SERIAL_MAX": 1 << 16},
-    "qmatmul": {"BLOCK_N": 16, "FUSED_MAX_T": 16, "DEQUANT_MIN_T": 17, "SERIAL_MAX": 1 << 16},
+    "qmatmul": {
+        "BLOCK_N": 16,
+        "FUSED_MAX_T": 16,
+        "DEQUANT_MIN_T": 17,
+        "SERIAL_MAX": 1 << 20,
+        "TILE_ROWS": 8,
+        "TILE_TOKENS": 4,
+        "PARTIALS": 2,
+        "TASK_BLOCKS": 4,
+        "PREFETCH": 65536,
+    },
 }
 
 # What a tuner may try (every combination is correct for every shape).
@@ -74,8 +105,36 @@ SPACE = {
         "BLOCK_N": [4, 8, 16, 32, 64, 128],
         "FUSED_MAX_T": [0, 1, 2, 4, 8, 16, 32],
         "DEQUANT_MIN_T": [8, 16, 17, 24, 32, 48, 64, 1 << 30],
+        "TILE_ROWS": [1, 2, 4, 8],
+        "TILE_TOKENS": [1, 2, 3, 4],
+        "PARTIALS": [1, 2],
+        "TASK_BLOCKS": [1, 2, 4, 8, 16],
+        "PREFETCH": [2, 4, 8, 16384, 32768, 65536, 131072],
     },
 }
+# Limits of the register-tile fields (the kernels are compiled per tile shape; these bound it).
+TILE_LIMITS = {"TILE_ROWS": (1, 8), "TILE_TOKENS": (1, 4), "PARTIALS": (1, 2)}
+
+
+def defaults(op: str, **shape) -> dict:
+    """The documented defaults of ``op`` for a shape (before any tuned entry).
+
+    qmatmul: the register tile depends on the bit width (which kernel family runs)
+    and on T (a one-token tile keeps x in registers and splits the sums; wider
+    token tiles take fewer rows so that the tile stays in the 32 zmm registers).
+    Measured on a 2-core EPYC (Zen 5), one thread, interleaved with torch's int4
+    kernel: see ``docs/cpu-kernels.md``.
+    """
+    base = dict(DEFAULTS[op])
+    if op != "qmatmul":
+        return base
+    bits, T = shape.get("bits", 4), shape.get("T", 1)
+    if bits in (2, 3):  # lut: 16-row blocks
+        base.update(TILE_ROWS=4, PARTIALS=2 if T == 1 else 1, TASK_BLOCKS=4 if T == 1 else 8, PREFETCH=2)
+    else:  # blocked (4, 8) and the portable 4-bit form
+        base.update(TILE_ROWS=8 if T <= 2 else 4, PARTIALS=2 if T == 1 else 1)
+    return base
+
 
 SLUG = "cpu"  # `ttqkern.tuning.devices.device_slug` of every CPU
 
@@ -89,6 +148,11 @@ def key(op: str, **shape) -> str:
 def _valid(op: str, cfg: dict) -> bool:
     for name, v in cfg.items():
         if name not in DEFAULTS[op] or not isinstance(v, int) or isinstance(v, bool):
+            return False
+        lo_hi = TILE_LIMITS.get(name)
+        if lo_hi is not None and not lo_hi[0] <= v <= lo_hi[1]:
+            return False
+        if name in ("TASK_BLOCKS", "PREFETCH") and v < 1:
             return False
         if name.startswith("BLOCK_") and not 1 <= v <= 1 << 16:
             return False
@@ -122,7 +186,7 @@ def params(op: str, **shape) -> dict:
     """
     entries = store.load(SLUG)
     fields = tuple((f, shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op])
-    memo_key = (op, fields, id(entries), tuple(DEFAULTS[op].items()))
+    memo_key = (op, fields, id(entries), tuple(DEFAULTS[op].items()), shape.get("T"))
     hit = _memo.get(memo_key)
     if hit is None:
         if len(_memo) > 4096:  # bounded: shapes x config generations
@@ -135,10 +199,10 @@ _memo: dict = {}
 
 
 def _params(op: str, **shape) -> dict:
-    base = DEFAULTS[op]
+    base = defaults(op, **shape)
     k = key(op, **shape)
     cfg = store.lookup(SLUG, k, base)
     if cfg is not base and cfg != base and not _valid(op, cfg):
         warnings.warn(f"ttqkern: tuned config {k} for {SLUG} has invalid values {cfg}; using defaults", stacklevel=2)
-        return dict(base)
+        return base
     return cfg

@@ -1,21 +1,24 @@
-"""Stage 4-5 kernels on the packed weight: prologue, fused GEMV, buffered GEMM, generic.
+"""Portable decode GEMVs on the canonical planes read as machine words (plain Numba, any CPU).
+
+These run where the AVX-512 kernels do not (`isa.current() == "portable"`, or a bit
+width / group size outside the blocked and lut layouts): 2- and 3-bit codes on
+AVX2 or ARM, and group sizes that are whole words but not whole chunks.
 
 All kernels compute, per output row n and token t (spec stage 4),
 
     y[t, n] = sum_j s[n, j] * (sum_{k in j} x~[t, k] u[n, k]) + sum_j m[n, j] * X~[t, j]
               + (x A^T)[t] . B[n] + bias[n]
 
-with ``x~ = x / D`` made once per call by `prologue` (with the per-group sums X~,
-shared by every row) and the low-rank / bias epilogue fused per row.
+with ``x~ = x / D`` made once per call by `prologue.prologue` (with the per-group
+sums X~, shared by every row) and the low-rank / bias epilogue fused per row.
 
-Fast layout (`_common.Plane`, group = whole words in every plane).  The prologue
-stores ``x~`` *permuted and pre-scaled* per plane: entry ``(c * nf + i) * nw + w``
-of a token's plane block is ``x~[w * cpw + c * nf + i] * factor * 2^(-b * i)``, so
-that for a fixed field the codes of consecutive words meet consecutive activations:
-the inner loops run over words, contiguous for both operands, and LLVM vectorises
-them 8 words wide.  A field costs one AND, one int->fp32 convert and one FMA per
-code; the group scale is applied once per word (``se[w]``, the word's group scale),
-not per code.
+Layout (`_common.Plane`, group = whole words in every plane).  The prologue
+stores ``x~`` *permuted and pre-scaled* per plane (`prologue.permute`): entry
+``(c * nf + i) * nw + w`` of a token's plane block is
+``x~[w * cpw + c * nf + i] * factor * 2^(-b * i)``, so that for a fixed field the
+codes of consecutive words meet consecutive activations.  A field costs one AND,
+one int->fp32 convert and one FMA per code; the group scale is applied once per
+word (``se[w]``, the word's group scale), not per code.
 
 - `fused` (decode, ``T <= FUSED_MAX_T``): grid = row blocks of ``BLOCK_N``; per row
   one pass over the row's words per token (T = 1) or per pair of tokens, codes
@@ -23,16 +26,9 @@ not per code.
   scales/offsets; x~ stays in L1/L2.
 - `fused3`: the decode GEMV for 3-bit codes, merging the two planes into nibble
   words in registers (`_rowdot3`) instead of reading each plane separately.
-- `buffered` (``FUSED_MAX_T < T < DEQUANT_MIN_T``): per row, unpack once into an
-  L1-resident fp32 row ``s * code`` (permuted), then one dot per token: the unpack
-  is paid once for all T tokens.
-- `generic` (group sizes that do not fill whole words, e.g. g = 37): codes are
-  extracted one by one from the bytes into a per-group fp32 buffer; correct for every
-  canonical weight, used only where the fast layout does not apply.
-- `unpack_rows` (``T >= DEQUANT_MIN_T``, fast layout): every row's ``s * u`` in the
-  permuted order as fp32 ``[N, L]`` for a BLAS matmul with the permuted activations
-  (the offsets term is a small ``X~ m^T`` GEMM); `dequantize` does the same in
-  natural order, ``Wq' = s * u + m``, for the generic layouts (see `__init__.qmatmul`).
+
+The per-row helpers here are shared with `gemm` (buffered small-T GEMM, unpack for
+prefill) and `generic`.
 """
 
 from __future__ import annotations
@@ -44,95 +40,6 @@ from numba import prange
 from ._common import REASSOC, STRICT
 
 OFF_MINS, OFF_ZEROS, OFF_SYM = 0, 1, 2
-
-
-# --- prologue -----------------------------------------------------------------------
-
-
-@numba.njit(**REASSOC)
-def _group_sums(xp, g, Xg):  # pragma: no cover - compiled
-    T, G = Xg.shape
-    for t in range(T):
-        for j in range(G):
-            acc = np.float32(0.0)
-            for k in range(j * g, (j + 1) * g):
-                acc += xp[t, k]
-            Xg[t, j] = acc
-
-
-@numba.njit(**STRICT)
-def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
-    """x fp32 ``[T, K]``, D fp32 ``[K]`` -> xp = x / D zero-padded ``[T, Kp]``, Xg ``[T, G]``."""
-    T, K = x.shape
-    Kp = xp.shape[1]
-    for t in range(T):
-        if has_D:
-            for k in range(K):
-                xp[t, k] = x[t, k] / D[k]  # true division, as the reference's x / D
-        else:
-            for k in range(K):
-                xp[t, k] = x[t, k]
-        for k in range(K, Kp):
-            xp[t, k] = 0.0
-    _group_sums(xp, g, Xg)
-
-
-@numba.njit(**REASSOC)
-def lowrank_left(x, A, u):  # pragma: no cover - compiled
-    """u = x A^T: x fp32 ``[T, K]`` (unscaled, spec stage 5), A fp32 ``[r, K]`` -> u ``[T, r]``.
-
-    Serial and tiny (T * r dot products of length K); done here rather than by
-    ``torch.matmul`` so a decode step never wakes torch's thread pool between two
-    Numba parallel regions (two OpenMP pools spinning on 2 cores slow each other).
-    """
-    for t in range(x.shape[0]):
-        xt = x[t]
-        for r in range(A.shape[0]):
-            a = A[r]
-            acc = np.float32(0.0)
-            for k in range(xt.shape[0]):
-                acc += xt[k] * a[k]
-            u[t, r] = acc
-
-
-@numba.njit(**STRICT)
-def permute(xp, xs, off, nw, nf, b, factor):  # pragma: no cover - compiled
-    """One plane's block of the permuted, pre-scaled activations (see module doc)."""
-    T = xp.shape[0]
-    cpw = 2 * nf
-    for t in range(T):
-        for c in range(2):
-            for i in range(nf):
-                sc = np.float32(factor * 2.0 ** (-b * i))  # exact: a power of two (times 4 for 3-bit hi)
-                base = off + (c * nf + i) * nw
-                src = c * nf + i
-                for w in range(nw):
-                    xs[t, base + w] = xp[t, w * cpw + src] * sc
-
-
-@numba.njit(**STRICT)
-def permute3(xp, xs):  # pragma: no cover - compiled
-    """The activations for `fused3` (3-bit codes as even / odd nibble words, see there).
-
-    Per token: block E then block O, each ``8 * nw`` long (nw = 2-bit words per row);
-    entry ``(c * 4 + i) * nw + w`` of E is ``x~[16 w + 8 c + 2 i] * 2^(-4 i)``, of O the
-    next code ``16 w + 8 c + 2 i + 1``.
-    """
-    T, Kp = xp.shape
-    nw = Kp // 16
-    half = 8 * nw
-    for t in range(T):
-        for c in range(2):
-            for i in range(4):
-                sc = np.float32(2.0 ** (-4 * i))
-                base = (c * 4 + i) * nw
-                src = 8 * c + 2 * i
-                for w in range(nw):
-                    xs[t, base + w] = xp[t, 16 * w + src] * sc
-                    xs[t, half + base + w] = xp[t, 16 * w + src + 1] * sc
-
-
-# --- shared per-row helpers -----------------------------------------------------------
 
 
 @numba.njit(**STRICT)
@@ -379,96 +286,3 @@ def fused3(wlo, whi, masks, Wg, xs, Xg, scales, zp_f, zp_i, off_mode, half, u, B
             for t in range(T):
                 acc = _rowdot3(wlo[n], whi[n], xs[t, :split], xs[t, split:], se, masks)
                 y[t, n] = acc + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
-
-
-@numba.njit(parallel=True, **REASSOC)
-def buffered(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, half,
-             u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
-    """Small-T GEMM: each row unpacked once into fp32 (scales applied), then a dot per token."""
-    N = scales.shape[0]
-    T = Xg.shape[0]
-    L = xs.shape[1]
-    two = w2.shape[1] > 0
-    nblk = (N + block_n - 1) // block_n
-    for blk in prange(nblk):
-        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
-        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
-        se1 = se1_c.view(np.float32)
-        se2 = se2_c.view(np.float32)
-        buf = np.empty(L, np.float32)
-        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            _fill_se(scales, n, Wg1, se1, se1_c)
-            _unpack32(w1[n], se1, m1, buf[:off2])
-            if two:
-                _fill_se(scales, n, Wg2, se2, se2_c)
-                _unpack16(w2[n], se2, m2, buf[off2:])
-            for t in range(T):
-                y[t, n] = _dot(xs[t], buf) + _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
-
-
-@numba.njit(parallel=True, **STRICT)
-def unpack_rows(w1, m1, Wg1, w2, m2, Wg2, off2, scales, block_n, out):  # pragma: no cover - compiled
-    """out fp32 ``[N, L]``: every row's ``s * code`` in the permuted order of `buffered`.
-
-    Multiplied by the permuted, pre-scaled activations this is ``x~ (s * u)^T`` -- the
-    prefill path hands it to BLAS (the offsets term is added separately).
-    """
-    N = scales.shape[0]
-    two = w2.shape[1] > 0
-    nblk = (N + block_n - 1) // block_n
-    for blk in prange(nblk):
-        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
-        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
-        se1 = se1_c.view(np.float32)
-        se2 = se2_c.view(np.float32)
-        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            row = out[n]
-            _fill_se(scales, n, Wg1, se1, se1_c)
-            _unpack32(w1[n], se1, m1, row[:off2])
-            if two:
-                _fill_se(scales, n, Wg2, se2, se2_c)
-                _unpack16(w2[n], se2, m2, row[off2:])
-
-
-@numba.njit(**STRICT)
-def _code(qw, qhi, bits, n, k):  # pragma: no cover - compiled
-    """The stored code u[n, k] read from the canonical bytes."""
-    if bits == 3:
-        lo = (qw[n, k >> 2] >> ((k & 3) * 2)) & 3
-        hi = (qhi[n, k >> 3] >> (k & 7)) & 1
-        return np.int32(lo) | (np.int32(hi) << 2)
-    per = 8 // bits
-    return np.int32((qw[n, k // per] >> ((k % per) * bits)) & ((1 << bits) - 1))
-
-
-@numba.njit(parallel=True, **REASSOC)
-def generic(qw, qhi, bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias, block_n, y):  # pragma: no cover
-    """Any canonical layout: codes extracted one by one into a per-group fp32 buffer."""
-    N, G = scales.shape
-    T = Xg.shape[0]
-    nblk = (N + block_n - 1) // block_n
-    for blk in prange(nblk):
-        cb = np.empty(g, np.float32)
-        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            for t in range(T):
-                y[t, n] = _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
-            for j in range(G):
-                for k in range(g):
-                    cb[k] = np.float32(_code(qw, qhi, bits, n, j * g + k))
-                s = scales[n, j]
-                for t in range(T):
-                    y[t, n] += s * _dot(xp[t, j * g : (j + 1) * g], cb)
-
-
-@numba.njit(parallel=True, **STRICT)
-def dequantize(qw, qhi, bits, g, K, scales, zp_f, zp_i, off_mode, half, block_n, out):  # pragma: no cover
-    """out fp32 ``[N, K]`` = ``s * u + m`` (the scaled weight Wq', not divided by D)."""
-    N, G = scales.shape
-    nblk = (N + block_n - 1) // block_n
-    for blk in prange(nblk):
-        for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            for j in range(G):
-                s = scales[n, j]
-                m = _offset(scales, zp_f, zp_i, off_mode, half, n, j)
-                for k in range(j * g, min(K, (j + 1) * g)):
-                    out[n, k] = s * np.float32(_code(qw, qhi, bits, n, k)) + m

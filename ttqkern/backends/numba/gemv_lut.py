@@ -1,0 +1,333 @@
+"""AVX-512 decode kernels that look activations up by code (``cpu_layouts.Lut``: bits 2, 3, 4).
+
+What is computed, per output row n and token t (spec stage 4, then stage 5)::
+
+    y[t, n] = sum_j ( s[n, j] * sum_{k in j} x~[t, k] u[n, k]  +  m[n, j] * X~[t, j] ) + (x A^T)[t] . B[n] + bias[n]
+
+Why it is fast: vector lanes are 16 *rows*, not 16 positions of K.  A 32-bit word
+of a row holds 8 four-bit fields; for 2-bit codes a field is a *pair* of codes
+(k, k + 1), for the 1-bit ``hi`` plane of 3-bit codes a quad of bits, for 4-bit
+codes one code.  For each field position the prologue builds, per token, the 16
+possible partial dot products of that field with x~ (T-MAC style)::
+
+    2-bit pair:  T[i] = x~[k] * (i & 3) + x~[k + 1] * (i >> 2)
+    1-bit quad:  T[i] = 4 * sum_b bit_b(i) * x~[k + b]        (the hi plane's weight 4)
+    4-bit:       T[i] = x~[k] * i
+
+and the main loop does, per field and 16 rows, one shift, one ``vpermps`` of that
+table (it reads only the low 4 bits of each lane, so no mask) and one add: two
+codes per lane-operation for 2-bit codes instead of one.  Per group the sum is
+scaled once (``y += s * acc + m * X~``), with s, m, X~ as 16-row vectors and a
+broadcast: no horizontal reductions anywhere, rows come out in lanes.
+
+Grid / tiles: a parallel task owns ``BPT`` consecutive 16-row blocks.  Loop order
+in a task: group j -> token chunk (``TP`` tokens) -> tile of ``RB`` row blocks ->
+the group's words, so the tables of group j (a few KB per token) stay in L1
+while every row block of the task uses them.  The register tile is RB x TP x NA
+partial sums (NA > 1 splits the add chain); per-row-block outputs of a task live
+in a small scratch between groups.  One software prefetch per 64-byte line of
+each row block's stream, ``PFJ`` groups ahead.
+
+Bytes moved per output row: ``K * b / 8`` of codes + ``8 * G`` of scales/offsets;
+tables: ``T * Kp * 4 * 16 / (codes per field)`` bytes, built once per call and
+shared by all rows (L2-resident for the shapes here).
+
+Buffer assumptions (checked on the host by `check_buffers`): each plane int32
+``[NB, Kp * b / 32, 16]`` and sm fp32 ``[NB, G, 2, 16]`` C-contiguous
+(`cpu_layouts.to_lut`), x fp32 ``[T, K]``, y fp32 ``[T, N]``, A ``[r, K]``,
+B ``[N, r]``, bias ``[N]`` or ``[0]``.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from ..cpu_layouts import LUT_ROWS
+from . import simd as S
+from ._common import REASSOC
+
+KIND_PAIR2, KIND_QUAD1, KIND_SINGLE4 = 0, 1, 2  # what one 4-bit field of a plane covers
+_CODES_PER_FIELD = {KIND_PAIR2: 2, KIND_QUAD1: 4, KIND_SINGLE4: 1}
+
+_IOTA = np.arange(16, dtype=np.float32)
+_LO2 = (_IOTA.astype(np.int32) & 3).astype(np.float32)
+_HI2 = (_IOTA.astype(np.int32) >> 2).astype(np.float32)
+_BITS4 = np.stack([((_IOTA.astype(np.int32) >> b) & 1).astype(np.float32) * 4 for b in range(4)])  # x4: hi plane
+
+
+# --- prologue: x~, group sums, tables -------------------------------------------------
+
+
+@numba.njit(**REASSOC)
+def _tables(xp, kind, out):  # pragma: no cover - compiled
+    """out[t, 16 p : 16 p + 16] = the 16 partial dot products of field p (see module doc)."""
+    T = xp.shape[0]
+    cpf = 2 if kind == KIND_PAIR2 else (4 if kind == KIND_QUAD1 else 1)
+    nt = out.shape[1] // 16
+    for t in range(T):
+        for p in range(nt):
+            k = p * cpf
+            o = p * 16
+            if kind == KIND_PAIR2:
+                v = S.fma(S.fbcast(xp[t, k + 1]), S.load_f(_HI2, 0), S.fmul(S.fbcast(xp[t, k]), S.load_f(_LO2, 0)))
+            elif kind == KIND_QUAD1:
+                v = S.fmul(S.fbcast(xp[t, k]), S.load_f(_BITS4[0], 0))
+                v = S.fma(S.fbcast(xp[t, k + 1]), S.load_f(_BITS4[1], 0), v)
+                v = S.fma(S.fbcast(xp[t, k + 2]), S.load_f(_BITS4[2], 0), v)
+                v = S.fma(S.fbcast(xp[t, k + 3]), S.load_f(_BITS4[3], 0), v)
+            else:
+                v = S.fmul(S.fbcast(xp[t, k]), S.load_f(_IOTA, 0))
+            S.store_f(out[t], o, v)
+
+
+# --- micro-kernels ----------------------------------------------------------------------
+
+
+@intrinsic
+def _lut_word(typingctx, accs, plane, wflat, tab, toffs):
+    """One word column (8 fields) of RB row blocks for TP tokens: ``acc += vpermps(table, word >> 4 f)``.
+
+    accs: UniTuple(UniTuple(f32x16, TP * NA), RB); wflat: UniTuple(intp, RB) flat
+    int32 offsets of the RB words; toffs: UniTuple(intp, TP) flat offsets of field
+    0's table per token in ``tab`` (fields follow at +16 floats).
+    """
+    if not isinstance(accs, types.UniTuple):
+        return None
+    RB = accs.count
+    L = S.tuple_len(accs.dtype, S.f32x16)
+    TP = S.tuple_len(toffs, types.intp)
+    if L is None or TP is None or L % TP or S.tuple_len(wflat, types.intp) != RB:
+        return None
+    NA = L // TP
+    if 8 % NA or not S.is_c_array(plane, (types.int32,)) or not S.is_c_array(tab, (types.float32,)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a_accs, a_pl, a_wf, a_tab, a_to = args
+        wf = S.ir_unpack(builder, a_wf, RB)
+        to = S.ir_unpack(builder, a_to, TP)
+        rows = [S.ir_unpack(builder, r, L) for r in S.ir_unpack(builder, a_accs, RB)]
+        words = [S.ir_load(context, builder, sig.args[1], a_pl, w, S.V16I, 4) for w in wf]
+        for f in range(8):
+            idx = [S.ir_srl(builder, w, 4 * f) for w in words]
+            for t in range(TP):
+                at = builder.add(to[t], S.ir_const(to[t], 16 * f))
+                table = S.ir_load(context, builder, sig.args[3], a_tab, at, S.V16F, 4)
+                a = t * NA + f % NA
+                for r in range(RB):
+                    rows[r][a] = builder.fadd(rows[r][a], S.ir_permps(builder, table, idx[r]))
+        inner = accs.dtype
+        return context.make_tuple(builder, accs, [context.make_tuple(builder, inner, rw) for rw in rows])
+
+    return accs(accs, plane, wflat, tab, toffs), codegen
+
+
+@intrinsic
+def _lut_apply(typingctx, accs, ys, ybase, sm, sflat, xg, xgoffs):
+    """``y[rb][t] += s * sum(acc[rb][t]) + m * X~[t, j]`` for the tile; y kept in a [*, 16] scratch.
+
+    ys: fp32 2-D scratch; row ``ybase + rb * TP + t`` holds y of (row block rb, token t).
+    sflat: UniTuple(intp, RB) flat offset of the group's 16 scales (offsets follow at +16).
+    xgoffs: UniTuple(intp, TP) flat offsets of X~[t, j] in ``xg``.
+    """
+    if not isinstance(accs, types.UniTuple):
+        return None
+    RB = accs.count
+    L = S.tuple_len(accs.dtype, S.f32x16)
+    TP = S.tuple_len(xgoffs, types.intp)
+    if L is None or TP is None or L % TP or S.tuple_len(sflat, types.intp) != RB:
+        return None
+    NA = L // TP
+
+    def codegen(context, builder, sig, args):
+        a_accs, a_ys, a_yb, a_sm, a_sf, a_xg, a_xo = args
+        yb = S.ir_index(context, builder, sig.args[2], a_yb)
+        sf = S.ir_unpack(builder, a_sf, RB)
+        xo = S.ir_unpack(builder, a_xo, TP)
+        xgs = [S.ir_splat(builder, S.ir_load(context, builder, sig.args[5], a_xg, o, ir.FloatType(), 4)) for o in xo]
+        for r, row in enumerate(S.ir_unpack(builder, a_accs, RB)):
+            acc = S.ir_unpack(builder, row, L)
+            s = S.ir_load(context, builder, sig.args[3], a_sm, sf[r], S.V16F, 4)
+            m = S.ir_load(context, builder, sig.args[3], a_sm, builder.add(sf[r], S.ir_const(sf[r], 16)), S.V16F, 4)
+            for t in range(TP):
+                v = acc[t * NA]
+                for a in range(1, NA):
+                    v = builder.fadd(v, acc[t * NA + a])
+                at = builder.mul(builder.add(yb, S.ir_const(yb, r * TP + t)), S.ir_const(yb, 16))
+                y = S.ir_load(context, builder, sig.args[1], a_ys, at, S.V16F, 4)
+                y = S.ir_fma(builder, m, xgs[t], y)
+                y = S.ir_fma(builder, s, v, y)
+                builder.store(y, S.ir_ptr(context, builder, sig.args[1], a_ys, at, S.V16F), align=4)
+        return context.get_dummy_value()
+
+    return types.void(accs, ys, ybase, sm, sflat, xg, xgoffs), codegen
+
+
+@intrinsic
+def _offsets(typingctx, base, step, n0, nmax, tag):
+    """``(base + min(n0 + i, nmax) * step for i in range(len(tag)))`` as a UniTuple of intp."""
+    n = S.tuple_len(tag)
+    if n is None:
+        return None
+    out = types.UniTuple(types.intp, n)
+
+    def codegen(context, builder, sig, args):
+        b, st, n0, nm = (S.ir_index(context, builder, sig.args[i], args[i]) for i in range(4))
+        vals = []
+        for i in range(n):
+            v = builder.add(n0, S.ir_const(n0, i))
+            v = builder.select(builder.icmp_signed("<", v, nm), v, nm)
+            vals.append(builder.add(b, builder.mul(v, st)))
+        return context.make_tuple(builder, out, vals)
+
+    return out(base, step, n0, nmax, tag), codegen
+
+
+# --- host-callable kernels ----------------------------------------------------------------
+
+
+def _make(nplanes: int, parallel: bool):
+    loop = prange if parallel else range
+
+    @numba.njit(**REASSOC)
+    def _task(
+        p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, u, Bm, bias, y, rb0, rb1, rtag, ttag, atag, pfj, ys
+    ):  # pragma: no cover
+        """Row blocks [rb0, rb1) of the output, every token (loop order in the module doc)."""
+        T, N = y.shape
+        G = sm.shape[1]
+        RB = len(rtag)
+        TP = len(ttag)
+        W1 = p1.shape[1]
+        W2 = p2.shape[1]
+        nt1 = tab1.shape[1] // 16  # tables (fields) per token and plane
+        nt2 = tab2.shape[1] // 16
+        nrb = rb1 - rb0
+        nrbp = (nrb + RB - 1) // RB * RB  # scratch rows per token chunk: a ragged tile's clamped blocks land in padding
+        ys[:] = 0.0
+        for j in range(G):
+            for t0 in range(0, T, TP):
+                for r0 in range(0, nrb, RB):
+                    last = nrb - 1
+                    accs = S.zeros_tile(rtag, atag)
+                    # plane 1: words j * wpg1 ... of each row block of the tile (clamped: a ragged tile
+                    # repeats the last block, whose results are not stored)
+                    for w in range(wpg1):
+                        col = j * wpg1 + w
+                        wf = _offsets(col * 16, W1 * 16, rb0 + r0, rb0 + last, rtag)
+                        if t0 == 0:
+                            for r in range(RB):
+                                S.prefetch(p1, wf[r] + pfj * wpg1 * 16)
+                        accs = _lut_word(accs, p1, wf, tab1, _offsets(col * 8 * 16, nt1 * 16, t0, T - 1, ttag))
+                    if nplanes == 2:
+                        for w in range(wpg2):
+                            col = j * wpg2 + w
+                            wf = _offsets(col * 16, W2 * 16, rb0 + r0, rb0 + last, rtag)
+                            if t0 == 0:
+                                for r in range(RB):
+                                    S.prefetch(p2, wf[r] + pfj * wpg2 * 16)
+                            accs = _lut_word(accs, p2, wf, tab2, _offsets(col * 8 * 16, nt2 * 16, t0, T - 1, ttag))
+                    sf = _offsets(j * 32, G * 32, rb0 + r0, rb0 + last, rtag)
+                    _lut_apply(accs, ys, ((t0 // TP) * nrbp + r0) * TP, sm, sf, xg,
+                               _offsets(j, G, t0, T - 1, ttag))  # fmt: skip
+        for rb in range(nrb):
+            for t0 in range(0, T, TP):
+                for t in range(TP):
+                    tt = t0 + t
+                    if tt >= T:
+                        break
+                    srow = ((t0 // TP) * nrbp + rb) * TP + t
+                    for lane in range(LUT_ROWS):
+                        n = (rb0 + rb) * LUT_ROWS + lane
+                        if n >= N:
+                            break
+                        acc = ys[srow, lane]
+                        for k in range(Bm.shape[1]):
+                            acc += u[tt, k] * Bm[n, k]
+                        if bias.shape[0]:
+                            acc += bias[n]
+                        y[tt, n] = acc
+
+    @numba.njit(parallel=parallel, **REASSOC)
+    def gemv(x, D, has_D, A, Bm, bias, p1, p2, kind1, sm, g, rtag, ttag, atag, bpt, pfj, y):  # pragma: no cover
+        """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue: x / D, group sums, tables, x A^T)."""
+        T, K = x.shape
+        NB, G = sm.shape[0], sm.shape[1]
+        Kp = G * g
+        xp = np.zeros((T, Kp), np.float32)
+        for t in range(T):
+            if has_D:
+                for k in range(K):
+                    xp[t, k] = x[t, k] / D[k]  # true division, as the reference's x / D
+            else:
+                for k in range(K):
+                    xp[t, k] = x[t, k]
+        xg = np.empty((T, G), np.float32)
+        for t in range(T):
+            for jj in range(G):
+                acc = np.float32(0.0)
+                for k in range(jj * g, (jj + 1) * g):
+                    acc += xp[t, k]
+                xg[t, jj] = acc
+        cpf1 = 2 if kind1 == KIND_PAIR2 else 1
+        tab1 = np.empty((T, Kp // cpf1 * 16), np.float32)
+        _tables(xp, kind1, tab1)
+        if nplanes == 2:
+            tab2 = np.empty((T, Kp // 4 * 16), np.float32)
+            _tables(xp, KIND_QUAD1, tab2)
+        else:
+            tab2 = np.empty((1, 16), np.float32)
+        wpg1 = p1.shape[1] // G  # words per group and row block
+        wpg2 = p2.shape[1] // G if nplanes == 2 else 0
+        r_lr = A.shape[0]
+        u = np.zeros((T, r_lr), np.float32)
+        for t in range(T):
+            for jr in range(r_lr):
+                acc = np.float32(0.0)
+                for k in range(K):
+                    acc += x[t, k] * A[jr, k]
+                u[t, jr] = acc
+        TP = len(ttag)
+        nch = (T + TP - 1) // TP
+        ntask = (NB + bpt - 1) // bpt
+        for task in loop(ntask):
+            rb0 = task * bpt
+            rb1 = min(NB, rb0 + bpt)
+            nrbp = (rb1 - rb0 + len(rtag) - 1) // len(rtag) * len(rtag)
+            ys = np.empty((nch * nrbp * TP, 16), np.float32)
+            _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, u, Bm, bias, y, rb0, rb1, rtag, ttag, atag, pfj, ys)
+
+    return gemv
+
+
+gemv1 = _make(1, parallel=True)  # one plane: 2-bit pairs or 4-bit codes
+gemv1_serial = _make(1, parallel=False)
+gemv2 = _make(2, parallel=True)  # two planes: 3-bit codes (2-bit lo + 1-bit hi)
+gemv2_serial = _make(2, parallel=False)
+
+
+def check_buffers(planes, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: int) -> None:
+    """The one place the lut kernels' buffer assumptions are asserted (raises RuntimeError)."""
+    G = -(-K // g)
+    Kp = G * g
+    NB = -(-N // LUT_ROWS)
+    widths = {2: (2,), 3: (2, 1), 4: (4,)}[bits]
+    ok = len(planes) == len(widths) and all(
+        p.dtype == np.int32 and p.flags.c_contiguous and p.shape == (NB, Kp * b // 32, LUT_ROWS)
+        for p, b in zip(planes, widths, strict=True)
+    )
+    ok = ok and (
+        sm.dtype == np.float32 and sm.flags.c_contiguous and sm.shape == (NB, G, 2, LUT_ROWS)
+        and x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == K and x.flags.c_contiguous
+        and y.dtype == np.float32 and y.shape == (x.shape[0], N) and y.flags.c_contiguous
+        and A.dtype == np.float32 and A.ndim == 2 and A.shape[1] == K and A.flags.c_contiguous
+        and Bm.dtype == np.float32 and Bm.shape == (N, A.shape[0]) and Bm.flags.c_contiguous
+        and bias.dtype == np.float32 and bias.shape in ((0,), (N,))
+        and all(g * b % 32 == 0 for b in widths)
+    )  # fmt: skip
+    if not ok:
+        raise RuntimeError(f"ttqkern numba: lut {bits}-bit kernel buffers do not match N={N}, K={K}, g={g}")

@@ -1,0 +1,320 @@
+"""Host side of the Numba qmatmul: pick a kernel family, hold its layout, allocate, launch.
+
+Families (which one runs is decided per weight, then per T):
+
+- ``blocked`` -- bits 4 and 8 in `cpu_layouts.Blocked` (`gemv_blocked`): AVX-512
+  ``vpermps`` tables for 4-bit codes, or the portable dequantize-FMA form when
+  `isa.current()` is ``"portable"``; 8-bit codes use target-independent IR either way.
+- ``lut`` -- bits 2 and 3 in `cpu_layouts.Lut` (`gemv_lut`), AVX-512 only.
+- ``words`` -- the canonical planes read as machine words (`gemv_words`, `gemm`):
+  bits 2 / 3 on the portable path, and group sizes the two layouts above do not take.
+- ``generic`` -- any canonical weight (`generic`), e.g. g = 37.
+- ``prefill`` -- ``T >= DEQUANT_MIN_T``: dequantize once, then BLAS.
+
+`Prepared` is what `prepare` returns: everything that is static per layer (family,
+layout arrays, fp32 views of D / A / B / bias, config per token count, buffer
+checks) is done once, so that a decode step costs one kernel call plus the
+conversion of x and the allocation of y.  `qmatmul` (no prepare) finds the layout
+of a canonical weight in a small weak cache keyed by its tensors (identity and
+version counter), so repeated calls with the same `PackedWeight` repack it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+
+import numpy as np
+import torch
+
+from ... import reference
+from ...format import PackedWeight
+from .. import cpu_layouts as layouts
+from . import config, gemm, gemv_blocked, gemv_lut, gemv_words, generic, isa, prologue
+from ._common import as_f32, as_np, planes
+
+_EMPTY_U16 = np.empty((0, 0), np.uint16)
+_DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
+_INT4_MASKS = tuple(np.int32(15 << (4 * i)) for i in range(4))
+_NO_PLANE = np.zeros((1, 0, layouts.LUT_ROWS), np.int32)
+
+
+_forced = {"family": None}
+
+
+@contextlib.contextmanager
+def forced_family(name: str | None):
+    """Tests: run the enclosed calls with one family (``"words"`` / ``"generic"`` take any weight
+    that fits them; ``"blocked"`` / ``"lut"`` only weights their layouts take)."""
+    if name not in (None, "blocked", "lut", "words", "generic"):
+        raise ValueError(f"unknown kernel family {name!r}")
+    old, _forced["family"] = _forced["family"], name
+    try:
+        yield
+    finally:
+        _forced["family"] = old
+
+
+def family(pw: PackedWeight) -> str:
+    """The decode kernel family for a weight on this CPU (see module doc)."""
+    f = _forced["family"]
+    which = isa.current()
+    if f == "generic" or (f == "words" and planes(pw) is not None):
+        return f
+    if f == "lut" and which == "avx512" and layouts.lut_fits(pw.bits, pw.group_size):
+        return f
+    if f != "words" and layouts.blocked_fits(pw.bits, pw.group_size):
+        return "blocked"
+    if f != "words" and which == "avx512" and pw.bits in (2, 3) and layouts.lut_fits(pw.bits, pw.group_size):
+        return "lut"
+    return "words" if planes(pw) is not None else "generic"
+
+
+# --- layouts of canonical weights, cached weakly -------------------------------------
+
+_cache: dict = {}
+
+
+def _key(pw: PackedWeight, fam: str) -> tuple:
+    ts = pw.tensors()
+    return (fam, pw.bits, pw.group_size, pw.shape, pw.sym, pw.zero,
+            *((n, id(t), t._version, t.data_ptr()) for n, t in sorted(ts.items())))  # fmt: skip
+
+
+def layout(pw: PackedWeight, fam: str):
+    """`cpu_layouts.Blocked` / `Lut` of a canonical weight, as numpy arrays (cached while pw lives)."""
+    k = _key(pw, fam)
+    hit = _cache.get(k)
+    if hit is not None and hit[0]() is pw.qweight:
+        return hit[1]
+    if fam == "blocked":
+        bl = layouts.to_blocked(pw, rows=BLOCK_ROWS)
+        arrays = (bl.codes.numpy(), bl.sm.numpy())
+    else:
+        lt = layouts.to_lut(pw)
+        arrays = (lt.planes[0].numpy(), lt.planes[1].numpy() if pw.bits == 3 else _NO_PLANE, lt.sm.numpy())
+    if len(_cache) > 256:  # bounded: a model's layers, a few generations
+        _cache.clear()
+    _cache[k] = (weakref.ref(pw.qweight), arrays)
+    weakref.finalize(pw.qweight, _cache.pop, k, None)
+    return arrays
+
+
+BLOCK_ROWS = 8  # rows per block of the blocked layout (the register tile may take 4 or 8 of them)
+
+
+# --- prepared layers -----------------------------------------------------------------
+
+
+def _tag(n: int) -> tuple:
+    return (0,) * n
+
+
+class Prepared:
+    """A layer's decode state: ``prepared(x [T, K]) -> y [T, N]`` in x.dtype (x validated by the caller).
+
+    Built by `prepare`; valid as long as the `PackedWeight` it was made from is not
+    modified (TTQLinear makes a new one per requantization).  A, B and bias are
+    re-read when their tensors change in place (version counters are checked).
+    """
+
+    def __init__(self, pw, D, A, B, bias):
+        self.pw, self.N, self.K = pw, pw.N, pw.K
+        self.family = family(pw)
+        self.D_tensor = D
+        self.D = as_f32(D)
+        self.has_D = D is not None
+        self._src = (A, B, bias)
+        self._versions = None
+        self._refresh()
+        if self.family == "blocked":
+            self.arrays = layout(pw, "blocked")
+            self.kernels = (
+                (gemv_blocked.gemv4, gemv_blocked.gemv4_serial)
+                if pw.bits == 4 and isa.current() == "avx512"
+                else (gemv_blocked.gemv4_portable, gemv_blocked.gemv4_portable_serial)
+                if pw.bits == 4
+                else (gemv_blocked.gemv8, gemv_blocked.gemv8_serial)
+            )
+            g = pw.group_size
+            self.gtag = _tag(layouts.CHUNK // g if g < layouts.CHUNK else 1)
+            codes, sm = self.arrays
+            gemv_blocked.check_buffers(codes, sm, np.empty((1, self.K), np.float32), self.A, self.Bm, self.bias,
+                                       np.empty((1, self.N), np.float32), self.N, self.K, pw.bits, g, 4)  # fmt: skip
+        elif self.family == "lut":
+            self.arrays = layout(pw, "lut")
+            self.kernels = (
+                (gemv_lut.gemv2, gemv_lut.gemv2_serial) if pw.bits == 3 else (gemv_lut.gemv1, gemv_lut.gemv1_serial)
+            )
+            self.kind = gemv_lut.KIND_PAIR2 if pw.bits in (2, 3) else gemv_lut.KIND_SINGLE4
+            p1, p2, sm = self.arrays
+            gemv_lut.check_buffers((p1, p2) if pw.bits == 3 else (p1,), sm, np.empty((1, self.K), np.float32), self.A,
+                                   self.Bm, self.bias, np.empty((1, self.N), np.float32), self.N, self.K, pw.bits,
+                                   pw.group_size)  # fmt: skip
+        self._plans: dict[int, tuple] = {}
+
+    def _refresh(self) -> None:
+        A, B, bias = self._src
+        self.A = as_f32(A).reshape(-1, self.K) if A is not None else np.empty((0, self.K), np.float32)
+        self.Bm = as_f32(B) if B is not None else np.empty((self.N, 0), np.float32)
+        self.bias = as_f32(bias)
+        self._versions = tuple(t._version if t is not None else -1 for t in self._src)
+
+    def _plan(self, T: int) -> tuple:
+        """(kernel, static args) for T tokens: the config for this shape, resolved once."""
+        plan = self._plans.get(T)
+        if plan is not None:
+            return plan
+        pw = self.pw
+        cfg = config.params("qmatmul", bits=pw.bits, T=T, N=self.N, K=self.K)
+        if T >= cfg["DEQUANT_MIN_T"] or self.family in ("words", "generic"):
+            plan = (None, cfg)
+        else:
+            tp_max = cfg["TILE_TOKENS"]
+            TP = -(-T // -(-T // tp_max))  # equal chunks: T = 6 with 4 -> 2 x 3
+            rows = cfg["TILE_ROWS"]
+            if self.family == "blocked" and BLOCK_ROWS % rows:
+                rows = 4
+            NA = cfg["PARTIALS"] if TP == 1 else 1
+            kernel = self.kernels[1] if self.N * self.K <= cfg["SERIAL_MAX"] else self.kernels[0]
+            if self.family == "blocked":
+                extra = (self.gtag, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+            else:
+                extra = (cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+            plan = (kernel, (_tag(rows), _tag(TP), _tag(TP * NA), *extra))
+        if len(self._plans) < 64:
+            self._plans[T] = plan
+        return plan
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[0]
+        kernel, static = self._plan(T)
+        if tuple(t._version if t is not None else -1 for t in self._src) != self._versions:
+            self._refresh()
+        if kernel is None:
+            A, B, bias = self._src
+            return words_qmatmul(x, self.pw, self.D_tensor, A, B, bias, static)
+        x32 = x.detach()
+        if x32.dtype != torch.float32:
+            x32 = x32.to(torch.float32)
+        xn = x32.numpy()
+        y = np.empty((T, self.N), np.float32)
+        if self.family == "blocked":
+            codes, sm = self.arrays
+            kernel(xn, self.D, self.has_D, self.A, self.Bm, self.bias, codes, sm, self.pw.group_size, *static, y)
+        else:
+            p1, p2, sm = self.arrays
+            kernel(xn, self.D, self.has_D, self.A, self.Bm, self.bias, p1, p2, self.kind, sm, self.pw.group_size,
+                   *static, y)  # fmt: skip
+        out = torch.from_numpy(y)
+        return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def prepare(pw: PackedWeight, D=None, A=None, B=None, bias=None) -> Prepared:
+    """The decode callable of one layer: ``prepare(...)(x [T, K]) -> y [T, N]`` (see `Prepared`)."""
+    return Prepared(pw, D, A, B, bias)
+
+
+def qmatmul(x, pw, D=None, A=None, B=None, bias=None) -> torch.Tensor:
+    """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + b`` (see the package's `qmatmul`)."""
+    if x.numel() == 0 or pw.N == 0:
+        return reference.qmatmul(x, pw, D, A, B, bias)
+    return Prepared(pw, D, A, B, bias)(x)
+
+
+# --- the word-plane / generic / prefill paths (canonical planes) ----------------------
+
+
+def _offset_args(pw: PackedWeight):
+    """(zp_f, zp_i, off_mode, half) describing the offsets m of ``w = s * u + m``."""
+    f0, i0 = np.empty((0, 0), np.float32), np.empty((0, 0), np.int32)
+    half = np.float32(1 << (pw.bits - 1))
+    if pw.sym:
+        return f0, i0, gemv_words.OFF_SYM, half
+    if pw.zero == "int":
+        return f0, as_np(pw.zeros), gemv_words.OFF_ZEROS, half
+    return as_np(pw.mins), i0, gemv_words.OFF_MINS, half
+
+
+def _epilogue(y: torch.Tensor, u: np.ndarray, B: np.ndarray, bias: np.ndarray) -> torch.Tensor:
+    """y += u B^T + bias (fp32, in place) for the BLAS paths."""
+    if B.shape[1]:
+        y += torch.from_numpy(u) @ torch.from_numpy(B).mT
+    if bias.shape[0]:
+        y += torch.from_numpy(bias)
+    return y
+
+
+def words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
+    """`qmatmul` on the canonical planes: word-plane kernels, generic kernel or dequantize + BLAS."""
+    with config.threads_for(pw.N * pw.K, cfg):
+        return _words_qmatmul(x, pw, D, A, B, bias, cfg)
+
+
+def _words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
+    T, K = x.shape
+    N, g = pw.N, pw.group_size
+    x32 = as_f32(x)
+    G = pw.num_groups
+    xp = np.empty((T, G * g), np.float32)
+    Xg = np.empty((T, G), np.float32)
+    prologue.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
+    scales = as_np(pw.scales)
+    zp_f, zp_i, off_mode, half = _offset_args(pw)
+    prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
+    if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row (one GEMM for prefill)
+        if prefill:
+            u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
+        else:
+            u = np.empty((T, A.shape[0]), np.float32)
+            prologue.lowrank_left(x32, as_f32(A), u)
+        Bn = as_f32(B)
+    else:
+        u, Bn = np.empty((T, 0), np.float32), np.empty((N, 0), np.float32)
+    bn = as_f32(bias)
+    y = np.empty((T, N), np.float32)
+
+    pl = planes(pw)
+    if pl is None:  # group sizes that are not whole words
+        qw = as_np(pw.qweight)
+        qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
+        if prefill:
+            W = np.empty((N, K), np.float32)
+            generic.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
+            yt = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
+            return _epilogue(yt, u, Bn, bn).to(x.dtype)
+        generic.generic(qw, qhi, pw.bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
+        return torch.from_numpy(y).to(x.dtype)
+
+    L = sum(p.words.shape[1] * p.cpw for p in pl)
+    fused = T <= cfg["FUSED_MAX_T"] and not prefill
+    if fused and pw.bits == 3:  # planes merged into nibble words in registers
+        xs3 = np.empty((T, L), np.float32)
+        prologue.permute3(xp, xs3)
+        lo, hi = pl
+        gemv_words.fused3(lo.words, hi.words, _INT4_MASKS, lo.Wg, xs3, Xg, scales, zp_f, zp_i, off_mode, half,
+                          u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
+        return torch.from_numpy(y).to(x.dtype)
+    T2 = T + (T & 1) if fused and T > 1 else T  # the fused kernel takes tokens 2 at a time
+    xs = np.zeros((T2, L), np.float32) if T2 > T else np.empty((T, L), np.float32)
+    off = 0
+    for p in pl:
+        prologue.permute(xp, xs, off, p.words.shape[1], p.nf, p.b, p.factor)
+        off += p.words.shape[1] * p.cpw
+    p1 = pl[0]
+    if len(pl) == 2:
+        p2 = pl[1]
+        second = (p2.words, p2.masks, p2.Wg)
+    else:
+        second = (_EMPTY_U16, _DUMMY_MASKS, 1)
+    off2 = p1.words.shape[1] * p1.cpw  # where the second plane's block starts (= L with one plane)
+    if prefill:  # x~ (s u)^T by BLAS on the unpacked rows, + X~ m^T, + the epilogue
+        Wp = np.empty((N, L), np.float32)
+        gemm.unpack_rows(p1.words, p1.masks, p1.Wg, *second, off2, scales, cfg["BLOCK_N"], Wp)
+        yt = torch.from_numpy(xs[:T]) @ torch.from_numpy(Wp).mT
+        yt += torch.from_numpy(Xg) @ pw.offsets().mT
+        return _epilogue(yt, u, Bn, bn).to(x.dtype)
+    kernel = gemv_words.fused if fused else gemm.buffered
+    kernel(p1.words, p1.masks, p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
+           half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
+    return torch.from_numpy(y).to(x.dtype)
