@@ -13,9 +13,10 @@ def test_custom_ops_pass_opcheck():
         D = torch.rand(64) + 0.5
         torch.library.opcheck(torch.ops.ttqkern.quantize.default, (W, D, bits, 32, sym, zero, 1.0, "torch"))
     pw = ttqkern.ops.quantize(W, bits=3, group_size=32)
-    from ttqkern._library import op_args
+    from ttqkern._dispatch import op_args
 
-    args = (x, *op_args(pw), torch.rand(64) + 0.5, None, None, torch.randn(24), 3, 32, 24, 64, False, "float", "torch")
+    args = (x, *op_args(pw), torch.rand(64) + 0.5, None, None, torch.randn(24), 3, 32, 24, 64, False, "float",
+            pw.layout, "torch")  # fmt: skip
     torch.library.opcheck(torch.ops.ttqkern.qmatmul.default, args)
 
 
@@ -44,18 +45,18 @@ def test_prompt_mode_compiles_and_reuses_packed_weight():
 
 def test_eager_fast_path_equals_custom_op_path():
     # Eager ops call the backend directly (no custom-op dispatch); the registered op must agree exactly.
-    from ttqkern._library import op_args, packed_from_op
+    from ttqkern._dispatch import from_op_args, op_args
 
     torch.manual_seed(0)
     x, W, D = torch.randn(3, 64), torch.randn(24, 64), torch.rand(64) + 0.5
     for bits, sym, zero in ((3, False, "float"), (4, False, "int"), (2, True, "float")):
         pw = ttqkern.ops.quantize(W, D, bits=bits, group_size=24, sym=sym, zero=zero, backend="torch")
         outs = torch.ops.ttqkern.quantize.default(W, D, bits, 24, sym, zero, 1.0, "torch")
-        pw_op = packed_from_op(outs, N=24, K=64, bits=bits, group_size=24, sym=sym, zero=zero)
+        pw_op = from_op_args(outs, fmt=ttqkern.QuantFormat(bits, 24, sym, zero), shape=(24, 64), layout=pw.layout)
         assert all(torch.equal(a, b) for a, b in zip(op_args(pw), op_args(pw_op), strict=True))
         assert (pw.group_size, pw.zero, pw.sym) == (pw_op.group_size, pw_op.zero, pw_op.sym)
         y = ttqkern.ops.qmatmul(x, pw, D, backend="torch")
         y_op = torch.ops.ttqkern.qmatmul.default(
-            x, *op_args(pw), D, None, None, None, bits, 24, 24, 64, sym, pw.zero, "torch"
+            x, *op_args(pw), D, None, None, None, bits, 24, 24, 64, sym, pw.zero, pw.layout, "torch"
         )
         torch.testing.assert_close(y, y_op, rtol=0, atol=0)

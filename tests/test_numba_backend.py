@@ -15,6 +15,8 @@ packed integer planes), so only a handful of specialisations exist per kernel.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from helpers import QUANT_FORMS, assert_codes_match, assert_output_close, assert_packed_match, random_case, rel_err
@@ -29,8 +31,6 @@ pytest.importorskip("numba")
 _ok, _why = backends.availability("numba")
 if not _ok:
     pytest.skip(f"numba backend unavailable: {_why}", allow_module_level=True)
-
-import contextlib
 
 from ttqkern.backends import numba as nbk
 from ttqkern.backends.numba import _common, config, host, isa
@@ -100,9 +100,9 @@ def _compare(x, pw, D, lowrank, bias, path=None):
 
 
 def test_available_and_auto_picks_numba_on_cpu():
-    assert nbk.available() == (True, "")
-    assert nbk.DEVICE_TYPES == ("cpu",)
-    assert backends.resolve("auto", torch.device("cpu")) is nbk
+    assert nbk.BACKEND.available() == (True, "")
+    assert nbk.BACKEND.device_types == ("cpu",)
+    assert backends.resolve("auto", torch.device("cpu")) is nbk.BACKEND
     x, W, _, _ = _case(2, 8, 64)
     pw = ops.quantize(W, bits=4, group_size=32)
     assert torch.equal(ops.qmatmul(x, pw), ops.qmatmul(x, pw, backend="numba"))
@@ -173,14 +173,9 @@ def test_random_shapes_every_path(T, N, K, g, bits, form, path, r, seed):
     g_res = K if g == -1 else g
     assert_packed_match(pw, reference.quantize(W, D, bits, g_res, *form, 1.0))
     y_ref = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch")
-    cfg = {**config.DEFAULTS["qmatmul"], **PATHS[path]}
-    old = config.DEFAULTS["qmatmul"]
-    config.DEFAULTS["qmatmul"] = cfg  # hypothesis examples cannot use function-scoped fixtures
-    try:
-        with forcing(path):
-            y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
-    finally:
-        config.DEFAULTS["qmatmul"] = old
+    key = config.key("qmatmul", bits=pw.bits, T=T, N=N, K=K)
+    with store.override("cpu", key, PATHS[path]), forcing(path):  # hypothesis examples cannot use fixtures
+        y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
     assert_output_close(y, y_ref)
 
 
@@ -216,6 +211,7 @@ def test_quantize_ties_and_constant_groups_are_exact(sym, zero):
     pw = ops.quantize(W, None, bits=4, group_size=16, sym=sym, zero=zero, backend="numba")
     ref = reference.quantize(W, None, 4, 16, sym, zero, 1.0)
     assert torch.equal(ops.unpack(pw), ops.unpack(ref))
+    pw = pw.canonical()  # the backend writes its decode layout; compare in the canonical one
     for name, t in ref.tensors().items():
         assert torch.equal(getattr(pw, name), t), name
 
@@ -230,7 +226,7 @@ def test_quantize_matches_reference(tuned, bits, sym, zero, N, K, g, beta):
     pw = ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, beta=beta, backend="numba")
     pw_ref = reference.quantize(W, D, bits, K if g == -1 else g, sym, zero, beta)
     assert_packed_match(pw, pw_ref)
-    assert all(t.shape == getattr(pw_ref, n).shape for n, t in pw.tensors().items())
+    assert all(t.shape == getattr(pw_ref, n).shape for n, t in pw.canonical().tensors().items())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -267,9 +263,10 @@ def test_invalid_tuned_entry_warns_and_uses_defaults(tuned):
 
 def test_defaults_and_search_space_are_valid():
     for op in config.OPS:
-        assert set(config.DEFAULTS[op]) == set(config.SPACE[op]) and config._valid(op, config.DEFAULTS[op])
+        spec = config.TABLE.ops[op]
+        assert set(config.DEFAULTS[op]) == set(config.SPACE[op]) and spec.invalid(config.DEFAULTS[op]) == ""
         for field, values in config.SPACE[op].items():
-            assert all(config._valid(op, {field: v}) for v in values), (op, field)
+            assert all(spec.invalid({field: v}) == "" for v in values), (op, field)
     assert config.key("qmatmul", bits=3, T=5, N=4000, K=4096) == "numba/qmatmul/bits=3/T=8/N=4096/K=4096"
 
 

@@ -1,4 +1,4 @@
-"""``python -m ttqkern.tune --gpu`` and `ttqkern.tuning.tuner`, on the Triton interpreter.
+"""``python -m ttqkern.tune --gpu`` and `ttqkern.tune.tuner`, on the Triton interpreter.
 
 The tuner's timings mean nothing on the interpreter; what is tested is the
 plumbing a GPU run relies on: every candidate goes through the store key the
@@ -23,8 +23,10 @@ if not backends.availability("triton")[0]:
 
 from ttqkern.backends import triton as tb  # noqa: E402
 from ttqkern.backends.triton import config  # noqa: E402
-from ttqkern.tune import gpu  # noqa: E402
-from ttqkern.tuning import tuner  # noqa: E402
+from ttqkern.tune import (
+    gpu,  # noqa: E402
+    tuner,  # noqa: E402
+)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

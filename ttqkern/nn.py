@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from . import _checks as C
-from . import backends, calibration, defaults, ops, reference
-from .format import PackedWeight
+from . import _dispatch, backends, calibration, defaults, ops, reference
+from .format import CANONICAL, PLANE_FIELDS, PackedWeight
+from .quant import ActScaling, QuantFormat
 
 MODES = ("dynamic", "prompt", "static")
-PACKED_FIELDS = ("qweight", "qweight_hi", "scales", "mins", "zeros")
+_STATE = (*PLANE_FIELDS, "D")  # the quantization state: runtime buffers, not in the state_dict
 
 
 class TTQLinear(nn.Module):
@@ -28,6 +31,11 @@ class TTQLinear(nn.Module):
       `calibrate` (alpha searched per layer when ``search_alpha``: the AWQ baseline),
       or D = 1 without calibration (the RTN baseline).
     ``quantize_calls`` counts requantizations.
+
+    Device and dtype moves (``.to``, ``.half()``, ``.cuda()``) apply to the weights;
+    the current packed weight and D keep their own dtypes (fp32 scales, uint8 codes)
+    and only follow the device, so a packed weight stays exactly what it was
+    quantized as; the next requantization quantizes the moved weight.
     """
 
     def __init__(
@@ -54,17 +62,14 @@ class TTQLinear(nn.Module):
     ):
         super().__init__()
         C.check_rank(r, out_features, in_features)
-        C.check_quant_args(bits, group_size, sym, zero, beta)
-        C.check_hparams(alpha, lam, p)
+        self.fmt = QuantFormat(bits, group_size, sym, zero, beta)
+        self.scaling = ActScaling(alpha, lam, p)
         backends.check_name(backend)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if not isinstance(min_tokens, int) or min_tokens < 1:
             raise ValueError(f"min_tokens must be an int >= 1, got {min_tokens!r}")
-        self.in_features, self.out_features = in_features, out_features
-        self.r, self.bits, self.group_size = r, bits, group_size
-        self.alpha, self.lam, self.p = alpha, lam, p
-        self.sym, self.zero, self.beta = sym, zero, beta
+        self.in_features, self.out_features, self.r = in_features, out_features, r
         self.mode, self.min_tokens, self.search_alpha = mode, min_tokens, search_alpha
         self.backend = backend
         kw = dict(device=device, dtype=dtype)
@@ -72,12 +77,30 @@ class TTQLinear(nn.Module):
         self.register_buffer("lowrank_A", torch.empty(r, in_features, **kw) if r else None)
         self.register_buffer("lowrank_B", torch.empty(out_features, r, **kw) if r else None)
         self.register_buffer("bias", torch.empty(out_features, **kw) if bias else None)
-        # Quantization state: runtime data, so not part of the state_dict.
-        for name in (*PACKED_FIELDS, "D"):
+        for name in _STATE:
             self.register_buffer(name, None, persistent=False)
         self._stats: calibration.ColumnStats | None = None
-        self._decode = None  # `ops.prepare` of the current packed weight (eager decode steps)
+        self._packed: PackedWeight | None = None
+        self._layout = CANONICAL
+        self._run = None  # the backend's prepared decode callable and what it was prepared for
         self.quantize_calls = 0
+
+    # the format and scaling fields, read as plain attributes (alpha is set by calibration)
+    bits = property(lambda self: self.fmt.bits)
+    group_size = property(lambda self: self.fmt.group_size)
+    sym = property(lambda self: self.fmt.sym)
+    zero = property(lambda self: self.fmt.zero)
+    beta = property(lambda self: self.fmt.beta)
+    lam = property(lambda self: self.scaling.lam)
+    p = property(lambda self: self.scaling.p)
+
+    @property
+    def alpha(self) -> float:
+        return self.scaling.alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self.scaling = replace(self.scaling, alpha=value)
 
     @classmethod
     def from_linear(
@@ -110,43 +133,60 @@ class TTQLinear(nn.Module):
         """The current `PackedWeight`, or None before the first quantization."""
         if self.qweight is None:
             return None
-        K = self.in_features
-        return PackedWeight(
-            qweight=self.qweight, qweight_hi=self.qweight_hi, scales=self.scales, mins=self.mins,
-            zeros=self.zeros, bits=self.bits, group_size=K if self.group_size == -1 else self.group_size,
-            shape=(self.out_features, K), sym=self.sym, zero="float" if self.sym else self.zero,
-        )  # fmt: skip
+        if self._packed is None or self._packed.qweight is not self.qweight:
+            fmt = self.fmt.resolved(self.in_features)
+            self._packed = PackedWeight.build(
+                fmt, (self.out_features, self.in_features), qweight=self.qweight, qweight_hi=self.qweight_hi,
+                scales=self.scales, offsets=self.mins if self.mins is not None else self.zeros, layout=self._layout,
+            )  # fmt: skip
+        return self._packed
 
     def _store(self, pw: PackedWeight, D: torch.Tensor | None) -> None:
-        for name in PACKED_FIELDS:
+        for name in PLANE_FIELDS:
             setattr(self, name, getattr(pw, name))
+        self._layout = pw.layout
+        self._packed = pw
+        self._run = None
         self.D = D
-        self._decode = None
         self.quantize_calls += 1
 
     def _quantize(self, D: torch.Tensor | None) -> PackedWeight:
-        return ops.quantize(
-            self.weight, D, bits=self.bits, group_size=self.group_size, sym=self.sym,
-            zero=self.zero, beta=self.beta, backend=self.backend,
-        )  # fmt: skip
+        # self.weight is this module's own buffer: checked at construction, contiguous
+        return ops.run_quantize(self.weight.contiguous(), D, self.fmt, self.backend)
+
+    def _act_scale(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.run_act_scale(ops._tokens(x), self.scaling, self.backend)
 
     def requantize(self, x: torch.Tensor) -> None:
         """Quantize the weight from the activations x ``[..., K]`` and keep it."""
-        D = ops.act_scale(x, p=self.p, lam=self.lam, alpha=self.alpha, backend=self.backend)
+        self._check_x(x)
+        D = self._act_scale(x)
         self._store(self._quantize(D), D)
 
     def reset(self) -> None:
         """Drop the packed weight (and calibration), e.g. before a new prompt."""
-        for name in (*PACKED_FIELDS, "D"):
+        for name in _STATE:
             setattr(self, name, None)
+        self._packed = None
+        self._run = None
         self._stats = None
-        self._decode = None
+
+    def _apply(self, fn, recurse=True):
+        # Weights follow fn (device and dtype); the quantization state follows the device only.
+        state = {n: self._buffers.pop(n) for n in _STATE}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            held = [t for t in state.values() if t is not None]
+            if held:
+                device = fn(torch.empty(0, device=held[0].device)).device
+                state = {n: None if t is None else t.to(device) for n, t in state.items()}
+            self._buffers.update(state)
+            self._packed = None
+            self._run = None
+        return self
 
     # -- static mode: calibration -------------------------------------------
-    @property
-    def calibrating(self) -> bool:
-        return self._stats is not None
-
     def start_calibration(self, max_tokens: int = 512) -> None:
         """Following forwards run in full precision and record column statistics."""
         if self.mode != "static":
@@ -180,13 +220,23 @@ class TTQLinear(nn.Module):
         return y
 
     # -- forward --------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor) -> None:
+        # cheap, and enough for the kernels' buffer assumptions: dtype, rank, K, device
+        if not isinstance(x, torch.Tensor) or x.dtype not in C.FLOAT_DTYPES or x.dim() < 1:
+            C.check_tensor(x, "x", min_dims=1)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x's last dim ({x.shape[-1]}) must equal in_features ({self.in_features})")
+        if x.device != self.weight.device:
+            raise RuntimeError(f"x is on {x.device}, this layer on {self.weight.device}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[..., K]`` -> ``[..., N]`` in x's dtype."""
+        """x ``[..., K]`` fp32/fp16/bf16 -> ``[..., N]`` in x's dtype."""
+        self._check_x(x)
         if self._stats is not None:
             self._stats.update(x)
             return self.full_precision(x)
         if self.mode == "dynamic":
-            D = ops.act_scale(x, p=self.p, lam=self.lam, alpha=self.alpha, backend=self.backend)
+            D = self._act_scale(x)
             self.quantize_calls += 1
             return self._matmul(x, self._quantize(D), D)
         if self.mode == "prompt":
@@ -195,24 +245,29 @@ class TTQLinear(nn.Module):
                 self.requantize(x)
         elif self.qweight is None:  # static, never calibrated: RTN
             self.finish_calibration()
-        return self._matmul(x, None, self.D)
+        return self._matmul(x, self.packed, self.D)
 
-    def _matmul(self, x, pw, D):
-        """``ops.qmatmul`` with this layer's factors; pw None: the stored packed weight.
+    def _operands(self):
+        A, B = (self.lowrank_A, self.lowrank_B) if self.r else (None, None)
+        return A, B, self.bias
 
-        Eager calls on the stored weight go through `ops.prepare`, made once per
-        quantization (the per-token path then skips validation, config lookup and
-        layout work); under `torch.compile` the registered custom op runs.
-        """
-        lowrank = (self.lowrank_A, self.lowrank_B) if self.r else None
-        if pw is None and ops._direct(x):
-            dec = self._decode
-            if dec is None or dec[0] is not self.qweight or dec[1] is not D:
-                fn = ops.prepare(self.packed, D, lowrank=lowrank, bias=self.bias, backend=self.backend)
-                dec = self._decode = (self.qweight, D, fn)
-            return dec[2](x)
-        pw = self.packed if pw is None else pw
-        return ops.qmatmul(x, pw, D, lowrank=lowrank, bias=self.bias, backend=self.backend)
+    def _matmul(self, x: torch.Tensor, pw: PackedWeight, D: torch.Tensor | None) -> torch.Tensor:
+        A, B, bias = self._operands()
+        x2 = ops._tokens(x)
+        if _dispatch.direct(x2):
+            y = self._prepared(pw, D, A, B, bias)(x2)
+        else:
+            y = ops.run_qmatmul(x2, pw, D, A, B, bias, self.backend)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _prepared(self, pw, D, A, B, bias):
+        """The backend's prepared qmatmul for the current operands (rebuilt when any of them changed)."""
+        stamp = (id(pw), id(D), *(None if t is None else (id(t), t._version) for t in (A, B, bias)))
+        if self._run is None or self._run[0] != stamp:
+            be = backends.resolve(self.backend, self.weight.device)
+            tensors = [None if t is None else t.contiguous() for t in (D, A, B, bias)]
+            self._run = (stamp, be.prepare(_dispatch.readable(pw, be), *tensors))
+        return self._run[1]
 
     def extra_repr(self) -> str:
         return (

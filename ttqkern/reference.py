@@ -1,6 +1,6 @@
 """The TTQ op spec in plain torch: the oracle every backend is tested against.
 
-Each function is one stage of `../shared/docs/ttq-spec.md` §2 and uses its letters:
+Each function is one stage of docs/spec.md §2 and uses its letters:
 x [T, K], W [N, K], D [K], s / mn / z [N, G], q [N, K], A [r, K], B [N, r].
 Inputs are assumed validated (see `ttqkern.ops`); everything is computed in fp32.
 """
@@ -38,7 +38,7 @@ def lowrank(W: torch.Tensor, r: int) -> tuple[torch.Tensor | None, torch.Tensor 
     B = U[:, :r] * root_S
     A = root_S[:, None] * V[:, :r].mT
     W_res = W32 - B @ A
-    return A.to(W.dtype), B.to(W.dtype), W_res.to(W.dtype)
+    return A.to(W.dtype).contiguous(), B.to(W.dtype).contiguous(), W_res.to(W.dtype)
 
 
 def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tensor:
@@ -135,6 +135,7 @@ def qmatmul(
     decomposition, not just ``x @ dequantize(pw).T``.
     """
     T, K = x.shape
+    pw = pw.canonical()  # any layout: the math reads the canonical fields
     N, g, G = pw.N, pw.group_size, pw.num_groups
     xs = x.to(torch.float32) if D is None else x.to(torch.float32) / D  # x~ = x / D
     xg = F.pad(xs, (0, G * g - K)).view(T, G, g)
@@ -146,14 +147,6 @@ def qmatmul(
     if bias is not None:
         y = y + bias.to(torch.float32)
     return y.to(x.dtype)
-
-
-def linear(x, W, bias=None, *, r, bits, group_size, alpha, lam, p, sym=False, zero="float", beta=1.0):
-    """All five stages for one call: ``y ≈ x W^T + b``.  x ``[T, K]``, W ``[N, K]``."""
-    A, B, W_res = lowrank(W, r)
-    D = act_scale(x, p, lam, alpha)
-    pw = quantize(W_res, D, bits, group_size, sym, zero, beta)
-    return qmatmul(x, pw, D, A, B, bias)
 
 
 def dequantized_weight(pw: PackedWeight, D: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,9 +10,8 @@ Modes (one per run):
   (`ttqkern.tune.gpu`); the best configs go into the run-time config store
   (`ttqkern.tuning.store`).
 
-Adding a mode: write a module with ``main(argv) -> int`` and
-register it in `MODES`; `PLANNED` lists modes that are named but not built yet, so
-asking for one gives a clear error instead of "unrecognized argument".
+Adding a mode: write a module with ``main(argv) -> int`` and register it in `MODES`.
+`tuner` is the Optuna study of kernel parameters that ``--gpu`` runs.
 """
 
 from __future__ import annotations
@@ -22,5 +21,3 @@ MODES: dict[str, tuple[str, str]] = {
     "hparams": ("ttqkern.tune.hparams", "Optuna search of TTQ alpha/lam/p on validation perplexity"),
     "gpu": ("ttqkern.tune.gpu", "Optuna search of the Triton kernels' tiles for this GPU"),
 }
-# mode -> why it is not available yet
-PLANNED: dict[str, str] = {}

@@ -1,6 +1,6 @@
 """``python -m ttqkern.tune --gpu``: tune the Triton kernels' tiles for this GPU with Optuna.
 
-Runs one study per op, bit width and shape bucket (`ttqkern.tuning.tuner`), checks
+Runs one study per op, bit width and shape bucket (`ttqkern.tune.tuner`), checks
 every candidate against the torch backend, and merges the best configs into the
 device's config file (``$TTQKERN_CONFIG_DIR/<device>.json``, default
 ``~/.cache/ttqkern/configs``), which the Triton backend reads at run time.  Shapes
@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         print(f"{prog}: error: the Triton backend is not usable: {why}", file=sys.stderr)
         return 2
 
-    from ..tuning import devices, store, tuner
+    from ..tuning import devices, store
+    from . import tuner
 
     dtype = getattr(torch, args.dtype)
     todo = tuner.cases(ops, args.shapes, args.bits, args.decode_T, args.prefill_T, args.prompt_T)

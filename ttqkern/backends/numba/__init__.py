@@ -7,9 +7,9 @@ Modules, one job each:
   Numba kernels, and the codegen helpers of the micro-kernels.
 - `act_scale`: column p-norms of x over the tokens (parallel over column blocks).
 - `quantize`: scale by D, groupwise min/max, round and pack -- one pass over W,
-  straight into the canonical packed layout (spec §3), every bit width and form.
-- `host`: qmatmul's host side: picks a kernel family per weight and T, holds the
-  decode layout (`ttqkern.backends.cpu_layouts`), allocates, launches; `prepare`.
+  straight into the decode layout (`ttqkern.backends.cpu_layouts`, ``numba_cpu``).
+- `host`: qmatmul's host side: picks a kernel family per weight and T, finds the
+  decode layout, allocates, launches; `prepare`.
 - kernel families: `gemv_blocked` (bits 4 / 8, AVX-512 table lookups or portable
   IR), `gemv_lut` (bits 2 / 3, AVX-512 activation lookup tables), `gemv_words`
   (portable word-plane GEMVs), `gemm` (small-T GEMM, prefill unpack), `generic`
@@ -28,43 +28,48 @@ from __future__ import annotations
 import numba  # noqa: F401  (an ImportError here is the registry's "why not available" reason)
 import torch
 
-from ...format import PackedWeight
+from ...format import CANONICAL, PackedWeight
+from ..base import Backend
+from ..cpu_layouts import NUMBA_CPU
 from . import config, host, isa
-from .act_scale import act_scale
-from .quantize import quantize
-
-DEVICE_TYPES = ("cpu",)
+from .act_scale import act_scale as _act_scale
+from .quantize import quantize as _quantize
 
 
-def available() -> tuple[bool, str]:
-    """``(True, '')``: Numba imported (the registry reports an import failure itself)."""
-    return True, ""
+class NumbaBackend(Backend):
+    """CPU kernels compiled by Numba (the ``auto`` choice on CPUs).
 
-
-def qmatmul(
-    x: torch.Tensor,
-    pw: PackedWeight,
-    D: torch.Tensor | None = None,
-    A: torch.Tensor | None = None,
-    B: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + b``.
-
-    x ``[T, K]`` fp32/fp16/bf16, pw a canonical `PackedWeight` ``[N, K]``, D fp32
-    ``[K]`` | None, A ``[r, K]`` / B ``[N, r]`` | None, bias ``[N]`` | None.
-    Returns ``[T, N]`` in x.dtype, accumulated in fp32.
+    Its quantize writes the ``numba_cpu`` layout (the decode kernels' own order,
+    `ttqkern.backends.cpu_layouts`); its qmatmul reads that layout and the canonical one.
     """
-    return host.qmatmul(x, pw, D, A, B, bias)
+
+    name = "numba"
+    device_types = ("cpu",)
+    preference = 10
+    params = config.TABLE
+    layouts = (NUMBA_CPU, CANONICAL)
+
+    def act_scale(self, x, scaling):
+        return _act_scale(x, scaling.p, scaling.lam, scaling.alpha)
+
+    def quantize(self, W, D, fmt):
+        return _quantize(W, D, fmt.bits, fmt.group_size, fmt.sym, fmt.zero, fmt.beta)
+
+    def qmatmul(self, x, pw, D, A, B, bias) -> torch.Tensor:
+        """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + b``.
+
+        x ``[T, K]`` fp32/fp16/bf16, pw ``[N, K]`` (numba_cpu or canonical), D fp32
+        ``[K]`` | None, A ``[r, K]`` / B ``[N, r]`` | None, bias ``[N]`` | None.
+        Returns ``[T, N]`` in x.dtype, accumulated in fp32.
+        """
+        return host.qmatmul(x, pw, D, A, B, bias)
+
+    def prepare(self, pw: PackedWeight, D, A, B, bias):
+        """Per-layer decode state (`host.Prepared`): layout, fp32 views, config per T and
+        buffer checks are done once here instead of on every decode step."""
+        return host.prepare(pw, D, A, B, bias)
 
 
-def prepare(pw: PackedWeight, D=None, A=None, B=None, bias=None):
-    """Per-layer decode state: a callable ``f(x [T, K]) -> y [T, N]`` (x validated by the caller).
+BACKEND = NumbaBackend()
 
-    Same arguments and result as `qmatmul`; the layout, fp32 views, config lookup
-    and buffer checks are done here once instead of on every call.
-    """
-    return host.prepare(pw, D, A, B, bias)
-
-
-__all__ = ["DEVICE_TYPES", "act_scale", "available", "config", "isa", "prepare", "qmatmul", "quantize"]
+__all__ = ["BACKEND", "NumbaBackend", "config", "isa"]

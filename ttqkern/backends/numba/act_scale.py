@@ -57,10 +57,8 @@ def _colnorms(x, p, block_k):  # pragma: no cover - compiled
 
 
 def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tensor:
-    """x ``[T, K]`` fp32/fp16/bf16 (T >= 1) -> D fp32 ``[K]`` (see `reference.act_scale`)."""
+    """x ``[T, K]`` fp32/fp16/bf16 (T, K >= 1) -> D fp32 ``[K]`` (see `reference.act_scale`)."""
     T, K = x.shape
-    if K == 0:
-        return reference.act_scale(x, p, lam, alpha)
     cfg = config.params("act_scale", T=T, K=K)
     with config.threads_for(T * K, cfg):
         n = _colnorms(as_f32(x), float(p), cfg["BLOCK_K"])

@@ -1,8 +1,9 @@
 """Parameters of the Numba kernels: documented defaults, overridden by tuned entries.
 
-Every call asks `params(op, **shape)` (a prepared layer asks once).  The answer is
-the op's defaults for that shape (`defaults`) updated by the entry the tuned-config
-store holds for the CPU (`ttqkern.tuning.store.lookup`, file ``cpu.json``) under the key
+Every call asks `params(op, **shape)` (a prepared layer asks once per token count).
+The answer is the op's defaults for that shape (`defaults`) updated by the entry the
+tuned-config store holds for the CPU (file ``cpu.json``; looked up and validated by
+the shared `ttqkern.tuning.params.ConfigTable` declared here as `TABLE`) under the key
 
     numba/act_scale/T=<t>/K=<k>
     numba/quantize/bits=<b>/N=<n>/K=<k>
@@ -10,7 +11,8 @@ store holds for the CPU (`ttqkern.tuning.store.lookup`, file ``cpu.json``) under
 
 with every dimension rounded up to a power of two (`store.bucket`).  An entry may set
 any subset of the op's fields; `SPACE` lists the values a tuner should try.  Entries
-with unknown fields or invalid values are ignored with a warning (spec §5).
+with unknown fields or values outside `FIELDS` are ignored with a warning
+(docs/spec.md §5).
 
 Fields
 ------
@@ -66,11 +68,11 @@ FUSED_MAX_T
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import numba
+import torch
 
-from ...tuning import store
+from ...tuning.params import ConfigTable, Int, OpParams
 
 OPS = ("act_scale", "quantize", "qmatmul")
 KEY_FIELDS = {
@@ -83,40 +85,45 @@ DEFAULTS = {
     "act_scale": {"BLOCK_K": 256, "SERIAL_MAX": 1 << 16},
     "quantize": {"BLOCK_N": 16, "SERIAL_MAX": 1 << 16},
     "qmatmul": {
-        "BLOCK_N": 16,
-        "FUSED_MAX_T": 16,
-        "DEQUANT_MIN_T": 17,
-        "SERIAL_MAX": 1 << 20,
-        "TILE_ROWS": 8,
-        "TILE_TOKENS": 4,
-        "PARTIALS": 2,
-        "TASK_BLOCKS": 4,
-        "PREFETCH": 65536,
+        "BLOCK_N": 16, "FUSED_MAX_T": 16, "DEQUANT_MIN_T": 17, "SERIAL_MAX": 1 << 20,
+        "TILE_ROWS": 8, "TILE_TOKENS": 4, "PARTIALS": 2, "TASK_BLOCKS": 4, "PREFETCH": 65536,
     },
-}
+}  # fmt: skip
+
+_BLOCK = Int(1, 1 << 16)
+_SERIAL = Int(0, 1 << 40)
+_T = Int(0, 1 << 30)
+FIELDS = {
+    "act_scale": {"BLOCK_K": _BLOCK, "SERIAL_MAX": _SERIAL},
+    "quantize": {"BLOCK_N": _BLOCK, "SERIAL_MAX": _SERIAL},
+    "qmatmul": {
+        "BLOCK_N": _BLOCK, "FUSED_MAX_T": _T, "DEQUANT_MIN_T": _T, "SERIAL_MAX": _SERIAL,
+        # register-tile shapes the kernels are compiled for (each value is a specialisation)
+        "TILE_ROWS": Int(1, 8), "TILE_TOKENS": Int(1, 4), "PARTIALS": Int(1, 2),
+        "TASK_BLOCKS": Int(1, 1 << 16), "PREFETCH": Int(1, 1 << 24),
+    },
+}  # fmt: skip
 
 # What a tuner may try (every combination is correct for every shape).
-SERIAL_SPACE = [0, 1 << 12, 1 << 14, 1 << 16, 1 << 18]
+SERIAL_SPACE = (0, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22)
 SPACE = {
-    "act_scale": {"BLOCK_K": [64, 128, 256, 512, 1024], "SERIAL_MAX": SERIAL_SPACE},
-    "quantize": {"BLOCK_N": [1, 2, 4, 8, 16, 32, 64], "SERIAL_MAX": SERIAL_SPACE},
+    "act_scale": {"BLOCK_K": (64, 128, 256, 512, 1024), "SERIAL_MAX": SERIAL_SPACE},
+    "quantize": {"BLOCK_N": (1, 2, 4, 8, 16, 32, 64), "SERIAL_MAX": SERIAL_SPACE},
     "qmatmul": {
         "SERIAL_MAX": SERIAL_SPACE,
-        "BLOCK_N": [4, 8, 16, 32, 64, 128],
-        "FUSED_MAX_T": [0, 1, 2, 4, 8, 16, 32],
-        "DEQUANT_MIN_T": [8, 16, 17, 24, 32, 48, 64, 1 << 30],
-        "TILE_ROWS": [1, 2, 4, 8],
-        "TILE_TOKENS": [1, 2, 3, 4],
-        "PARTIALS": [1, 2],
-        "TASK_BLOCKS": [1, 2, 4, 8, 16],
-        "PREFETCH": [2, 4, 8, 16384, 32768, 65536, 131072],
+        "BLOCK_N": (4, 8, 16, 32, 64, 128),
+        "FUSED_MAX_T": (0, 1, 2, 4, 8, 16, 32),
+        "DEQUANT_MIN_T": (8, 16, 17, 24, 32, 48, 64, 128, 1 << 30),
+        "TILE_ROWS": (1, 2, 4, 8),
+        "TILE_TOKENS": (1, 2, 3, 4),
+        "PARTIALS": (1, 2),
+        "TASK_BLOCKS": (1, 2, 4, 8, 16),
+        "PREFETCH": (2, 4, 8, 16384, 32768, 65536, 131072),
     },
 }
-# Limits of the register-tile fields (the kernels are compiled per tile shape; these bound it).
-TILE_LIMITS = {"TILE_ROWS": (1, 8), "TILE_TOKENS": (1, 4), "PARTIALS": (1, 2)}
 
 
-def defaults(op: str, **shape) -> dict:
+def defaults(op: str, device=None, **shape) -> dict:
     """The documented defaults of ``op`` for a shape (before any tuned entry).
 
     qmatmul: the register tile depends on the bit width (which kernel family runs)
@@ -136,29 +143,21 @@ def defaults(op: str, **shape) -> dict:
     return base
 
 
-SLUG = "cpu"  # `ttqkern.tuning.devices.device_slug` of every CPU
+TABLE = ConfigTable(
+    "numba",
+    {op: OpParams(KEY_FIELDS[op], FIELDS[op], SPACE[op], (lambda d, _op=op, **s: defaults(_op, d, **s))) for op in OPS},
+)
+_CPU = torch.device("cpu")
 
 
 def key(op: str, **shape) -> str:
     """Store key of ``op`` for a shape: ``numba/<op>/<field>=<value>...`` (dims bucketed)."""
-    fields = {f: (shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op]}
-    return store.make_key("numba", op, **fields)
+    return TABLE.key(op, **shape)
 
 
-def _valid(op: str, cfg: dict) -> bool:
-    for name, v in cfg.items():
-        if name not in DEFAULTS[op] or not isinstance(v, int) or isinstance(v, bool):
-            return False
-        lo_hi = TILE_LIMITS.get(name)
-        if lo_hi is not None and not lo_hi[0] <= v <= lo_hi[1]:
-            return False
-        if name in ("TASK_BLOCKS", "PREFETCH") and v < 1:
-            return False
-        if name.startswith("BLOCK_") and not 1 <= v <= 1 << 16:
-            return False
-        if (name.endswith("_T") or name == "SERIAL_MAX") and v < 0:
-            return False
-    return True
+def params(op: str, **shape) -> dict:
+    """Parameters of ``op`` for a shape: `defaults` updated by a valid tuned entry (memoised; do not modify)."""
+    return TABLE.params(op, _CPU, **shape)
 
 
 @contextlib.contextmanager
@@ -173,36 +172,3 @@ def threads_for(elements: int, cfg: dict):
         yield
     finally:
         numba.set_num_threads(old)
-
-
-def params(op: str, **shape) -> dict:
-    """Parameters of ``op`` for a shape: `DEFAULTS` updated by the tuned entry, if any.
-
-    Memoised per (op, bucketed shape, store generation, defaults): a decode step
-    asks once per layer and call, and building the key and merging the entry cost
-    ~15 us.  The store's generation is the identity of its loaded entries (a new
-    dict whenever a file is saved or the cache cleared; the memo keeps a reference,
-    so the identity cannot be reused), so a new or reloaded config is always seen.
-    """
-    entries = store.load(SLUG)
-    fields = tuple((f, shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op])
-    memo_key = (op, fields, id(entries), tuple(DEFAULTS[op].items()), shape.get("T"))
-    hit = _memo.get(memo_key)
-    if hit is None:
-        if len(_memo) > 4096:  # bounded: shapes x config generations
-            _memo.clear()
-        hit = _memo[memo_key] = (_params(op, **shape), entries)
-    return hit[0]
-
-
-_memo: dict = {}
-
-
-def _params(op: str, **shape) -> dict:
-    base = defaults(op, **shape)
-    k = key(op, **shape)
-    cfg = store.lookup(SLUG, k, base)
-    if cfg is not base and cfg != base and not _valid(op, cfg):
-        warnings.warn(f"ttqkern: tuned config {k} for {SLUG} has invalid values {cfg}; using defaults", stacklevel=2)
-        return base
-    return cfg

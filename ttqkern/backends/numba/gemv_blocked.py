@@ -1,4 +1,4 @@
-"""AVX-512 decode kernels for 4- and 8-bit codes in the blocked layout (``cpu_layouts.Blocked``).
+"""Decode kernels for 4- and 8-bit codes in the blocked kind of the ``numba_cpu`` layout (`cpu_layouts`).
 
 What is computed, per output row n and token t (spec stages 4-5)::
 
@@ -43,9 +43,9 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from ..cpu_layouts import CHUNK, blocked_shapes
+from ..cpu_layouts import BLOCK_ROWS, CHUNK, blocked_shapes
 from . import simd as S
-from ._common import REASSOC
+from ._common import REASSOC, REASSOC_INLINE
 
 # --- micro-kernels: one chunk of 128 codes for an R x TP tile -------------------------
 
@@ -183,7 +183,7 @@ def _make(bits: int, parallel: bool, portable: bool = False):
     lines = CB // 64  # cache lines per row-chunk
     loop = prange if parallel else range
 
-    @numba.njit(**REASSOC)
+    @numba.njit(**REASSOC_INLINE)
     def _block(
         codes, sm, xp, T, u, Bm, bias, y, rb, h, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs
     ):  # pragma: no cover
@@ -275,11 +275,10 @@ def check_buffers(codes, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: in
     Called by the host code before a launch (once per prepared layer for the
     weight, per call for x and y, which it allocates itself).
     """
-    BR = codes.shape[2] if codes.ndim == 4 else -1
-    want = blocked_shapes(N, K, bits, g, BR)
+    want = blocked_shapes(N, K, bits, g)
     ok = (
         codes.dtype == np.uint8 and sm.dtype == np.float32 and codes.flags.c_contiguous and sm.flags.c_contiguous
-        and codes.shape == want["codes"] and sm.shape == want["sm"] and BR % R == 0
+        and codes.shape == want["qweight"] and sm.shape == want["scales"] and BLOCK_ROWS % R == 0
         and x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == K and x.flags.c_contiguous
         and y.dtype == np.float32 and y.shape == (x.shape[0], N) and y.flags.c_contiguous
         and A.dtype == np.float32 and A.ndim == 2 and A.shape[1] == K and A.flags.c_contiguous

@@ -1,4 +1,4 @@
-"""AVX-512 decode kernels that look activations up by code (``cpu_layouts.Lut``: bits 2, 3, 4).
+"""AVX-512 decode kernels that look activations up by code (the lut kind of ``numba_cpu``: bits 2, 3, 4).
 
 What is computed, per output row n and token t (spec stage 4, then stage 5)::
 
@@ -34,7 +34,7 @@ shared by all rows (L2-resident for the shapes here).
 
 Buffer assumptions (checked on the host by `check_buffers`): each plane int32
 ``[NB, Kp * b / 32, 16]`` and sm fp32 ``[NB, G, 2, 16]`` C-contiguous
-(`cpu_layouts.to_lut`), x fp32 ``[T, K]``, y fp32 ``[T, N]``, A ``[r, K]``,
+(`cpu_layouts.lut_arrays`), x fp32 ``[T, K]``, y fp32 ``[T, N]``, A ``[r, K]``,
 B ``[N, r]``, bias ``[N]`` or ``[0]``.
 """
 
@@ -48,7 +48,7 @@ from numba.extending import intrinsic
 
 from ..cpu_layouts import LUT_ROWS
 from . import simd as S
-from ._common import REASSOC
+from ._common import REASSOC, REASSOC_INLINE
 
 KIND_PAIR2, KIND_QUAD1, KIND_SINGLE4 = 0, 1, 2  # what one 4-bit field of a plane covers
 _CODES_PER_FIELD = {KIND_PAIR2: 2, KIND_QUAD1: 4, KIND_SINGLE4: 1}
@@ -62,7 +62,7 @@ _BITS4 = np.stack([((_IOTA.astype(np.int32) >> b) & 1).astype(np.float32) * 4 fo
 # --- prologue: x~, group sums, tables -------------------------------------------------
 
 
-@numba.njit(**REASSOC)
+@numba.njit(**REASSOC_INLINE)
 def _tables(xp, kind, out):  # pragma: no cover - compiled
     """out[t, 16 p : 16 p + 16] = the 16 partial dot products of field p (see module doc)."""
     T = xp.shape[0]
@@ -193,7 +193,7 @@ def _offsets(typingctx, base, step, n0, nmax, tag):
 def _make(nplanes: int, parallel: bool):
     loop = prange if parallel else range
 
-    @numba.njit(**REASSOC)
+    @numba.njit(**REASSOC_INLINE)
     def _task(
         p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, u, Bm, bias, y, rb0, rb1, rtag, ttag, atag, pfj, ys
     ):  # pragma: no cover

@@ -37,12 +37,13 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._common import REASSOC, STRICT
+from ...quant import Form
+from ._common import REASSOC, REASSOC_INLINE, STRICT_INLINE
 
-OFF_MINS, OFF_ZEROS, OFF_SYM = 0, 1, 2
+OFF_MINS, OFF_ZEROS, OFF_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)  # plain ints for numba
 
 
-@numba.njit(**STRICT)
+@numba.njit(**STRICT_INLINE)
 def _offset(scales, zp_f, zp_i, off_mode, half, n, j):  # pragma: no cover - compiled
     """m[n, j] of ``w = s * u + m`` (`PackedWeight.offsets`)."""
     if off_mode == OFF_MINS:
@@ -52,7 +53,7 @@ def _offset(scales, zp_f, zp_i, off_mode, half, n, j):  # pragma: no cover - com
     return -scales[n, j] * half
 
 
-@numba.njit(**REASSOC)
+@numba.njit(**REASSOC_INLINE)
 def _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias):  # pragma: no cover - compiled
     """Offsets term ``sum_j m[n, j] X~[t, j]`` plus the low-rank and bias epilogue."""
     xg = Xg[t]
@@ -79,7 +80,7 @@ def _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias):  # prag
     return acc
 
 
-@numba.njit(**STRICT)
+@numba.njit(**STRICT_INLINE)
 def _fill_se(scales, n, Wg, se, se128):  # pragma: no cover - compiled
     """se[w] = s[n, group of word w]: the scale applied once per word.
 
@@ -113,7 +114,7 @@ def _make_row_helpers(sh: int):
     function): with a run-time shift numba widens the lanes to 64 bits.
     """
 
-    @numba.njit(**REASSOC)
+    @numba.njit(**REASSOC_INLINE)
     def rowdot(wrow, xs, se, masks):  # pragma: no cover - compiled
         """``sum_w se[w] * sum_fields x_perm * code`` over one plane of one row.
 
@@ -137,7 +138,7 @@ def _make_row_helpers(sh: int):
             acc += se[w] * p
         return acc
 
-    @numba.njit(**REASSOC)
+    @numba.njit(**REASSOC_INLINE)
     def rowdot2(wrow, x0, x1, se, masks):  # pragma: no cover - compiled
         """`rowdot` for 2 tokens at once (x0, x1: their plane blocks, each a contiguous
         1-D view -- a 2-D slice would lose the unit stride and the vectorisation): each
@@ -162,7 +163,7 @@ def _make_row_helpers(sh: int):
             a1 += s * p1
         return a0, a1
 
-    @numba.njit(**STRICT)
+    @numba.njit(**STRICT_INLINE)
     def unpack_row(wrow, se, masks, buf):  # pragma: no cover - compiled
         """buf[(c * nf + i) * nw + w] = se[w] * field(c, i) of word w (the permuted order)."""
         nw = wrow.shape[0]
@@ -183,7 +184,7 @@ _rowdot32, _rowdot32x2, _unpack32 = _make_row_helpers(16)  # uint32 words: plane
 _rowdot16, _rowdot16x2, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-bit hi plane of 3-bit codes
 
 
-@numba.njit(**REASSOC)
+@numba.njit(**REASSOC_INLINE)
 def _rowdot3(wlo, whi, xe, xo, se, masks):  # pragma: no cover - compiled
     """One row of 3-bit codes, the two planes merged into nibble words on the fly.
 
@@ -222,7 +223,7 @@ def _rowdot3(wlo, whi, xe, xo, se, masks):  # pragma: no cover - compiled
     return acc
 
 
-@numba.njit(**REASSOC)
+@numba.njit(**REASSOC_INLINE)
 def _dot(a, b):  # pragma: no cover - compiled
     acc = np.float32(0.0)
     for k in range(a.shape[0]):

@@ -12,11 +12,11 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._common import REASSOC, STRICT
+from ._common import REASSOC, STRICT, STRICT_INLINE
 from .gemv_words import _dot, _offset, _row_tail
 
 
-@numba.njit(**STRICT)
+@numba.njit(**STRICT_INLINE)
 def _code(qw, qhi, bits, n, k):  # pragma: no cover - compiled
     """The stored code u[n, k] read from the canonical bytes."""
     if bits == 3:

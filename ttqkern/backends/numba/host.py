@@ -2,21 +2,26 @@
 
 Families (which one runs is decided per weight, then per T):
 
-- ``blocked`` -- bits 4 and 8 in `cpu_layouts.Blocked` (`gemv_blocked`): AVX-512
+- ``blocked`` -- bits 4 and 8 in the layout's blocked kind (`gemv_blocked`): AVX-512
   ``vpermps`` tables for 4-bit codes, or the portable dequantize-FMA form when
   `isa.current()` is ``"portable"``; 8-bit codes use target-independent IR either way.
-- ``lut`` -- bits 2 and 3 in `cpu_layouts.Lut` (`gemv_lut`), AVX-512 only.
+- ``lut`` -- bits 2 and 3 in the layout's lut kind (`gemv_lut`), AVX-512 only.
 - ``words`` -- the canonical planes read as machine words (`gemv_words`, `gemm`):
   bits 2 / 3 on the portable path, and group sizes the two layouts above do not take.
 - ``generic`` -- any canonical weight (`generic`), e.g. g = 37.
 - ``prefill`` -- ``T >= DEQUANT_MIN_T``: dequantize once, then BLAS.
 
+A ``numba_cpu`` weight (what this backend's quantize writes, `cpu_layouts`) is read
+in place.  A canonical weight (from another backend, or `ttqkern.ops.pack`) is
+converted once: the converted arrays live in a small weak cache keyed by the
+weight's tensors (identity, version counter, data pointer), so repeated calls with
+the same `PackedWeight` convert it once; the canonical form of a ``numba_cpu``
+weight, which the word-plane and prefill paths read, is cached the same way.
+
 `Prepared` is what `prepare` returns: everything that is static per layer (family,
 layout arrays, fp32 views of D / A / B / bias, config per token count, buffer
 checks) is done once, so that a decode step costs one kernel call plus the
-conversion of x and the allocation of y.  `qmatmul` (no prepare) finds the layout
-of a canonical weight in a small weak cache keyed by its tensors (identity and
-version counter), so repeated calls with the same `PackedWeight` repack it once.
+conversion of x and the allocation of y.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 import torch
 
 from ... import reference
-from ...format import PackedWeight
+from ...format import CANONICAL, PackedWeight
 from .. import cpu_layouts as layouts
 from . import config, gemm, gemv_blocked, gemv_lut, gemv_words, generic, isa, prologue
 from ._common import as_f32, as_np, planes
@@ -64,43 +69,56 @@ def family(pw: PackedWeight) -> str:
     if f == "lut" and which == "avx512" and layouts.lut_fits(pw.bits, pw.group_size):
         return f
     if f != "words" and layouts.blocked_fits(pw.bits, pw.group_size):
-        return "blocked"
+        return "blocked"  # the 8-bit and the portable 4-bit forms need no AVX-512
     if f != "words" and which == "avx512" and pw.bits in (2, 3) and layouts.lut_fits(pw.bits, pw.group_size):
         return "lut"
     return "words" if planes(pw) is not None else "generic"
 
 
-# --- layouts of canonical weights, cached weakly -------------------------------------
+# --- layouts, converted once and cached weakly ------------------------------------------
 
 _cache: dict = {}
 
 
-def _key(pw: PackedWeight, fam: str) -> tuple:
+def _cached(pw: PackedWeight, what: str, build):
+    """``build()`` for this weight, cached while its qweight tensor lives (and is not modified)."""
     ts = pw.tensors()
-    return (fam, pw.bits, pw.group_size, pw.shape, pw.sym, pw.zero,
-            *((n, id(t), t._version, t.data_ptr()) for n, t in sorted(ts.items())))  # fmt: skip
-
-
-def layout(pw: PackedWeight, fam: str):
-    """`cpu_layouts.Blocked` / `Lut` of a canonical weight, as numpy arrays (cached while pw lives)."""
-    k = _key(pw, fam)
+    k = (what, pw.layout, pw.bits, pw.group_size, pw.shape, pw.sym, pw.zero,
+         *((n, id(t), t._version, t.data_ptr()) for n, t in sorted(ts.items())))  # fmt: skip
     hit = _cache.get(k)
     if hit is not None and hit[0]() is pw.qweight:
         return hit[1]
-    if fam == "blocked":
-        bl = layouts.to_blocked(pw, rows=BLOCK_ROWS)
-        arrays = (bl.codes.numpy(), bl.sm.numpy())
-    else:
-        lt = layouts.to_lut(pw)
-        arrays = (lt.planes[0].numpy(), lt.planes[1].numpy() if pw.bits == 3 else _NO_PLANE, lt.sm.numpy())
+    value = build()
     if len(_cache) > 256:  # bounded: a model's layers, a few generations
         _cache.clear()
-    _cache[k] = (weakref.ref(pw.qweight), arrays)
+    _cache[k] = (weakref.ref(pw.qweight), value)
     weakref.finalize(pw.qweight, _cache.pop, k, None)
-    return arrays
+    return value
 
 
-BLOCK_ROWS = 8  # rows per block of the blocked layout (the register tile may take 4 or 8 of them)
+def canonical(pw: PackedWeight) -> PackedWeight:
+    """The canonical form (the word-plane, generic and prefill paths read it): cached conversion."""
+    if pw.layout == CANONICAL or layouts.kind(pw.bits, pw.group_size) == "plain":
+        return pw  # a plain numba_cpu weight holds the canonical tensors
+    return _cached(pw, "canonical", pw.canonical)
+
+
+def decode_arrays(pw: PackedWeight, fam: str) -> tuple[np.ndarray, ...]:
+    """The arrays a blocked / lut kernel reads: ``(codes, sm)`` or ``(plane, hi plane, sm)``."""
+    native = pw.layout == layouts.NUMBA_CPU and layouts.kind(pw.bits, pw.group_size) == fam
+    if fam == "blocked":
+        if native:
+            return pw.qweight.numpy(), pw.scales.numpy()
+        return _cached(pw, fam, lambda: tuple(t.numpy() for t in layouts.blocked_arrays(canonical(pw))))
+    if native:
+        hi = pw.qweight_hi.numpy() if pw.bits == 3 else _NO_PLANE
+        return pw.qweight.numpy(), hi, pw.scales.numpy()
+
+    def build():
+        q, hi, sm = layouts.lut_arrays(canonical(pw))
+        return q.numpy(), hi.numpy() if hi is not None else _NO_PLANE, sm.numpy()
+
+    return _cached(pw, fam, build)
 
 
 # --- prepared layers -----------------------------------------------------------------
@@ -128,7 +146,7 @@ class Prepared:
         self._versions = None
         self._refresh()
         if self.family == "blocked":
-            self.arrays = layout(pw, "blocked")
+            self.arrays = decode_arrays(pw, "blocked")
             self.kernels = (
                 (gemv_blocked.gemv4, gemv_blocked.gemv4_serial)
                 if pw.bits == 4 and isa.current() == "avx512"
@@ -142,7 +160,7 @@ class Prepared:
             gemv_blocked.check_buffers(codes, sm, np.empty((1, self.K), np.float32), self.A, self.Bm, self.bias,
                                        np.empty((1, self.N), np.float32), self.N, self.K, pw.bits, g, 4)  # fmt: skip
         elif self.family == "lut":
-            self.arrays = layout(pw, "lut")
+            self.arrays = decode_arrays(pw, "lut")
             self.kernels = (
                 (gemv_lut.gemv2, gemv_lut.gemv2_serial) if pw.bits == 3 else (gemv_lut.gemv1, gemv_lut.gemv1_serial)
             )
@@ -173,7 +191,7 @@ class Prepared:
             tp_max = cfg["TILE_TOKENS"]
             TP = -(-T // -(-T // tp_max))  # equal chunks: T = 6 with 4 -> 2 x 3
             rows = cfg["TILE_ROWS"]
-            if self.family == "blocked" and BLOCK_ROWS % rows:
+            if self.family == "blocked" and layouts.BLOCK_ROWS % rows:
                 rows = 4
             NA = cfg["PARTIALS"] if TP == 1 else 1
             kernel = self.kernels[1] if self.N * self.K <= cfg["SERIAL_MAX"] else self.kernels[0]
@@ -193,7 +211,7 @@ class Prepared:
             self._refresh()
         if kernel is None:
             A, B, bias = self._src
-            return words_qmatmul(x, self.pw, self.D_tensor, A, B, bias, static)
+            return words_qmatmul(x, canonical(self.pw), self.D_tensor, A, B, bias, static)
         x32 = x.detach()
         if x32.dtype != torch.float32:
             x32 = x32.to(torch.float32)

@@ -1,8 +1,9 @@
 """Launch parameters of the Triton kernels: defaults, overridden by tuned entries.
 
-Every launch asks `params(op, device, **shape)`.  The answer is the op's defaults
-(`defaults`) updated by the entry the tuned-config store holds for this device
-(`ttqkern.tuning.store.lookup`, file ``<device_slug>.json``) under the key
+Every launch asks `params(op, device, interpret, **shape)`.  The answer is the op's
+defaults (`defaults`) updated by the entry the tuned-config store holds for this
+device (file ``<device_slug>.json``; looked up and validated by the shared
+`ttqkern.tuning.params.ConfigTable` declared here as `TABLE`) under the key
 
     triton/act_scale/T=<t>/K=<k>
     triton/quantize/bits=<b>/N=<n>/K=<k>
@@ -12,9 +13,9 @@ Every launch asks `params(op, device, **shape)`.  The answer is the op's default
 
 with every dimension rounded up to a power of two (`store.bucket`), see `key`.
 An entry may set any subset of the op's fields; `SPACE` lists the values a tuner
-should try.  ``SPLIT_K = 0`` / ``SPLIT_T = 0`` mean "enough programs to fill the
-device" (`auto_split`).  A tuned entry with invalid values is ignored with a
-warning.  The kernels adapt what they must (block sizes to tiny shapes, BLOCK_K to
+should try and `FIELDS` the values an entry may hold.  ``SPLIT_K = 0`` /
+``SPLIT_T = 0`` mean "enough programs to fill the device" (`auto_split`).  A tuned
+entry with invalid values is ignored with a warning.  The kernels adapt what they must (block sizes to tiny shapes, BLOCK_K to
 the group size, the minimum tile of ``tl.dot``) at launch, so every value in SPACE
 is valid for every shape.
 """
@@ -22,11 +23,10 @@ is valid for every shape.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
-from ...tuning import devices, store
+from ...tuning.params import ConfigTable, Int, OpParams
 
 # qmatmul takes the decode kernel (gemv.py) up to this many tokens, the GEMM above.
 DECODE_MAX_T = 16
@@ -149,49 +149,47 @@ def defaults(op: str, interpret: bool, *, T: int = 1, **_) -> dict:
     return table[op]
 
 
+_POW2 = Int(1, 4096, pow2=True)
+_SPLIT = Int(0, 1024)
+_FIELD_KINDS = {
+    "SPLIT_K": _SPLIT,
+    "SPLIT_T": _SPLIT,
+    "USE_DOT": Int(0, 1),
+    "num_warps": Int(1, 16, pow2=True),
+    "num_stages": Int(1, 8),
+}
+FIELDS = {op: {f: _FIELD_KINDS.get(f, _POW2) for f in SPACE[op]} for op in OPS}
+
+
+def _defaults_for(op: str):
+    def make(device: torch.device, **shape) -> dict:
+        from . import INTERPRET  # read once by the package, before its kernels were decorated
+
+        return defaults(op, INTERPRET, **shape)
+
+    return make
+
+
+TABLE = ConfigTable(
+    "triton",
+    {
+        op: OpParams(KEY_FIELDS[op], FIELDS[op], {f: tuple(v) for f, v in SPACE[op].items()}, _defaults_for(op))
+        for op in OPS
+    },
+)
+
+
 def key(op: str, **shape) -> str:
     """Store key of ``op`` for a shape: ``triton/<op>/<field>=<value>...`` (dims bucketed)."""
-    fields = {f: (shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op]}
-    return store.make_key("triton", op, **fields)
-
-
-@functools.cache
-def _slug(device: torch.device) -> str:
-    return devices.device_slug(device)
-
-
-def _valid(op: str, cfg: dict) -> bool:
-    def pow2(v):
-        return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 and v & (v - 1) == 0
-
-    for name, v in cfg.items():
-        if name.startswith("BLOCK_") or name == "GROUP_T":
-            ok = pow2(v)
-        elif name in ("SPLIT_K", "SPLIT_T"):
-            ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1024
-        elif name == "USE_DOT":
-            ok = v in (0, 1)
-        elif name == "num_warps":
-            ok = v in (1, 2, 4, 8, 16)
-        elif name == "num_stages":
-            ok = isinstance(v, int) and 1 <= v <= 8
-        else:
-            ok = False
-        if not ok:
-            return False
-    return True
+    return TABLE.key(op, **shape)
 
 
 def params(op: str, device: torch.device, interpret: bool, **shape) -> dict:
-    """Launch parameters of ``op`` for a shape on ``device``: defaults + tuned entry."""
-    base = defaults(op, interpret, **shape)
-    k = key(op, **shape)
-    slug = _slug(torch.device(device))
-    cfg = store.lookup(slug, k, base)
-    if cfg != base and not _valid(op, cfg):
-        warnings.warn(f"ttqkern: tuned config {k} for {slug} has invalid values {cfg}; using defaults", stacklevel=2)
-        return base
-    return cfg
+    """Launch parameters of ``op`` for a shape on ``device``: defaults + a valid tuned entry.
+
+    ``interpret`` is the package's `INTERPRET` (the defaults for the interpreter are small-test tiles).
+    """
+    return TABLE.params(op, device, **shape)
 
 
 @functools.cache

@@ -14,13 +14,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...quant import Form
+
 # Quantization forms, as constexpr codes: every form is ``w = s * u + m`` (format.py).
-MODE_FLOAT, MODE_INT, MODE_SYM = 0, 1, 2
-
-
-def mode_of(sym: bool, zero: str) -> int:
-    """The constexpr form code of a `PackedWeight`'s ``(sym, zero)``."""
-    return MODE_SYM if sym else (MODE_INT if zero == "int" else MODE_FLOAT)
+MODE_FLOAT, MODE_INT, MODE_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)
 
 
 @triton.jit

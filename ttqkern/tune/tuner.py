@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import devices, store
+from ..tuning import devices, store
 
 RANK = 16  # the low-rank part measured with qmatmul, as TTQ runs it
 GROUP = 128
