@@ -244,8 +244,8 @@ def _make(bits: int, parallel: bool, portable: bool = False):
                     xp[t, k] = x[t, k]
         r_lr = A.shape[0]
         u = np.zeros((T, r_lr), np.float32)
-        for t in range(T):
-            for j in range(r_lr):
+        for j in loop(r_lr):  # x A^T: A is read once, split over the threads (a parallel region of its own)
+            for t in range(T):
                 acc = np.float32(0.0)
                 for k in range(K):
                     acc += x[t, k] * A[j, k]

@@ -63,13 +63,12 @@ _BITS4 = np.stack([((_IOTA.astype(np.int32) >> b) & 1).astype(np.float32) * 4 fo
 
 
 @numba.njit(**REASSOC_INLINE)
-def _tables(xp, kind, out):  # pragma: no cover - compiled
-    """out[t, 16 p : 16 p + 16] = the 16 partial dot products of field p (see module doc)."""
+def _tables(xp, kind, out, p0, p1):  # pragma: no cover - compiled
+    """out[t, 16 p : 16 p + 16] for fields p0 <= p < p1: the 16 partial dot products of field p (module doc)."""
     T = xp.shape[0]
     cpf = 2 if kind == KIND_PAIR2 else (4 if kind == KIND_QUAD1 else 1)
-    nt = out.shape[1] // 16
     for t in range(T):
-        for p in range(nt):
+        for p in range(p0, p1):
             k = p * cpf
             o = p * 16
             if kind == KIND_PAIR2:
@@ -275,18 +274,19 @@ def _make(nplanes: int, parallel: bool):
                 xg[t, jj] = acc
         cpf1 = 2 if kind1 == KIND_PAIR2 else 1
         tab1 = np.empty((T, Kp // cpf1 * 16), np.float32)
-        _tables(xp, kind1, tab1)
-        if nplanes == 2:
-            tab2 = np.empty((T, Kp // 4 * 16), np.float32)
-            _tables(xp, KIND_QUAD1, tab2)
-        else:
-            tab2 = np.empty((1, 16), np.float32)
+        tab2 = np.empty((T, Kp // 4 * 16) if nplanes == 2 else (1, 16), np.float32)
+        n1 = tab1.shape[1] // 16
+        n2 = tab2.shape[1] // 16 if nplanes == 2 else 0
+        for c in loop(8):  # the tables, split over the threads (a parallel region of its own)
+            _tables(xp, kind1, tab1, c * n1 // 8, (c + 1) * n1 // 8)
+            if nplanes == 2:
+                _tables(xp, KIND_QUAD1, tab2, c * n2 // 8, (c + 1) * n2 // 8)
         wpg1 = p1.shape[1] // G  # words per group and row block
         wpg2 = p2.shape[1] // G if nplanes == 2 else 0
         r_lr = A.shape[0]
         u = np.zeros((T, r_lr), np.float32)
-        for t in range(T):
-            for jr in range(r_lr):
+        for jr in loop(r_lr):  # x A^T: A is read once, split over the threads (a parallel region of its own)
+            for t in range(T):
                 acc = np.float32(0.0)
                 for k in range(K):
                     acc += x[t, k] * A[jr, k]

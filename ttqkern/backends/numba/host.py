@@ -143,7 +143,6 @@ class Prepared:
         self.D = as_f32(D)
         self.has_D = D is not None
         self._src = (A, B, bias)
-        self._versions = None
         self._refresh()
         if self.family == "blocked":
             self.arrays = decode_arrays(pw, "blocked")
@@ -169,17 +168,20 @@ class Prepared:
             gemv_lut.check_buffers((p1, p2) if pw.bits == 3 else (p1,), sm, np.empty((1, self.K), np.float32), self.A,
                                    self.Bm, self.bias, np.empty((1, self.N), np.float32), self.N, self.K, pw.bits,
                                    pw.group_size)  # fmt: skip
-        self._plans: dict[int, tuple] = {}
 
     def _refresh(self) -> None:
         A, B, bias = self._src
         self.A = as_f32(A).reshape(-1, self.K) if A is not None else np.empty((0, self.K), np.float32)
         self.Bm = as_f32(B) if B is not None else np.empty((self.N, 0), np.float32)
         self.bias = as_f32(bias)
-        self._versions = tuple(t._version if t is not None else -1 for t in self._src)
+        # fp32 operands are viewed, so in-place changes are seen; converted copies are re-made when their
+        # source changes (version counters), checked on each call
+        self._copied = tuple(t for t in self._src if t is not None and t.dtype != torch.float32)
+        self._versions = tuple(t._version for t in self._copied)
+        self._plans = {}
 
     def _plan(self, T: int) -> tuple:
-        """(kernel, static args) for T tokens: the config for this shape, resolved once."""
+        """(kernel, its arguments between x and y) for T tokens: the config for this shape, resolved once."""
         plan = self._plans.get(T)
         if plan is not None:
             return plan
@@ -195,35 +197,32 @@ class Prepared:
                 rows = 4
             NA = cfg["PARTIALS"] if TP == 1 else 1
             kernel = self.kernels[1] if self.N * self.K <= cfg["SERIAL_MAX"] else self.kernels[0]
+            head = (self.D, self.has_D, self.A, self.Bm, self.bias)
+            tiles = (_tag(rows), _tag(TP), _tag(TP * NA))
             if self.family == "blocked":
-                extra = (self.gtag, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+                mid = (*head, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
             else:
-                extra = (cfg["TASK_BLOCKS"], cfg["PREFETCH"])
-            plan = (kernel, (_tag(rows), _tag(TP), _tag(TP * NA), *extra))
+                p1, p2, sm = self.arrays
+                mid = (*head, p1, p2, self.kind, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+            plan = (kernel, mid)
         if len(self._plans) < 64:
             self._plans[T] = plan
         return plan
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[0]
-        kernel, static = self._plan(T)
-        if tuple(t._version if t is not None else -1 for t in self._src) != self._versions:
+        if self._copied and tuple(t._version for t in self._copied) != self._versions:
             self._refresh()
+        T = x.shape[0]
+        kernel, mid = self._plan(T)
         if kernel is None:
             A, B, bias = self._src
-            return words_qmatmul(x, canonical(self.pw), self.D_tensor, A, B, bias, static)
-        x32 = x.detach()
-        if x32.dtype != torch.float32:
-            x32 = x32.to(torch.float32)
-        xn = x32.numpy()
-        y = np.empty((T, self.N), np.float32)
-        if self.family == "blocked":
-            codes, sm = self.arrays
-            kernel(xn, self.D, self.has_D, self.A, self.Bm, self.bias, codes, sm, self.pw.group_size, *static, y)
+            return words_qmatmul(x, canonical(self.pw), self.D_tensor, A, B, bias, mid)
+        if x.dtype == torch.float32 and not x.requires_grad:
+            xn = x.numpy()
         else:
-            p1, p2, sm = self.arrays
-            kernel(xn, self.D, self.has_D, self.A, self.Bm, self.bias, p1, p2, self.kind, sm, self.pw.group_size,
-                   *static, y)  # fmt: skip
+            xn = x.detach().to(torch.float32).numpy()
+        y = np.empty((T, self.N), np.float32)
+        kernel(xn, *mid, y)
         out = torch.from_numpy(y)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
