@@ -9,7 +9,7 @@ What is timed (docs/benchmarks.md has the why and the regression workflow):
 - ``test_cpu_matmul``: y = x W^T for T = 1, 4, 16 (decode) and 512 (prefill) on
   Llama-7B-like layers (4096 x 4096, 11008 x 4096, 4096 x 11008) and the bundled
   SmolLM2-135M's (576 x 576 q/o, 192 x 576 k/v, 1536 x 576 gate/up, 576 x 1536 down).
-  Ours: ``ttq-int2/3/4/8`` (g = 128, through the backend's ``prepare``, the callable
+  Ours: ``ttq-int2/3/4/8`` (g = 128; 64 where 128 does not divide K, as for torch's kernel; through the backend's ``prepare``, the callable
   `TTQLinear` uses per decode step), ``ttq-int4-extras`` (+ 1/D prologue, r = 16
   low-rank, bias), ``ttq-int4-portable`` (the fallback for CPUs without AVX-512,
   forced).  Peers: ``fp32-linear`` / ``bf16-linear`` (`F.linear`) and ``torch-int4``
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.cpu
 
 from ttqkern.backends.numba import host, isa  # noqa: E402
 
-GROUP = 128
+GROUP = 128  # g of every row (64 where 128 does not divide K, e.g. SmolLM2's 576: torch's int4 kernel needs K % g == 0)
 RANK = 16
 BIG = [(4096, 4096), (11008, 4096), (4096, 11008)]
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # q/o, k/v, gate/up, down (N x K)
@@ -132,21 +132,27 @@ def _build(shape, kind):
     if kind == "torch-int4":
         q = torch.randint(0, 16, (N, K), dtype=torch.int32, generator=g)
         wp = torch._convert_weight_to_int4pack_for_cpu(q, 2)
-        sz = torch.randn(K // GROUP, N, 2, generator=g).to(torch.bfloat16)
+        gs = group_for(K)
+        sz = torch.randn(K // gs, N, 2, generator=g).to(torch.bfloat16)
         n = _copies(_nbytes(wp, sz))
         ops_ = [(wp, sz)] + [(wp.clone(), sz.clone()) for _ in range(n - 1)]
         cyc = itertools.cycle(ops_)
 
         def make(x):
             xb = x.to(torch.bfloat16)
-            return lambda: torch._weight_int4pack_mm_for_cpu(xb, *_pair(next(cyc)))
+
+            def call():
+                w, s = next(cyc)
+                return torch._weight_int4pack_mm_for_cpu(xb, w, gs, s)
+
+            return call
 
         return make, _nbytes(wp, sz), None, n
     bits = int(kind[7])
     extras = kind == "ttq-int4-extras"
     xs = torch.randn(32, K, generator=g) * (1 + 5 * (torch.rand(K, generator=g) < 0.05))
     D = reference.act_scale(xs, 2.0, 1.0, 0.25) if extras else None
-    pw = NUMBA.quantize(W.contiguous(), D, QuantFormat(bits, GROUP).resolved(K))
+    pw = NUMBA.quantize(W.contiguous(), D, QuantFormat(bits, group_for(K)).resolved(K))
     A = torch.randn(RANK, K, generator=g) / K**0.5 if extras else None
     B = torch.randn(N, RANK, generator=g) / RANK**0.5 if extras else None
     bias = torch.randn(N, generator=g) if extras else None
@@ -170,8 +176,8 @@ def _build(shape, kind):
     return make, streamed, check, n
 
 
-def _pair(t):
-    return t[0], GROUP, t[1]
+def group_for(K: int) -> int:
+    return GROUP if K % GROUP == 0 else 64
 
 
 class _nullcontext:
@@ -238,7 +244,7 @@ def test_cpu_matmul(benchmark, shape, kind, T):
         make_peer, _, _, peer_copies = _Operands.get(shape, "torch-int4")
         peer = make_peer(x)
         copies = max(copies, peer_copies)
-    info = {"kind": kind, "N": N, "K": K, "T": T, "GFLOPs": 2 * T * N * K / 1e9}
+    info = {"kind": kind, "N": N, "K": K, "T": T, "g": group_for(K), "GFLOPs": 2 * T * N * K / 1e9}
     budget = 0.25 if T <= 16 else 0.8
     _measure(benchmark, make(x), peer, nbytes, info, budget, warm=copies)
     benchmark.extra_info["GFLOPps"] = info["GFLOPs"] / (info["ms"] * 1e-3)

@@ -39,10 +39,10 @@ from ttqkern.backends.numba import _common, config, host, isa
 PATHS = {
     "fused": {"FUSED_MAX_T": 1 << 20, "DEQUANT_MIN_T": 1 << 20},
     "buffered": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20},
-    "dequant": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1},
-    "packed": {"DEQUANT_MIN_T": 1 << 20},  # the decode families (blocked / lut) for every T
-    "packed-portable": {"DEQUANT_MIN_T": 1 << 20},
-    "lut": {"DEQUANT_MIN_T": 1 << 20},
+    "dequant": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1, "PACKED_MAX_T": 0},  # prefill: dequantize + BLAS
+    "packed": {"PACKED_MAX_T": 1 << 30},  # the decode families (blocked / lut) for every T
+    "packed-portable": {"PACKED_MAX_T": 1 << 30, "DEQUANT_MIN_T": 1 << 20},
+    "lut": {"PACKED_MAX_T": 1 << 30},
 }
 # path -> (kernel family forced, ISA forced); None: what the backend picks
 FAMILY = {

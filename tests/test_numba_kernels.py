@@ -38,7 +38,7 @@ from ttqkern.backends.numba import BACKEND, config, gemv_blocked, gemv_lut, host
 HAS_AVX512 = isa.detect("auto") == "avx512"
 ISAS = ["avx512", "portable"] if HAS_AVX512 else ["portable"]
 FAMILIES = ["auto", "blocked", "lut", "words", "generic"]
-NO_PREFILL = {"DEQUANT_MIN_T": 1 << 20}  # the decode kernels for every T
+NO_PREFILL = {"PACKED_MAX_T": 1 << 30, "DEQUANT_MIN_T": 1 << 20}  # the decode kernels for every T
 
 
 @contextlib.contextmanager

@@ -3,14 +3,14 @@
 Timings on a shared machine are only believable with the machine's state beside
 them (docs/benchmarks.md): every 2-thread kernel slows 2-10x when another process
 takes a core, and the memory bandwidth itself moves between states minutes apart.
-So the CPU suite measures, in the same run:
+So a benchmark measures, in the same run:
 
 - `ReadProbe`: the streaming-read bandwidth of this machine now (an fp32 sum over
   512 MiB, one prefetch per cache line, on the benchmark's threads), the roofline a
   decode kernel's GB/s is divided by;
 - `load_average` (``/proc/loadavg``) and `OthersCpu`: the fraction of the CPUs used by
   *other* processes over an interval (all busy time in ``/proc/stat`` minus this
-  process's in ``/proc/self/stat``), a direct measure of contention.
+  process's own CPU time, ``os.times``), a direct measure of contention.
 
 Only the probe needs Numba (its loop is built from `ttqkern.backends.numba.simd`'s
 target-independent intrinsics, so it runs on any CPU); without Numba it falls back

@@ -29,10 +29,17 @@ SERIAL_MAX (every op)
     slice), more than a small layer gains from a second thread.  qmatmul's default
     (2^20) keeps every layer of a 135M-parameter model (at most 1536 x 576) serial.
 qmatmul.DEQUANT_MIN_T
-    From this many tokens on (prefill), the weight is dequantized to fp32 by a
-    parallel Numba kernel and multiplied with ``torch.matmul`` (BLAS).  Below it the
-    packed kernels run: decode (T <= 16) is memory-bound and they stream the packed
-    weight; the crossover with BLAS is a property of the machine (tunable).
+    Portable word-plane paths: from this many tokens on (prefill), the weight is
+    dequantized to fp32 by a parallel Numba kernel and multiplied with
+    ``torch.matmul`` (BLAS); below it the word-plane kernels stream the packed
+    weight (measured crossover T ~ 16-20 for 4096 x 4096 int4).
+qmatmul.PACKED_MAX_T
+    AVX-512 / blocked kernels: up to this many tokens they run, above it dequantize +
+    BLAS as for DEQUANT_MIN_T.  Default: always the packed kernels.  Measured on one
+    thread of the Zen 5 here (CPU time): 4096 x 4096 int4 at T = 32 / 128 / 512 took
+    5.7 / 30 / 124 ms in the blocked kernel against 27 / 64 / 212 ms for dequantize +
+    BLAS (fp32 ``F.linear`` alone: 20 / 59 / 215 ms); 3-bit (lut) 8.9 / 67 / 324 ms
+    against 49 / 129 / 418 ms.
 
 qmatmul, AVX-512 kernels (`gemv_blocked` for bits 4 and 8, `gemv_lut` for bits 2 and 3;
 `gemv_blocked`'s portable 4-bit form uses the same fields):
@@ -85,7 +92,7 @@ DEFAULTS = {
     "act_scale": {"BLOCK_K": 256, "SERIAL_MAX": 1 << 16},
     "quantize": {"BLOCK_N": 16, "SERIAL_MAX": 1 << 16},
     "qmatmul": {
-        "BLOCK_N": 16, "FUSED_MAX_T": 16, "DEQUANT_MIN_T": 17, "SERIAL_MAX": 1 << 20,
+        "BLOCK_N": 16, "FUSED_MAX_T": 16, "DEQUANT_MIN_T": 17, "PACKED_MAX_T": 1 << 30, "SERIAL_MAX": 1 << 20,
         "TILE_ROWS": 8, "TILE_TOKENS": 4, "PARTIALS": 2, "TASK_BLOCKS": 4, "PREFETCH": 65536,
     },
 }  # fmt: skip
@@ -97,7 +104,7 @@ FIELDS = {
     "act_scale": {"BLOCK_K": _BLOCK, "SERIAL_MAX": _SERIAL},
     "quantize": {"BLOCK_N": _BLOCK, "SERIAL_MAX": _SERIAL},
     "qmatmul": {
-        "BLOCK_N": _BLOCK, "FUSED_MAX_T": _T, "DEQUANT_MIN_T": _T, "SERIAL_MAX": _SERIAL,
+        "BLOCK_N": _BLOCK, "FUSED_MAX_T": _T, "DEQUANT_MIN_T": _T, "PACKED_MAX_T": _T, "SERIAL_MAX": _SERIAL,
         # register-tile shapes the kernels are compiled for (each value is a specialisation)
         "TILE_ROWS": Int(1, 8), "TILE_TOKENS": Int(1, 4), "PARTIALS": Int(1, 2),
         "TASK_BLOCKS": Int(1, 1 << 16), "PREFETCH": Int(1, 1 << 24),
@@ -114,6 +121,7 @@ SPACE = {
         "BLOCK_N": (4, 8, 16, 32, 64, 128),
         "FUSED_MAX_T": (0, 1, 2, 4, 8, 16, 32),
         "DEQUANT_MIN_T": (8, 16, 17, 24, 32, 48, 64, 128, 1 << 30),
+        "PACKED_MAX_T": (16, 32, 64, 128, 256, 1 << 30),
         "TILE_ROWS": (1, 2, 4, 8),
         "TILE_TOKENS": (1, 2, 3, 4),
         "PARTIALS": (1, 2),

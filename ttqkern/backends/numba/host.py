@@ -9,7 +9,9 @@ Families (which one runs is decided per weight, then per T):
 - ``words`` -- the canonical planes read as machine words (`gemv_words`, `gemm`):
   bits 2 / 3 on the portable path, and group sizes the two layouts above do not take.
 - ``generic`` -- any canonical weight (`generic`), e.g. g = 37.
-- ``prefill`` -- ``T >= DEQUANT_MIN_T``: dequantize once, then BLAS.
+- ``prefill`` -- dequantize once, then BLAS: above ``PACKED_MAX_T`` tokens for the
+  blocked / lut families (default: never -- their register tiles beat BLAS up to
+  T = 512 here, see `config`), from ``DEQUANT_MIN_T`` on for the word-plane paths.
 
 A ``numba_cpu`` weight (what this backend's quantize writes, `cpu_layouts`) is read
 in place.  A canonical weight (from another backend, or `ttqkern.ops.pack`) is
@@ -187,8 +189,8 @@ class Prepared:
             return plan
         pw = self.pw
         cfg = config.params("qmatmul", bits=pw.bits, T=T, N=self.N, K=self.K)
-        if T >= cfg["DEQUANT_MIN_T"] or self.family in ("words", "generic"):
-            plan = (None, cfg)
+        if self.family in ("words", "generic") or T > cfg["PACKED_MAX_T"]:
+            plan = (None, cfg if self.family in ("words", "generic") else {**cfg, "DEQUANT_MIN_T": 1})
         else:
             tp_max = cfg["TILE_TOKENS"]
             TP = -(-T // -(-T // tp_max))  # equal chunks: T = 6 with 4 -> 2 x 3
