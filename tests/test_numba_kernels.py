@@ -255,3 +255,21 @@ def test_layout_kinds_cover_every_family():
     assert host.family(reference.quantize(torch.randn(4, 96), None, 4, 48, False, "float", 1.0)) == "words"
     assert host.family(reference.quantize(torch.randn(4, 100), None, 4, 37, False, "float", 1.0)) == "generic"
     assert L.kind(4, 48) == "plain"
+
+
+@pytest.mark.parametrize("which", ISAS)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("g", [32, 128, 256])
+@pytest.mark.parametrize("kt", [1, 4, 5])
+@pytest.mark.parametrize("T", [2, 5, 16])
+def test_blocked_k_tiles(which, bits, g, kt, T):
+    """The K-tiled walk of the blocked kernels (K_TILE > 0, several tokens) gives the untiled result."""
+    N, K = 37, 700  # 6 chunks of 128 codes (Kp = 768 for g = 256): ragged tiles for kt = 4 and 5
+    x, W, _, bias = random_case(T, N, K, bias=True)
+    D = reference.act_scale(x, 2.0, 1.0, 0.25)
+    pw = BACKEND.quantize(W, D, reference_fmt(bits, g, False, "float", K))
+    lowrank = _factors(N, K, 3)
+    key = config.key("qmatmul", bits=bits, T=T, N=N, K=K)
+    with isa.forced(which), store.override("cpu", key, {"K_TILE": kt, "TASK_BLOCKS": 2}):
+        y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
+    assert_output_close(y, ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch"))

@@ -184,10 +184,14 @@ def _make(bits: int, parallel: bool, portable: bool = False):
     loop = prange if parallel else range
 
     @numba.njit(**REASSOC_INLINE)
-    def _block(
-        codes, sm, xp, T, u, Bm, bias, y, rb, h, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs
-    ):  # pragma: no cover
-        """Rows ``rb * BR + h ... + R`` of one block, every token chunk (see module doc)."""
+    def _tile(codes, sm, xp, T, u, Bm, bias, y, rb, h, t0, c0, c1, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs,
+              scratch, srow):  # pragma: no cover  # fmt: skip
+        """Rows ``rb * BR + h ... + R``, tokens ``t0 ... t0 + TP``, chunks ``c0 <= c < c1`` (module doc).
+
+        The partial sums start at zero when ``c0 == 0`` and are otherwise loaded from
+        ``scratch`` rows ``srow ...``; unless ``c1 == C`` they are stored back there,
+        else reduced and written to y with the low-rank and bias epilogue.
+        """
         R = len(rtag)
         TP = len(ttag)
         N = y.shape[1]
@@ -195,41 +199,51 @@ def _make(bits: int, parallel: bool, portable: bool = False):
         GPC = len(gtag)
         CPG = max(1, g // CHUNK)  # chunks per group (g >= 128)
         r_lr = Bm.shape[1]
-        for t0 in range(0, T, TP):
-            accs = S.zeros_tile(rtag, atag)
-            q0 = 0  # first group of chunk c (no division in the loop: groups advance by GPC per chunk, or 1 per CPG)
-            cq = 0
-            for c in range(C):
-                sbase = (rb * GQ + q0) * 2 * BR + h
-                cbase = ((rb * C + c) * BR + h) * CB
-                if t0 == 0:
-                    for ln in range(R * lines):
-                        S.prefetch(codes, cbase + pfb + 64 * ln)
-                    S.prefetch(sm, sbase + pfs)
-                accs = step(accs, codes, cbase, sm, sbase, BR, 2 * BR, xp, _xoffs(t0, T, Kq, c * CHUNK, ttag), gtag)
-                cq += 1
-                if cq == CPG:
-                    cq = 0
-                    q0 += GPC
-            sums = S.tile_sums(accs, ttag)
-            for r in range(R):
-                n = rb * BR + h + r
-                if n >= N:
+        accs = S.zeros_tile(rtag, atag) if c0 == 0 else S.load_tile(scratch, srow, rtag, atag)
+        # first group of chunk c: groups advance by GPC per chunk, or 1 per CPG chunks (no division in the loop)
+        q0 = c0 * GPC if GPC > 1 else c0 // CPG
+        cq = 0 if GPC > 1 else c0 % CPG
+        for c in range(c0, c1):
+            sbase = (rb * GQ + q0) * 2 * BR + h
+            cbase = ((rb * C + c) * BR + h) * CB
+            if t0 == 0:
+                for ln in range(R * lines):
+                    S.prefetch(codes, cbase + pfb + 64 * ln)
+                S.prefetch(sm, sbase + pfs)
+            accs = step(accs, codes, cbase, sm, sbase, BR, 2 * BR, xp, _xoffs(t0, T, Kq, c * CHUNK, ttag), gtag)
+            cq += 1
+            if cq == CPG:
+                cq = 0
+                q0 += GPC
+        if c1 < C:
+            S.store_tile(scratch, srow, accs)
+            return
+        sums = S.tile_sums(accs, ttag)
+        for r in range(R):
+            n = rb * BR + h + r
+            if n >= N:
+                break
+            for t in range(TP):
+                tt = t0 + t
+                if tt >= T:
                     break
-                for t in range(TP):
-                    tt = t0 + t
-                    if tt >= T:
-                        break
-                    acc = sums[r * TP + t]
-                    for k in range(r_lr):
-                        acc += u[tt, k] * Bm[n, k]
-                    if bias.shape[0]:
-                        acc += bias[n]
-                    y[tt, n] = acc
+                acc = sums[r * TP + t]
+                for k in range(r_lr):
+                    acc += u[tt, k] * Bm[n, k]
+                if bias.shape[0]:
+                    acc += bias[n]
+                y[tt, n] = acc
 
     @numba.njit(parallel=parallel, **REASSOC)
-    def gemv(x, D, has_D, A, Bm, bias, codes, sm, g, rtag, ttag, atag, gtag, bpt, pfb, y):  # pragma: no cover
-        """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue ``x / D`` and ``x A^T`` included)."""
+    def gemv(x, D, has_D, A, Bm, bias, codes, sm, g, rtag, ttag, atag, gtag, bpt, kt, pfb, y):  # pragma: no cover
+        """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue ``x / D`` and ``x A^T`` included).
+
+        ``kt``: chunks per K tile (0: none).  Untiled, each register tile walks all of K
+        in memory order (best for one token: one sequential stream).  Tiled (for
+        several tokens), a task walks K in tiles of ``kt`` chunks and, per tile, all
+        its row blocks, so the tile's x (``TP * kt * 128`` floats) stays in L1 while
+        every row of the task uses it; partial sums wait in a small scratch.
+        """
         T, K = x.shape
         NB, C, BR, _ = codes.shape
         GQ = sm.shape[1]
@@ -251,12 +265,32 @@ def _make(bits: int, parallel: bool, portable: bool = False):
                     acc += x[t, k] * A[j, k]
                 u[t, j] = acc
         R = len(rtag)
+        TP = len(ttag)
+        L = len(atag)
         pfs = 2 * pfb * GQ // (C * CB)  # the same distance in the scales/offsets stream (floats)
         ntask = (NB + bpt - 1) // bpt
+        tiled = 0 < kt < C
         for task in loop(ntask):
-            for rb in range(task * bpt, min(NB, (task + 1) * bpt)):
-                for h in range(0, BR, R):
-                    _block(codes, sm, xp, T, u, Bm, bias, y, rb, h, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs)
+            rb0 = task * bpt
+            rb1 = min(NB, rb0 + bpt)
+            if not tiled:
+                dummy = np.empty((0, 16), np.float32)
+                for rb in range(rb0, rb1):
+                    for h in range(0, BR, R):
+                        for t0 in range(0, T, TP):
+                            _tile(codes, sm, xp, T, u, Bm, bias, y, rb, h, t0, 0, C, C, GQ, BR, g, rtag, ttag, atag,
+                                  gtag, pfb, pfs, dummy, 0)  # fmt: skip
+                continue
+            halves = BR // R
+            scratch = np.empty(((rb1 - rb0) * halves * R * L, 16), np.float32)
+            for t0 in range(0, T, TP):
+                for c0 in range(0, C, kt):
+                    c1 = min(C, c0 + kt)
+                    for rb in range(rb0, rb1):
+                        for hi in range(halves):
+                            srow = ((rb - rb0) * halves + hi) * R * L
+                            _tile(codes, sm, xp, T, u, Bm, bias, y, rb, hi * R, t0, c0, c1, C, GQ, BR, g, rtag,
+                                  ttag, atag, gtag, pfb, pfs, scratch, srow)  # fmt: skip
 
     return gemv
 

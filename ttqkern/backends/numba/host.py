@@ -202,7 +202,8 @@ class Prepared:
             head = (self.D, self.has_D, self.A, self.Bm, self.bias)
             tiles = (_tag(rows), _tag(TP), _tag(TP * NA))
             if self.family == "blocked":
-                mid = (*head, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+                kt = cfg["K_TILE"] if TP > 1 else 0  # one token: one sequential stream (config doc)
+                mid = (*head, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], kt, cfg["PREFETCH"])
             else:
                 p1, p2, sm = self.arrays
                 mid = (*head, p1, p2, self.kind, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
