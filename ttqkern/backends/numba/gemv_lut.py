@@ -49,6 +49,7 @@ from numba.extending import intrinsic
 from ..cpu_layouts import LUT_ROWS
 from . import simd as S
 from ._common import REASSOC, REASSOC_INLINE
+from .gemv_blocked import lowrank_bias
 
 KIND_PAIR2, KIND_QUAD1, KIND_SINGLE4 = 0, 1, 2  # what one 4-bit field of a plane covers
 _CODES_PER_FIELD = {KIND_PAIR2: 2, KIND_QUAD1: 4, KIND_SINGLE4: 1}
@@ -193,9 +194,7 @@ def _make(nplanes: int, parallel: bool):
     loop = prange if parallel else range
 
     @numba.njit(**REASSOC_INLINE)
-    def _task(
-        p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, u, Bm, bias, y, rb0, rb1, rtag, ttag, atag, pfj, ys
-    ):  # pragma: no cover
+    def _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys):  # pragma: no cover
         """Row blocks [rb0, rb1) of the output, every token (loop order in the module doc)."""
         T, N = y.shape
         G = sm.shape[1]
@@ -244,12 +243,7 @@ def _make(nplanes: int, parallel: bool):
                         n = (rb0 + rb) * LUT_ROWS + lane
                         if n >= N:
                             break
-                        acc = ys[srow, lane]
-                        for k in range(Bm.shape[1]):
-                            acc += u[tt, k] * Bm[n, k]
-                        if bias.shape[0]:
-                            acc += bias[n]
-                        y[tt, n] = acc
+                        y[tt, n] = ys[srow, lane]
 
     @numba.njit(parallel=parallel, **REASSOC)
     def gemv(x, D, has_D, A, Bm, bias, p1, p2, kind1, sm, g, rtag, ttag, atag, bpt, pfj, y):  # pragma: no cover
@@ -299,7 +293,8 @@ def _make(nplanes: int, parallel: bool):
             rb1 = min(NB, rb0 + bpt)
             nrbp = (rb1 - rb0 + len(rtag) - 1) // len(rtag) * len(rtag)
             ys = np.empty((nch * nrbp * TP, 16), np.float32)
-            _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, u, Bm, bias, y, rb0, rb1, rtag, ttag, atag, pfj, ys)
+            _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys)
+            lowrank_bias(u, Bm, bias, y, rb0 * LUT_ROWS, min(y.shape[1], rb1 * LUT_ROWS))
 
     return gemv
 
