@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from ._common import REASSOC, STRICT
-from .gemv_words import _dot, _fill_se, _row_tail, _unpack16, _unpack32
+from .gemv_words import _dot, _fill_se, _row_tail, _se_buffers, _unpack16, _unpack32
 
 
 @numba.njit(parallel=True, **REASSOC)
@@ -29,10 +29,7 @@ def buffered(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mod
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
-        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
-        se1 = se1_c.view(np.float32)
-        se2 = se2_c.view(np.float32)
+        se1, se1_c, se2, se2_c = _se_buffers(w1, w2)
         buf = np.empty(L, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg1, se1, se1_c)
@@ -55,10 +52,7 @@ def unpack_rows(w1, m1, Wg1, w2, m2, Wg2, off2, scales, block_n, out):  # pragma
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
-        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
-        se1 = se1_c.view(np.float32)
-        se2 = se2_c.view(np.float32)
+        se1, se1_c, se2, se2_c = _se_buffers(w1, w2)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             row = out[n]
             _fill_se(scales, n, Wg1, se1, se1_c)

@@ -46,6 +46,7 @@ from numba.extending import intrinsic
 from ..cpu_layouts import BLOCK_ROWS, CHUNK, blocked_shapes
 from . import simd as S
 from ._common import REASSOC, REASSOC_INLINE
+from .prologue import lowrank_column, scale_pad
 
 # --- micro-kernels: one chunk of 128 codes for an R x TP tile -------------------------
 
@@ -153,27 +154,6 @@ _step4p = intrinsic(_step_typer(4, lookup=False))
 _step8 = intrinsic(_step_typer(8))
 
 
-@intrinsic
-def _xoffs(typingctx, t0, T, Kq, col, ttag):
-    """``((min(t0 + t, T - 1)) * Kq + col for t in range(len(ttag)))``: flat x offsets of a token chunk."""
-    TP = S.tuple_len(ttag)
-    if TP is None:
-        return None
-    out = types.UniTuple(types.intp, TP)
-
-    def codegen(context, builder, sig, args):
-        t0, T, Kq, col = (S.ir_index(context, builder, sig.args[i], args[i]) for i in range(4))
-        last = builder.sub(T, S.ir_const(T, 1))
-        vals = []
-        for t in range(TP):
-            tt = builder.add(t0, S.ir_const(t0, t))
-            tt = builder.select(builder.icmp_signed("<", tt, last), tt, last)
-            vals.append(builder.add(builder.mul(tt, Kq), col))
-        return context.make_tuple(builder, out, vals)
-
-    return out(t0, T, Kq, col, ttag), codegen
-
-
 @numba.njit(**REASSOC_INLINE)
 def lowrank_bias(u, Bm, bias, y, n0, n1):  # pragma: no cover - compiled
     """``y[:, n0:n1] += u B[n0:n1]^T + bias[n0:n1]`` (stage 5; B ``[N, r]``, bias ``[N]`` or ``[0]``).
@@ -235,7 +215,7 @@ def _make(bits: int, parallel: bool, portable: bool = False):
                 for ln in range(R * lines):
                     S.prefetch(codes, cbase + pfb + 64 * ln)
                 S.prefetch(sm, sbase + pfs)
-            accs = step(accs, codes, cbase, sm, sbase, BR, 2 * BR, xp, _xoffs(t0, T, Kq, c * CHUNK, ttag), gtag)
+            accs = step(accs, codes, cbase, sm, sbase, BR, 2 * BR, xp, S.offsets(c * CHUNK, Kq, t0, T - 1, ttag), gtag)
             cq += 1
             if cq == CPG:
                 cq = 0
@@ -264,26 +244,16 @@ def _make(bits: int, parallel: bool, portable: bool = False):
         its row blocks, so the tile's x (``TP * kt * 128`` floats) stays in L1 while
         every row of the task uses it; partial sums wait in a small scratch.
         """
-        T, K = x.shape
+        T = x.shape[0]
         NB, C, BR, _ = codes.shape
         GQ = sm.shape[1]
         Kq = C * CHUNK
-        xp = np.zeros((T, Kq), np.float32)
-        for t in range(T):
-            if has_D:
-                for k in range(K):
-                    xp[t, k] = x[t, k] / D[k]  # true division, as the reference's x / D
-            else:
-                for k in range(K):
-                    xp[t, k] = x[t, k]
+        xp = np.empty((T, Kq), np.float32)
+        scale_pad(x, D, has_D, xp)
         r_lr = A.shape[0]
         u = np.zeros((T, r_lr), np.float32)
         for j in loop(r_lr):  # x A^T: A is read once, split over the threads (a parallel region of its own)
-            for t in range(T):
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc += x[t, k] * A[j, k]
-                u[t, j] = acc
+            lowrank_column(x, A, u, j)
         R = len(rtag)
         TP = len(ttag)
         L = len(atag)

@@ -50,6 +50,7 @@ from ..cpu_layouts import LUT_ROWS
 from . import simd as S
 from ._common import REASSOC, REASSOC_INLINE
 from .gemv_blocked import lowrank_bias
+from .prologue import lowrank_column, scale_pad
 
 KIND_PAIR2, KIND_QUAD1, KIND_SINGLE4 = 0, 1, 2  # what one 4-bit field of a plane covers
 _CODES_PER_FIELD = {KIND_PAIR2: 2, KIND_QUAD1: 4, KIND_SINGLE4: 1}
@@ -167,26 +168,6 @@ def _lut_apply(typingctx, accs, ys, ybase, sm, sflat, xg, xgoffs):
     return types.void(accs, ys, ybase, sm, sflat, xg, xgoffs), codegen
 
 
-@intrinsic
-def _offsets(typingctx, base, step, n0, nmax, tag):
-    """``(base + min(n0 + i, nmax) * step for i in range(len(tag)))`` as a UniTuple of intp."""
-    n = S.tuple_len(tag)
-    if n is None:
-        return None
-    out = types.UniTuple(types.intp, n)
-
-    def codegen(context, builder, sig, args):
-        b, st, n0, nm = (S.ir_index(context, builder, sig.args[i], args[i]) for i in range(4))
-        vals = []
-        for i in range(n):
-            v = builder.add(n0, S.ir_const(n0, i))
-            v = builder.select(builder.icmp_signed("<", v, nm), v, nm)
-            vals.append(builder.add(b, builder.mul(v, st)))
-        return context.make_tuple(builder, out, vals)
-
-    return out(base, step, n0, nmax, tag), codegen
-
-
 # --- host-callable kernels ----------------------------------------------------------------
 
 
@@ -216,22 +197,22 @@ def _make(nplanes: int, parallel: bool):
                     # repeats the last block, whose results are not stored)
                     for w in range(wpg1):
                         col = j * wpg1 + w
-                        wf = _offsets(col * 16, W1 * 16, rb0 + r0, rb0 + last, rtag)
+                        wf = S.offsets(col * 16, W1 * 16, rb0 + r0, rb0 + last, rtag)
                         if t0 == 0:
                             for r in range(RB):
                                 S.prefetch(p1, wf[r] + pfj * wpg1 * 16)
-                        accs = _lut_word(accs, p1, wf, tab1, _offsets(col * 8 * 16, nt1 * 16, t0, T - 1, ttag))
+                        accs = _lut_word(accs, p1, wf, tab1, S.offsets(col * 8 * 16, nt1 * 16, t0, T - 1, ttag))
                     if nplanes == 2:
                         for w in range(wpg2):
                             col = j * wpg2 + w
-                            wf = _offsets(col * 16, W2 * 16, rb0 + r0, rb0 + last, rtag)
+                            wf = S.offsets(col * 16, W2 * 16, rb0 + r0, rb0 + last, rtag)
                             if t0 == 0:
                                 for r in range(RB):
                                     S.prefetch(p2, wf[r] + pfj * wpg2 * 16)
-                            accs = _lut_word(accs, p2, wf, tab2, _offsets(col * 8 * 16, nt2 * 16, t0, T - 1, ttag))
-                    sf = _offsets(j * 32, G * 32, rb0 + r0, rb0 + last, rtag)
+                            accs = _lut_word(accs, p2, wf, tab2, S.offsets(col * 8 * 16, nt2 * 16, t0, T - 1, ttag))
+                    sf = S.offsets(j * 32, G * 32, rb0 + r0, rb0 + last, rtag)
                     _lut_apply(accs, ys, ((t0 // TP) * nrbp + r0) * TP, sm, sf, xg,
-                               _offsets(j, G, t0, T - 1, ttag))  # fmt: skip
+                               S.offsets(j, G, t0, T - 1, ttag))  # fmt: skip
         for rb in range(nrb):
             for t0 in range(0, T, TP):
                 for t in range(TP):
@@ -248,17 +229,11 @@ def _make(nplanes: int, parallel: bool):
     @numba.njit(parallel=parallel, **REASSOC)
     def gemv(x, D, has_D, A, Bm, bias, p1, p2, kind1, sm, g, rtag, ttag, atag, bpt, pfj, y):  # pragma: no cover
         """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue: x / D, group sums, tables, x A^T)."""
-        T, K = x.shape
+        T = x.shape[0]
         NB, G = sm.shape[0], sm.shape[1]
         Kp = G * g
-        xp = np.zeros((T, Kp), np.float32)
-        for t in range(T):
-            if has_D:
-                for k in range(K):
-                    xp[t, k] = x[t, k] / D[k]  # true division, as the reference's x / D
-            else:
-                for k in range(K):
-                    xp[t, k] = x[t, k]
+        xp = np.empty((T, Kp), np.float32)
+        scale_pad(x, D, has_D, xp)
         xg = np.empty((T, G), np.float32)
         for t in range(T):
             for jj in range(G):
@@ -280,11 +255,7 @@ def _make(nplanes: int, parallel: bool):
         r_lr = A.shape[0]
         u = np.zeros((T, r_lr), np.float32)
         for jr in loop(r_lr):  # x A^T: A is read once, split over the threads (a parallel region of its own)
-            for t in range(T):
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc += x[t, k] * A[jr, k]
-                u[t, jr] = acc
+            lowrank_column(x, A, u, jr)
         TP = len(ttag)
         nch = (T + TP - 1) // TP
         ntask = (NB + bpt - 1) // bpt

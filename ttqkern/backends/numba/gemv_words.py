@@ -107,6 +107,14 @@ def _fill_se(scales, n, Wg, se, se128):  # pragma: no cover - compiled
                 seg[w] = v
 
 
+@numba.njit(**STRICT_INLINE)
+def _se_buffers(w1, w2):  # pragma: no cover - compiled
+    """Per-word scale buffers of both planes, each with its 16-byte (complex128) view for `_fill_se`."""
+    se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)
+    se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
+    return se1_c.view(np.float32), se1_c, se2_c.view(np.float32), se2_c
+
+
 def _make_row_helpers(sh: int):
     """`rowdot` and `unpack_row` for words of ``2 * sh`` bits (halves split by ``>> sh``).
 
@@ -247,10 +255,7 @@ def fused(w1, m1, Wg1, w2, m2, Wg2, xs, off2, Xg, scales, zp_f, zp_i, off_mode, 
     two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1_c = np.empty((w1.shape[1] + 3) // 4, np.complex128)  # se1 and its 16-byte view for `_fill_se`
-        se2_c = np.empty((w2.shape[1] + 3) // 4, np.complex128)
-        se1 = se1_c.view(np.float32)
-        se2 = se2_c.view(np.float32)
+        se1, se1_c, se2, se2_c = _se_buffers(w1, w2)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             _fill_se(scales, n, Wg1, se1, se1_c)
             if two:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ._common import REASSOC, STRICT
+from ._common import REASSOC, REASSOC_INLINE, STRICT, STRICT_INLINE
 
 
 @numba.njit(**REASSOC)
@@ -24,20 +24,36 @@ def _group_sums(xp, g, Xg):  # pragma: no cover - compiled
             Xg[t, j] = acc
 
 
-@numba.njit(**STRICT)
-def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
-    """x fp32 ``[T, K]``, D fp32 ``[K]`` -> xp = x / D zero-padded ``[T, Kp]``, Xg ``[T, G]``."""
+@numba.njit(**STRICT_INLINE)
+def scale_pad(x, D, has_D, xp):  # pragma: no cover - compiled
+    """xp ``[T, Kp]`` = x ``[T, K]`` / D (true division, as the reference's x / D), zero past K."""
     T, K = x.shape
     Kp = xp.shape[1]
     for t in range(T):
         if has_D:
             for k in range(K):
-                xp[t, k] = x[t, k] / D[k]  # true division, as the reference's x / D
+                xp[t, k] = x[t, k] / D[k]
         else:
             for k in range(K):
                 xp[t, k] = x[t, k]
         for k in range(K, Kp):
             xp[t, k] = 0.0
+
+
+@numba.njit(**REASSOC_INLINE)
+def lowrank_column(x, A, u, j):  # pragma: no cover - compiled
+    """u[:, j] = x A[j]^T: one rank's column of ``u = x A^T`` (x ``[T, K]`` unscaled, spec stage 5)."""
+    for t in range(x.shape[0]):
+        acc = np.float32(0.0)
+        for k in range(x.shape[1]):
+            acc += x[t, k] * A[j, k]
+        u[t, j] = acc
+
+
+@numba.njit(**STRICT)
+def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
+    """x fp32 ``[T, K]``, D fp32 ``[K]`` -> xp = x / D zero-padded ``[T, Kp]``, Xg ``[T, G]``."""
+    scale_pad(x, D, has_D, xp)
     _group_sums(xp, g, Xg)
 
 

@@ -13,10 +13,12 @@ intrinsics on them (load, store, broadcast, FMA, shift, ``vpermps``, prefetch, .
 Values of these types live in SSA registers: LLVM allocates zmm registers for them
 and spills only when a kernel keeps more than 32 alive.
 
-Tuple forms (``*_n`` functions) act on ``UniTuple(f32x16, n)`` values element by
-element, with ``n`` known at compile time from the tuple's type: a kernel written
-once over tuples is compiled into straight-line code for each row / token count
-it is called with (a register tile), without Python code generation.
+Register tiles are nested ``UniTuple``s of vectors (`zeros_tile`, `store_tile`,
+`load_tile`, `tile_sums`): their sizes are known at compile time from the tuple
+types, so a kernel written once over tuples is compiled into straight-line code
+for each row / token count it is called with, without Python code generation.
+The kernel modules write their inner step as one intrinsic with the ``ir_*``
+helpers below, so the field loop and the tile are unrolled at compile time.
 
 Memory safety: the loads and stores here do **not** check bounds (they read
 ``16 * itemsize`` bytes at an element offset of a C-contiguous array's data).
@@ -132,29 +134,6 @@ def fbcast(typingctx, x):
     return f32x16(x), codegen
 
 
-@intrinsic
-def ibcast(typingctx, x):
-    """``x`` (an integer, truncated to 32 bits) in all 16 lanes."""
-    if not isinstance(x, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        v = context.cast(builder, args[0], sig.args[0], types.int32)
-        return _splat(builder, v, VI)
-
-    return i32x16(x), codegen
-
-
-@intrinsic
-def iota(typingctx):
-    """f32x16 ``[0, 1, ..., 15]``."""
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(VF, [float(i) for i in range(16)])
-
-    return f32x16(), codegen
-
-
 # --- memory -----------------------------------------------------------------------------
 
 
@@ -187,37 +166,6 @@ def store_f(typingctx, arr, idx, v):
         return context.get_dummy_value()
 
     return types.void(arr, idx, v), codegen
-
-
-@intrinsic
-def load_w(typingctx, arr, idx):
-    """16 32-bit words starting at element ``idx`` of a uint8 / uint32 / int32 array.
-
-    For a uint8 array ``idx`` is a byte offset (64 bytes are read); for 32-bit arrays
-    an element offset.  Unaligned, unchecked.
-    """
-    if not _check_array(arr, (types.uint8, types.uint32, types.int32)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i = _idx(context, builder, sig.args[1], args[1])
-        return builder.load(_ptr(context, builder, sig.args[0], args[0], i, VI), align=1)
-
-    return i32x16(arr, idx), codegen
-
-
-@intrinsic
-def load_u8_zext(typingctx, arr, idx):
-    """16 bytes at byte ``idx`` of a uint8 array, zero-extended to i32x16 (``vpmovzxbd``)."""
-    if not _check_array(arr, (types.uint8,)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        i = _idx(context, builder, sig.args[1], args[1])
-        v = builder.load(_ptr(context, builder, sig.args[0], args[0], i, ir.VectorType(_I8, 16)), align=1)
-        return builder.zext(v, VI)
-
-    return i32x16(arr, idx), codegen
 
 
 @intrinsic
@@ -254,9 +202,6 @@ def _binop(name):
 
 fadd = intrinsic(_binop("fadd"))
 fmul = intrinsic(_binop("fmul"))
-fsub = intrinsic(_binop("fsub"))
-iand = intrinsic(_binop("and_"))
-ior = intrinsic(_binop("or_"))
 
 
 @intrinsic
@@ -269,44 +214,6 @@ def fma(typingctx, a, b, c):
         return builder.call(_fn(builder, "llvm.fma.v16f32", VF, [VF, VF, VF]), args)
 
     return f32x16(a, b, c), codegen
-
-
-@intrinsic
-def srl(typingctx, v, n):
-    """Logical right shift of every lane by ``n`` bits (``vpsrld``; ``n`` in [0, 31])."""
-    if v != i32x16 or not isinstance(n, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        s = _splat(builder, context.cast(builder, args[1], sig.args[1], types.int32), VI)
-        return builder.lshr(args[0], s)
-
-    return i32x16(v, n), codegen
-
-
-@intrinsic
-def cvt(typingctx, v):
-    """i32x16 -> f32x16 (``vcvtdq2ps``; exact for |v| < 2^24)."""
-    if v != i32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.sitofp(args[0], VF)
-
-    return f32x16(v), codegen
-
-
-@intrinsic
-def permps(typingctx, table, idx):
-    """``table[idx & 15]`` per lane (``vpermps``: reads the low 4 bits of each index only)."""
-    if table != f32x16 or idx != i32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn = _fn(builder, "llvm.x86.avx512.permvar.sf.512", VF, [VF, VI])
-        return builder.call(fn, [args[0], args[1]])
-
-    return f32x16(table, idx), codegen
 
 
 @intrinsic
@@ -326,18 +233,6 @@ def hsum(typingctx, v):
         return builder.extract_element(x, _c32(0))
 
     return types.float32(v), codegen
-
-
-@intrinsic
-def lane(typingctx, v, i):
-    """Lane ``i`` of an f32x16 as a float32."""
-    if v != f32x16 or not isinstance(i, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return builder.extract_element(args[0], context.cast(builder, args[1], sig.args[1], types.int32))
-
-    return types.float32(v, i), codegen
 
 
 # --- register tiles: tuples of vectors -------------------------------------------------
@@ -372,37 +267,27 @@ def zeros_tile(typingctx, rtag, ttag):
 
 
 @intrinsic
-def zeros_n(typingctx, tag):
-    """Zeros as a ``UniTuple(f32x16, len(tag))``."""
+def offsets(typingctx, base, step, n0, nmax, tag):
+    """``(base + min(n0 + i, nmax) * step for i in range(len(tag)))`` as a UniTuple of intp.
+
+    The flat offsets of a tile's rows (or tokens), clamped to the last valid one: a
+    ragged tile repeats its last row, whose results are not stored.
+    """
     n = _tuple_of(tag, None)
     if n is None:
-        return None
-    out = types.UniTuple(f32x16, n)
-
-    def codegen(context, builder, sig, args):
-        return context.make_tuple(builder, out, [ir.Constant(VF, [0.0] * 16)] * n)
-
-    return out(tag), codegen
-
-
-@intrinsic
-def row_ids(typingctx, n0, nmax, tag):
-    """``(min(n0 + r, nmax) for r in range(len(tag)))`` as a UniTuple of intp."""
-    n = _tuple_of(tag, None)
-    if n is None or not isinstance(n0, types.Integer) or not isinstance(nmax, types.Integer):
         return None
     out = types.UniTuple(types.intp, n)
 
     def codegen(context, builder, sig, args):
-        a = context.cast(builder, args[0], sig.args[0], types.intp)
-        m = context.cast(builder, args[1], sig.args[1], types.intp)
+        b, st, n0, nm = (_idx(context, builder, sig.args[i], args[i]) for i in range(4))
         vals = []
-        for r in range(n):
-            v = builder.add(a, ir.Constant(a.type, r))
-            vals.append(builder.select(builder.icmp_signed("<", v, m), v, m))
+        for i in range(n):
+            v = builder.add(n0, ir.Constant(n0.type, i))
+            v = builder.select(builder.icmp_signed("<", v, nm), v, nm)
+            vals.append(builder.add(b, builder.mul(v, st)))
         return context.make_tuple(builder, out, vals)
 
-    return out(n0, nmax, tag), codegen
+    return out(base, step, n0, nmax, tag), codegen
 
 
 def _row_ptr(context, builder, aryty, ary, row, col, elem):
@@ -415,143 +300,6 @@ def _row_ptr(context, builder, aryty, ary, row, col, elem):
 
 def _is2d(arr, dtypes):
     return isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout == "C" and arr.dtype in dtypes
-
-
-@intrinsic
-def bcast_rows(typingctx, arr, rows, col):
-    """``(fbcast(arr[rows[r], col]) for r)``: arr a C-contiguous 2-D float32 array."""
-    n = _tuple_of(rows, types.intp)
-    if n is None or not _is2d(arr, (types.float32,)):
-        return None
-    out = types.UniTuple(f32x16, n)
-
-    def codegen(context, builder, sig, args):
-        c = _idx(context, builder, sig.args[2], args[2])
-        rs = cgutils.unpack_tuple(builder, args[1], n)
-        vals = [_splat(builder, builder.load(_row_ptr(context, builder, sig.args[0], args[0], r, c, _F32)), VF)
-                for r in rs]  # fmt: skip
-        return context.make_tuple(builder, out, vals)
-
-    return out(arr, rows, col), codegen
-
-
-@intrinsic
-def words_rows(typingctx, arr, rows, col):
-    """``(load_w(arr[rows[r]], col) for r)``: 16 words at column ``col`` of each row.
-
-    arr: C-contiguous 2-D uint8 (``col`` a byte offset) or uint32/int32 array.
-    """
-    n = _tuple_of(rows, types.intp)
-    if n is None or not _is2d(arr, (types.uint8, types.uint32, types.int32)):
-        return None
-    out = types.UniTuple(i32x16, n)
-
-    def codegen(context, builder, sig, args):
-        c = _idx(context, builder, sig.args[2], args[2])
-        rs = cgutils.unpack_tuple(builder, args[1], n)
-        vals = [builder.load(_row_ptr(context, builder, sig.args[0], args[0], r, c, VI), align=1) for r in rs]
-        return context.make_tuple(builder, out, vals)
-
-    return out(arr, rows, col), codegen
-
-
-@intrinsic
-def prefetch_rows(typingctx, arr, rows, drow, col):
-    """Prefetch ``arr[rows[r] + drow, col]`` for every r (addresses may be past the end)."""
-    n = _tuple_of(rows, types.intp)
-    if n is None or not _is2d(arr, (types.uint8, types.uint32, types.int32, types.float32)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        d = _idx(context, builder, sig.args[2], args[2])
-        c = _idx(context, builder, sig.args[3], args[3])
-        fn = _fn(builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
-        for r in cgutils.unpack_tuple(builder, args[1], n):
-            p = _row_ptr(context, builder, sig.args[0], args[0], builder.add(r, d), c, _I8)
-            builder.call(fn, [p, _c32(0), _c32(3), _c32(1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, rows, drow, col), codegen
-
-
-@intrinsic
-def tables_rows(typingctx, s, m):
-    """``(fma(iota, s[r], m[r]) for r)``: per row the 16-entry table ``s * i + m``."""
-    n = _tuple_of(s, f32x16)
-    if n is None or s != m:
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn = _fn(builder, "llvm.fma.v16f32", VF, [VF, VF, VF])
-        io = ir.Constant(VF, [float(i) for i in range(16)])
-        ss = cgutils.unpack_tuple(builder, args[0], n)
-        ms = cgutils.unpack_tuple(builder, args[1], n)
-        return context.make_tuple(builder, s, [builder.call(fn, [io, a, b]) for a, b in zip(ss, ms, strict=True)])
-
-    return s(s, m), codegen
-
-
-@intrinsic
-def lookup_rows(typingctx, tabs, words, shift):
-    """``(permps(tabs[r], srl(words[r], shift)) for r)``: one 4-bit field of every row's words."""
-    n = _tuple_of(tabs, f32x16)
-    if n is None or _tuple_of(words, i32x16) != n or not isinstance(shift, types.Integer):
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn = _fn(builder, "llvm.x86.avx512.permvar.sf.512", VF, [VF, VI])
-        sh = _splat(builder, context.cast(builder, args[2], sig.args[2], types.int32), VI)
-        ts = cgutils.unpack_tuple(builder, args[0], n)
-        ws = cgutils.unpack_tuple(builder, args[1], n)
-        vals = [builder.call(fn, [t, builder.lshr(w, sh)]) for t, w in zip(ts, ws, strict=True)]
-        return context.make_tuple(builder, tabs, vals)
-
-    return tabs(tabs, words, shift), codegen
-
-
-@intrinsic
-def load_cols(typingctx, arr, trows, col):
-    """``(load_f(arr[t], col) for t in range(len(trows)))`` from a C-contiguous 2-D float32 array.
-
-    trows: a tuple whose length is the number of token rows read (rows 0, 1, ...,
-    offset by ``trows[0]``: pass e.g. ``(t0, t0 + 1, t0 + 2, t0 + 3)``).
-    """
-    n = _tuple_of(trows, types.intp)
-    if n is None or not _is2d(arr, (types.float32,)):
-        return None
-    out = types.UniTuple(f32x16, n)
-
-    def codegen(context, builder, sig, args):
-        c = _idx(context, builder, sig.args[2], args[2])
-        rs = cgutils.unpack_tuple(builder, args[1], n)
-        vals = [builder.load(_row_ptr(context, builder, sig.args[0], args[0], r, c, VF), align=4) for r in rs]
-        return context.make_tuple(builder, out, vals)
-
-    return out(arr, trows, col), codegen
-
-
-@intrinsic
-def outer_fma(typingctx, accs, ws, xs):
-    """``accs[r][t] += ws[r] * xs[t]`` for the whole R x TP tile."""
-    R, TP = _tuple_of(ws, f32x16), _tuple_of(xs, f32x16)
-    if R is None or TP is None or accs != types.UniTuple(types.UniTuple(f32x16, TP), R):
-        return None
-
-    def codegen(context, builder, sig, args):
-        fn = _fn(builder, "llvm.fma.v16f32", VF, [VF, VF, VF])
-        inner = types.UniTuple(f32x16, TP)
-        rows = cgutils.unpack_tuple(builder, args[0], R)
-        wv = cgutils.unpack_tuple(builder, args[1], R)
-        xv = cgutils.unpack_tuple(builder, args[2], TP)
-        out = []
-        for r in range(R):
-            acc = cgutils.unpack_tuple(builder, rows[r], TP)
-            out.append(
-                context.make_tuple(builder, inner, [builder.call(fn, [wv[r], xv[t], acc[t]]) for t in range(TP)])
-            )
-        return context.make_tuple(builder, accs, out)
-
-    return accs(accs, ws, xs), codegen
 
 
 @intrinsic
@@ -631,13 +379,6 @@ def ir_load(context, builder, aryty, ary, flat, elem: ir.Type, align: int = 1):
     return builder.load(_ptr(context, builder, aryty, ary, flat, elem), align=align)
 
 
-def ir_prefetch(context, builder, aryty, ary, flat) -> None:
-    """``prefetcht0`` at element ``flat`` (any address: never faults)."""
-    p = _ptr(context, builder, aryty, ary, flat, _I8)
-    fn = _fn(builder, "llvm.prefetch.p0", ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32])
-    builder.call(fn, [p, _c32(0), _c32(3), _c32(1)])
-
-
 def ir_splat(builder, scalar):
     """A float / i32 scalar in all 16 lanes."""
     return _splat(builder, scalar, VF if isinstance(scalar.type, ir.FloatType) else VI)
@@ -662,10 +403,6 @@ def ir_vconst(values) -> ir.Constant:
 
 def ir_unpack(builder, tup, n):
     return cgutils.unpack_tuple(builder, tup, n)
-
-
-def tile_type(R: int, L: int):
-    return types.UniTuple(types.UniTuple(f32x16, L), R)
 
 
 def tuple_len(ty, elem=None):
