@@ -19,7 +19,9 @@ import sys
 from collections import defaultdict
 
 PEERS = ["fp32-linear", "bf16-linear", "torch-int4"]
-OURS = ["ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8", "ttq-int4-extras", "ttq-int4-portable"]
+OURS = ["ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8", "ttq-int2-sym", "ttq-int3-sym", "ttq-int4-extras",
+        "ttq-int4-portable"]  # fmt: skip
+BITS_KINDS = ("ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8", "ttq-int2-sym", "ttq-int3-sym")
 BIG = [(4096, 4096), (11008, 4096), (4096, 11008)]
 COMMAND = ("TTQKERN_BENCH_THREADS=2 python -m pytest bench -m cpu --refuse-contended   "
            "# -> results/bench/cpu.json; then: python bench/report.py results/bench/cpu.json")  # fmt: skip
@@ -28,7 +30,9 @@ COMMAND = ("TTQKERN_BENCH_THREADS=2 python -m pytest bench -m cpu --refuse-conte
 RATIO_TARGETS = [
     ("int4 g128 >= 1.3x torch int4", "ttq-int4", 1.3),
     ("int3 g128 >= 1.5x torch int4", "ttq-int3", 1.5),
+    ("int3 g128 symmetric >= 1.5x torch int4", "ttq-int3-sym", 1.5),
     ("int2 g128 >= 2.0x torch int4", "ttq-int2", 2.0),
+    ("int2 g128 symmetric >= 2.0x torch int4", "ttq-int2-sym", 2.0),
     ("int8 g128 >= 0.7x torch int4", "ttq-int8", 0.7),
     ("portable int4 (no AVX-512) >= 0.7x torch int4", "ttq-int4-portable", 0.7),
 ]
@@ -135,7 +139,7 @@ def report(path: str, stat: str = "median") -> str:
     out += ["", "### Targets (issue 18)", "", "| target | shape | measured | status |", "|---|---|---:|---|"]
     for N, K in BIG:
         rt = rows.get((N, K, 1), {})
-        for kind in ("ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8"):
+        for kind in BITS_KINDS:
             r = rt.get(kind)
             if r:
                 ok = r["pct_probe"] >= PCT_PROBE_TARGET
@@ -150,7 +154,7 @@ def report(path: str, stat: str = "median") -> str:
                 )
     for T, bound in T_SCALING:
         for N, K in BIG:
-            for kind in ("ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8"):
+            for kind in BITS_KINDS:
                 r1, rT = rows.get((N, K, 1), {}).get(kind), rows.get((N, K, T), {}).get(kind)
                 if r1 and rT:
                     v = rT["ms"] / r1["ms"]

@@ -9,7 +9,9 @@ What is timed (docs/benchmarks.md has the why and the regression workflow):
 - ``test_cpu_matmul``: y = x W^T for T = 1, 4, 16 (decode) and 512 (prefill) on
   Llama-7B-like layers (4096 x 4096, 11008 x 4096, 4096 x 11008) and the bundled
   SmolLM2-135M's (576 x 576 q/o, 192 x 576 k/v, 1536 x 576 gate/up, 576 x 1536 down).
-  Ours: ``ttq-int2/3/4/8`` (g = 128; 64 where 128 does not divide K, as for torch's kernel; through the backend's ``prepare``, the callable
+  Ours: ``ttq-int2/3/4/8`` (float-min form) and ``ttq-int2/3-sym`` (symmetric: the
+  form the AVX-512 lut kernels take), g = 128 (64 where 128 does not divide K, as for
+  torch's kernel), through the backend's ``prepare`` (the callable
   `TTQLinear` uses per decode step), ``ttq-int4-extras`` (+ 1/D prologue, r = 16
   low-rank, bias), ``ttq-int4-portable`` (the fallback for CPUs without AVX-512,
   forced).  Peers: ``fp32-linear`` / ``bf16-linear`` (`F.linear`) and ``torch-int4``
@@ -59,7 +61,7 @@ BIG = [(4096, 4096), (11008, 4096), (4096, 11008)]
 SMOLLM2 = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # q/o, k/v, gate/up, down (N x K)
 TOKENS = [1, 4, 16, 512]
 PEERS = ["fp32-linear", "bf16-linear", "torch-int4"]
-OURS = ["ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8"]
+OURS = ["ttq-int2", "ttq-int3", "ttq-int4", "ttq-int8", "ttq-int2-sym", "ttq-int3-sym"]
 LLC = llc_bytes()
 NUMBA = backends.get("numba")
 
@@ -150,9 +152,10 @@ def _build(shape, kind):
         return make, _nbytes(wp, sz), None, n
     bits = int(kind[7])
     extras = kind == "ttq-int4-extras"
+    sym = kind.endswith("-sym")  # symmetric 2/3-bit: the AVX-512 lut kernels (asymmetric: word planes)
     xs = torch.randn(32, K, generator=g) * (1 + 5 * (torch.rand(K, generator=g) < 0.05))
     D = reference.act_scale(xs, 2.0, 1.0, 0.25) if extras else None
-    pw = NUMBA.quantize(W.contiguous(), D, QuantFormat(bits, group_for(K)).resolved(K))
+    pw = NUMBA.quantize(W.contiguous(), D, QuantFormat(bits, group_for(K), sym=sym).resolved(K))
     A = torch.randn(RANK, K, generator=g) / K**0.5 if extras else None
     B = torch.randn(N, RANK, generator=g) / RANK**0.5 if extras else None
     bias = torch.randn(N, generator=g) if extras else None
@@ -294,7 +297,7 @@ def test_cpu_overhead(benchmark, shape):
     layer(x)  # prepares
     prepared = layer._run[1]
     assert isinstance(prepared, host.Prepared), type(prepared)
-    kernel, mid = prepared._plan(1)
+    kernel, mid, _ = prepared._plan(1)
     xn = x.reshape(1, K).numpy()
     import numpy as np
 

@@ -39,7 +39,7 @@ def _roundtrip(pw):
 def test_roundtrip_is_exact(bits, sym, zero, N, K, g):
     pw = reference.quantize(torch.randn(N, K), None, bits, g, sym, zero, 1.0)
     q = _roundtrip(pw)
-    k = L.kind(bits, g)
+    k = L.kind(bits, g, sym)
     if k == "plain":
         assert q.qweight is pw.qweight and q.scales is pw.scales
     elif k == "blocked":
@@ -49,9 +49,12 @@ def test_roundtrip_is_exact(bits, sym, zero, N, K, g):
 
 
 def test_kinds():
-    assert L.kind(4, 128) == L.kind(8, 64) == L.kind(4, 256) == L.kind(8, 16) == "blocked"
-    assert L.kind(4, 48) == L.kind(4, 8) == L.kind(8, 40) == L.kind(3, 16) == "plain"  # 3-bit hi plane: g % 32
-    assert L.kind(2, 16) == L.kind(3, 32) == L.kind(3, 128) == "lut"
+    assert L.kind(4, 128, False) == L.kind(8, 64, True) == L.kind(4, 256, False) == L.kind(8, 16, False) == "blocked"
+    assert L.kind(4, 48, True) == L.kind(4, 8, False) == L.kind(8, 40, True) == "plain"
+    assert L.kind(3, 16, True) == "plain"  # 3-bit hi plane: g % 32
+    assert L.kind(2, 16, True) == L.kind(3, 32, True) == L.kind(3, 128, True) == "lut"
+    # asymmetric 2/3-bit: per-row zero codes the lut tables cannot centre (rule Q1)
+    assert L.kind(2, 16, False) == L.kind(3, 128, False) == "plain"
 
 
 def test_blocked_order_of_4bit_codes():

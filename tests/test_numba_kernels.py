@@ -42,14 +42,16 @@ NO_PREFILL = {"PACKED_MAX_T": 1 << 30, "DEQUANT_MIN_T": 1 << 20}  # the decode k
 
 
 @contextlib.contextmanager
-def running(family, which, bits=None, T=None, N=None, K=None):
+def running(family, which, bits=None, T=None, N=None, K=None, group=None):
     """Force a family and an ISA (and keep prefill off for the shape, when given)."""
     fam = None if family == "auto" else family
     ctx = contextlib.ExitStack()
     ctx.enter_context(host.forced_family(fam))
     ctx.enter_context(isa.forced(which))
     if bits is not None:
-        ctx.enter_context(store.override("cpu", config.key("qmatmul", bits=bits, T=T, N=N, K=K), NO_PREFILL))
+        ctx.enter_context(
+            store.override("cpu", config.key("qmatmul", bits=bits, group=group, T=T, N=N, K=K), NO_PREFILL)
+        )
     with ctx:
         yield
 
@@ -60,7 +62,7 @@ def _factors(N, K, r):
 
 def _check(x, pw, D, lowrank, bias, family, which):
     T, K = x.shape
-    with running(family, which, pw.bits, T, pw.N, K):
+    with running(family, which, pw.bits, T, pw.N, K, pw.group_size):
         y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
     assert_output_close(y, ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch"))
     return y
@@ -190,15 +192,24 @@ def test_blocked_buffer_check_accepts_the_layout_and_rejects_anything_else():
 
 def test_lut_buffer_check_rejects_wrong_planes():
     N, K, g = 20, 256, 128
-    pw = BACKEND.quantize(torch.randn(N, K), None, reference_fmt(3, g, False, "float", K))
+    pw = BACKEND.quantize(torch.randn(N, K), None, reference_fmt(3, g, True, "float", K))  # lut: symmetric
     x, y = np.zeros((1, K), np.float32), np.zeros((1, N), np.float32)
     A, Bm, b = np.zeros((0, K), np.float32), np.zeros((N, 0), np.float32), np.zeros(0, np.float32)
     planes = (pw.qweight.numpy(), pw.qweight_hi.numpy())
-    gemv_lut.check_buffers(planes, pw.scales.numpy(), x, A, Bm, b, y, N, K, 3, g)
-    with pytest.raises(RuntimeError, match="buffers do not match"):
-        gemv_lut.check_buffers(planes[:1], pw.scales.numpy(), x, A, Bm, b, y, N, K, 3, g)
-    with pytest.raises(RuntimeError, match="buffers do not match"):
-        gemv_lut.check_buffers((planes[0][:1], planes[1]), pw.scales.numpy(), x, A, Bm, b, y, N, K, 3, g)
+    bases = (gemv_lut.basis(gemv_lut.KIND_PAIR2, 0), gemv_lut.basis(gemv_lut.KIND_QUAD1, 1))
+    sm = pw.scales.numpy()
+    gemv_lut.check_buffers(planes, bases, sm, x, A, Bm, b, y, N, K, 3, g)
+    for bad_planes, bad_bases in [(planes[:1], bases[:1]), ((planes[0][:1], planes[1]), bases),
+                                  (planes, bases[::-1]), (planes, (bases[0][:1], bases[1]))]:  # fmt: skip
+        with pytest.raises(RuntimeError, match="buffers do not match"):
+            gemv_lut.check_buffers(bad_planes, bad_bases, sm, x, A, Bm, b, y, N, K, 3, g)
+
+
+def test_lut_tables_are_centred_on_the_symmetric_zero_code():
+    """Rule Q1 in the lut kernels: table entries are x~ times centred codes (u - 2^(b-1))."""
+    assert gemv_lut.basis(gemv_lut.KIND_PAIR2, 2)[:, 10].tolist() == [0.0, 0.0]  # i = 10: codes (2, 2)
+    assert gemv_lut.basis(gemv_lut.KIND_QUAD1, 1)[:, 15].tolist() == [0.0] * 4  # hi bits all set: 4 (1 - 1)
+    assert gemv_lut.basis(gemv_lut.KIND_SINGLE4, 8)[0, 0] == -8.0
 
 
 # --- the ISA switch ----------------------------------------------------------------------
@@ -220,7 +231,7 @@ def test_isa_detection_and_override(monkeypatch):
 def test_portable_forced_by_environment_in_a_fresh_process():
     code = (
         "import torch; from ttqkern import ops; from ttqkern.backends.numba import isa, host;"
-        "pw = ops.quantize(torch.randn(8, 256), bits=3, group_size=128, backend='numba');"
+        "pw = ops.quantize(torch.randn(8, 256), bits=3, group_size=128, sym=True, backend='numba');"
         "print(isa.ISA, host.family(pw))"
     )
     env = {**os.environ, isa.ENV: "portable"}
@@ -250,11 +261,13 @@ def test_portable_kernels_compiled_for_an_avx2_cpu(tmp_path):
 
 def test_layout_kinds_cover_every_family():
     assert host.family(reference.quantize(torch.randn(4, 256), None, 4, 128, False, "float", 1.0)) == "blocked"
-    fam3 = host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, False, "float", 1.0))
+    fam3 = host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, True, "float", 1.0))
     assert fam3 == ("lut" if isa.current() == "avx512" else "words")
+    # asymmetric 2/3-bit codes: per-row zero codes, which the lut tables cannot centre (rule Q1)
+    assert host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, False, "float", 1.0)) == "words"
     assert host.family(reference.quantize(torch.randn(4, 96), None, 4, 48, False, "float", 1.0)) == "words"
     assert host.family(reference.quantize(torch.randn(4, 100), None, 4, 37, False, "float", 1.0)) == "generic"
-    assert L.kind(4, 48) == "plain"
+    assert L.kind(4, 48, False) == "plain"
 
 
 @pytest.mark.parametrize("which", ISAS)
@@ -269,7 +282,7 @@ def test_blocked_k_tiles(which, bits, g, kt, T):
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = BACKEND.quantize(W, D, reference_fmt(bits, g, False, "float", K))
     lowrank = _factors(N, K, 3)
-    key = config.key("qmatmul", bits=bits, T=T, N=N, K=K)
+    key = config.key("qmatmul", bits=bits, group=g, T=T, N=N, K=K)
     with isa.forced(which), store.override("cpu", key, {"K_TILE": kt, "TASK_BLOCKS": 2}):
         y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
     assert_output_close(y, ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch"))

@@ -201,7 +201,7 @@ def test_act_scale_split_over_tokens_and_columns(device, tuned, splits, p):
     x = random_case(70, 1, 200, device=device)[0]
     tuned(device, "act_scale", {"BLOCK_T": 8, "BLOCK_K": 32, "SPLIT_T": 4}, T=70, K=200)
     D = ops.act_scale(x, p=p, lam=0.5, alpha=0.3, backend="triton")
-    assert splits == ([] if p == float("inf") else [4])  # max has no float atomic: p = inf never splits
+    assert splits == [4]  # token slices write (max, scaled sum) partials: no atomics, p = inf splits too
     torch.testing.assert_close(D.cpu(), reference.act_scale(x.cpu(), p, 0.5, 0.3), rtol=1e-5, atol=0)
 
 
@@ -211,7 +211,7 @@ def test_act_scale_split_over_tokens_and_columns(device, tuned, splits, p):
 @pytest.mark.parametrize("g", [-1, 37, 64])  # chunks of 2 groups x 300, 8 groups x 37, 1 group x 64
 def test_quantize_many_programs_and_tiles_per_chunk(device, tuned, bits, sym, zero, g):
     x, W, _, _ = random_case(4, 10, 300, device=device)
-    tuned(device, "quantize", {"BLOCK_N": 4, "BLOCK_K": 64}, bits=bits, N=10, K=300)
+    tuned(device, "quantize", {"BLOCK_N": 4, "BLOCK_K": 64}, bits=bits, group=300 if g == -1 else g, N=10, K=300)
     D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
     pw = ops.quantize(W, D.to(device), bits=bits, group_size=g, sym=sym, zero=zero, beta=1.05, backend="triton")
     assert_packed_match(pw.to("cpu"), reference.quantize(W.cpu(), D, bits, g, sym, zero, 1.05))
@@ -226,7 +226,7 @@ def test_gemv_split_k_and_lowrank_prepass(device, tuned, splits, T, use_dot, g):
     D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
     pw = reference.quantize(W.cpu(), D, 4, g, False, "float", 1.0)
     gemv = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 3, "USE_DOT": use_dot, "BLOCK_R": 16}
-    tuned(device, "gemv", gemv, bits=4, T=T, N=40, K=200)
+    tuned(device, "gemv", gemv, bits=4, group=g, T=T, N=40, K=200)
     tuned(device, "lowrank", {"BLOCK_T": 4, "BLOCK_R": 16, "BLOCK_K": 32, "SPLIT_K": 3, "USE_DOT": use_dot},
           T=T, K=200)  # fmt: skip
     y = ops.qmatmul(x, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
@@ -243,7 +243,7 @@ def test_gemm_many_tiles(device, tuned, dtype, bits, g, form):
     D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
     pw = reference.quantize(W.cpu(), D, bits, g, *form, 1.0)
     gemm = {"BLOCK_T": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_T": 2, "BLOCK_R": 16}
-    tuned(device, "gemm", gemm, bits=bits, T=40, N=40, K=160)
+    tuned(device, "gemm", gemm, bits=bits, group=g, T=40, N=40, K=160)
     y = ops.qmatmul(x, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
     lr = [t.cpu() for t in lowrank]
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw, D, *lr, bias.cpu()))
@@ -263,9 +263,9 @@ def test_sampled_search_space_configs_are_correct(device, tuned):
         for T in (3, 20):
             tuned(device, "act_scale", pick["act_scale"], T=T, K=160)
             tuned(device, "lowrank", pick["lowrank"], T=T, K=160)
-        tuned(device, "quantize", pick["quantize"], bits=4, N=24, K=160)
-        tuned(device, "gemv", pick["gemv"], bits=4, T=3, N=24, K=160)
-        tuned(device, "gemm", pick["gemm"], bits=4, T=20, N=24, K=160)
+        tuned(device, "quantize", pick["quantize"], bits=4, group=32, N=24, K=160)
+        tuned(device, "gemv", pick["gemv"], bits=4, group=32, T=3, N=24, K=160)
+        tuned(device, "gemm", pick["gemm"], bits=4, group=32, T=20, N=24, K=160)
         # the spec's values, explicitly: ttqkern.defaults holds the tuned ones
         D_tr = ops.act_scale(x, p=2.0, lam=1.0, alpha=0.25, backend="triton")
         torch.testing.assert_close(D_tr.cpu(), D, rtol=1e-5, atol=0)
@@ -283,8 +283,8 @@ def test_sampled_search_space_configs_are_correct(device, tuned):
 def test_invalid_tuned_entry_warns_and_uses_defaults(device, tuned):
     x, W, _, _ = random_case(2, 8, 64, device=device)
     pw = reference.quantize(W.cpu(), None, 4, 32, False, "float", 1.0)
-    tuned(device, "gemv", {"BLOCK_N": 48}, check=False, bits=4, T=2, N=8, K=64)
-    with pytest.warns(UserWarning, match=r"tuned config triton/gemv/bits=4/T=2/N=8/K=64 .* invalid values"):
+    tuned(device, "gemv", {"BLOCK_N": 48}, check=False, bits=4, group=32, T=2, N=8, K=64)
+    with pytest.warns(UserWarning, match=r"tuned config triton/gemv/bits=4/group=32/T=2/N=8/K=64 .* invalid values"):
         y = ops.qmatmul(x, pw.to(device), backend="triton")
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw))
 
@@ -303,7 +303,7 @@ def test_defaults_and_search_space_are_valid():
 
 
 def test_key_buckets_dimensions():
-    assert config.key("gemv", bits=3, T=5, N=4000, K=4096) == "triton/gemv/bits=3/T=8/N=4096/K=4096"
+    assert config.key("gemv", bits=3, group=64, T=5, N=4000, K=4096) == "triton/gemv/bits=3/group=64/T=8/N=4096/K=4096"
     assert config.key("act_scale", T=33, K=100) == "triton/act_scale/T=64/K=128"
 
 

@@ -140,7 +140,7 @@ def check_packed(pw, K: int | None = None) -> None:
     layout = get_layout(pw.layout)
     expected = layout.planes(N, Kw, fmt)
     what = f"a {pw.layout} weight of shape {tuple(shape)}, bits={pw.bits}, group_size={pw.group_size}, form {fmt.form.name.lower()}"
-    devices = set()
+    devices = {}
     for field in PLANE_FIELDS:
         t = getattr(pw, field)
         if field not in expected:
@@ -152,10 +152,13 @@ def check_packed(pw, K: int | None = None) -> None:
             raise ValueError(f"pw.{field} is missing: {what} holds a {want_dtype} tensor of shape {list(want_shape)}")
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"pw.{field} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:  # sparse / mkldnn tensors have no dense rows to index
+            raise TypeError(f"pw.{field} must be a dense (strided) tensor, got layout {t.layout}")
         if t.dtype != want_dtype:
             raise TypeError(f"pw.{field} must be {want_dtype} for {what}, got {t.dtype}")
         if tuple(t.shape) != tuple(want_shape):
             raise ValueError(f"pw.{field} must have shape {list(want_shape)} for {what}, got {list(t.shape)}")
-        devices.add(t.device)
-    if len(devices) > 1:
-        raise RuntimeError(f"the tensors of pw must be on one device, got {sorted(map(str, devices))}")
+        devices[field] = t.device
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"pw.{f} on {d}" for f, d in devices.items())
+        raise RuntimeError(f"the tensors of pw must be on one device, got {where}")

@@ -65,7 +65,7 @@ def unpack_bits(packed: torch.Tensor, bits: int, L: int) -> torch.Tensor:
     mask = (1 << bits) - 1
     shifts = torch.arange(per, device=packed.device, dtype=torch.uint8) * bits
     u = (packed[..., None] >> shifts) & mask
-    return u.reshape(packed.shape[0], -1)[:, :L]
+    return u.reshape(packed.shape[0], packed.shape[1] * per)[:, :L]  # not -1: N may be 0
 
 
 @dataclass
@@ -179,6 +179,32 @@ class PackedWeight:
         if self.zero == "int":
             return -self.scales * self.zeros.to(torch.float32)
         return self.mins
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c, m0)``: each group's zero code and the value of that code (canonical).
+
+        ``w = s * (u - c) + m0`` is the same weight as ``s * u + m``, written so that no
+        sum cancels (docs/numerics.md): c is the code nearest to the value 0 (int32
+        ``[N, G]``: ``2^(b-1)`` symmetric, z clamped to ``[0, 2^b - 1]`` for the integer
+        form, ``clamp(round(-mn / s), 0, 2^b - 1)`` float-min) and ``m0 = s * c + m``
+        (fp32 ``[N, G]``, rounded once: 0 for the symmetric form and for zero-points
+        inside the code range, at most s/2 in magnitude when 0 lies in the group's range).
+        """
+        pw = self.canonical()
+        s = pw.scales
+        top = (1 << pw.bits) - 1
+        if pw.sym:
+            return torch.full_like(s, 1 << (pw.bits - 1), dtype=torch.int32), torch.zeros_like(s)
+        # s * c + m in one rounding: fp64 holds s * c exactly (24 + 8 bits); MPS has no fp64
+        wide = torch.float32 if s.device.type == "mps" else torch.float64
+        if pw.zero == "int":
+            c = pw.zeros.clamp(0, top)
+            return c, (s.to(wide) * (c.to(wide) - pw.zeros.to(wide))).to(torch.float32)
+        mn = pw.mins
+        ok = torch.isfinite(s) & (s != 0) & torch.isfinite(mn)
+        c = torch.where(ok, (-mn / torch.where(ok, s, 1.0)).round(), 0.0).clamp(0, top)
+        m0 = (mn.to(wide) + s.to(wide) * c.to(wide)).to(torch.float32)
+        return c.to(torch.int32), m0
 
     def canonical(self) -> PackedWeight:
         """This weight in the canonical layout (itself when it already is)."""
@@ -320,8 +346,8 @@ def pack(
     check_group_size(group_size)
     if not isinstance(q, torch.Tensor) or q.dim() != 2:
         raise ValueError(f"q must be a 2-D tensor [N, K], got {getattr(q, 'shape', type(q).__name__)}")
-    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
-        raise TypeError(f"q must hold integer codes, got dtype {q.dtype}")
+    if q.is_floating_point() or q.is_complex() or q.dtype == torch.bool or q.layout != torch.strided:
+        raise TypeError(f"q must be a dense tensor of integer codes, got dtype {q.dtype} ({q.layout})")
     N, K = q.shape
     g = resolve_group_size(K, group_size)
     G = num_groups(K, g)
@@ -342,6 +368,8 @@ def pack(
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor [N, G], got {type(t).__name__}")
+        if t.is_complex() or t.dtype == torch.bool or t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense real tensor [N, G], got {t.dtype} ({t.layout})")
         if tuple(t.shape) != (N, G):
             raise ValueError(f"{name} must have shape [N, G] = {[N, G]}, got {list(t.shape)}")
         if t.device != q.device:
@@ -375,12 +403,17 @@ def dequantize(pw: PackedWeight) -> torch.Tensor:
     """The quantized scaled weight ``Wq' = s * u + m``: fp32 ``[N, K]``.
 
     This is ``W_res * D`` after quantization; divide by D to get back to W's scale.
+    Computed as ``s * (u - c) + m0`` (`PackedWeight.centred`): each value within
+    3 units in the last place of its own magnitude, however large the group's
+    minimum is next to it (``s * u + m`` rounds ``s * u`` first: an error of the
+    size of |m| on a weight near 0).
     """
     pw = pw.canonical()
     N, K = pw.shape
     g, G = pw.group_size, pw.num_groups
+    c, m0 = pw.centred()
     u = torch.nn.functional.pad(pw.codes().to(torch.float32), (0, G * g - K)).view(N, G, g)
-    w = u * pw.scales[..., None] + pw.offsets()[..., None]
+    w = (u - c.to(torch.float32)[..., None]) * pw.scales[..., None] + m0[..., None]  # u - c: exact
     return w.view(N, G * g)[:, :K]
 
 

@@ -26,11 +26,14 @@ class TTQLinear(nn.Module):
     - ``dynamic``: every forward computes D from its x, quantizes, multiplies.
     - ``prompt``: a call whose sequence length (``x.shape[-2]`` for 3-D+ x, T for
       2-D x) is >= ``min_tokens`` is a new prompt and requantizes; shorter calls
-      (decode steps) reuse that packed weight and D.
+      (decode steps) reuse that packed weight and D.  D is pooled over every token
+      of the call: a batch of prompts shares one quantization, so a prompt's output
+      depends on its batch-mates (docs/numerics.md, "prompt mode and batches").
     - ``static``: quantize once; D from calibration activations fed through
       `calibrate` (alpha searched per layer when ``search_alpha``: the AWQ baseline),
       or D = 1 without calibration (the RTN baseline).
-    ``quantize_calls`` counts requantizations.
+    ``quantize_calls`` counts requantizations (a tensor underneath, so that
+    ``torch.compile`` does not recompile for every prompt).
 
     Device and dtype moves (``.to``, ``.half()``, ``.cuda()``) apply to the weights;
     the current packed weight and D keep their own dtypes (fp32 scales, uint8 codes)
@@ -83,7 +86,14 @@ class TTQLinear(nn.Module):
         self._packed: PackedWeight | None = None
         self._layout = CANONICAL
         self._run = None  # the backend's prepared decode callable and what it was prepared for
-        self.quantize_calls = 0
+        # a tensor, not an int: torch.compile guards on an int attribute's value, so a counter
+        # bumped per prompt would recompile the model for every prompt (issue 12, finding 19)
+        self.register_buffer("_quantize_count", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+
+    @property
+    def quantize_calls(self) -> int:
+        """How many times this layer quantized its weight (reads a tensor: a device sync on GPUs)."""
+        return int(self._quantize_count)
 
     # the format and scaling fields, read as plain attributes (alpha is set by calibration)
     bits = property(lambda self: self.fmt.bits)
@@ -142,13 +152,15 @@ class TTQLinear(nn.Module):
         return self._packed
 
     def _store(self, pw: PackedWeight, D: torch.Tensor | None) -> None:
+        # straight into _buffers: nn.Module.__setattr__ reads the old value first, and under
+        # torch.compile that read becomes a guard ("qweight is None") that the next prompt fails
         for name in PLANE_FIELDS:
-            setattr(self, name, getattr(pw, name))
+            self._buffers[name] = getattr(pw, name)
+        self._buffers["D"] = D
         self._layout = pw.layout
         self._packed = pw
         self._run = None
-        self.D = D
-        self.quantize_calls += 1
+        self._quantize_count += 1
 
     def _quantize(self, D: torch.Tensor | None) -> PackedWeight:
         # self.weight is this module's own buffer: checked at construction, contiguous
@@ -240,11 +252,13 @@ class TTQLinear(nn.Module):
             return self.full_precision(x)
         if self.mode == "dynamic":
             D = self._act_scale(x)
-            self.quantize_calls += 1
+            self._quantize_count += 1
             return self._matmul(x, self._quantize(D), D)
         if self.mode == "prompt":
             seq = x.shape[-2] if x.dim() >= 2 else 1
-            if self.qweight is None or seq >= self.min_tokens:
+            # the length test first: a prompt then never reads the state, so torch.compile
+            # guards on nothing that changes from one prompt to the next (finding 19)
+            if seq >= self.min_tokens or self.qweight is None:
                 self.requantize(x)
         elif self.qweight is None:  # static, never calibrated: RTN
             self.finish_calibration()

@@ -57,6 +57,7 @@ def unregister(name: str) -> None:
 register("torch", "ttqkern.backends.torch_backend")
 register("numba", "ttqkern.backends.numba")
 register("triton", "ttqkern.backends.triton")
+register("cupy", "ttqkern.backends.cupy")
 
 
 def names() -> list[str]:

@@ -13,29 +13,34 @@ size g (`kind`):
 
         qweight  uint8 [NB, C, 8, CB]    NB = ceil(N / 8), C = ceil(Kp / 128),
                                          CB = 64 (4-bit) or 128 (8-bit) bytes per row-chunk
-        scales   fp32  [NB, GQ, 2, 8]    per block and group: 8 scales, then 8 offsets m
+        scales   fp32  [NB, GQ, 3, 8]    per block and group: 8 scales s, 8 zero codes c, 8 values m0
 
     A 4-bit row-chunk holds its 128 codes as 16 little-endian 32-bit words; nibble
     f of word l is code ``16 f + l`` of the chunk, so the 16 words' nibble f are 16
     *consecutive* codes (one field of the kernel, always inside one group).  8-bit
-    row-chunks are the codes in order.  ``m`` is the offset of ``w = s * u + m``
-    (the min, ``-s * z`` or ``-s * 2^(b-1)``: `PackedWeight.offsets`).  GQ covers the
-    padded chunks (``GQ = C * 128 / g`` for ``g < 128``, else G); padding rows,
-    codes and groups are 0 with ``s = m = 0``, so they add exactly 0.
+    row-chunks are the codes in order.  ``(c, m0)`` are the group's centre of
+    ``w = s * (u - c) + m0`` (`PackedWeight.centred`, docs/numerics.md rule Q1; c
+    stored as an exact fp32 integer).  GQ covers the padded chunks (``GQ = C * 128 / g``
+    for ``g < 128``, else G); padding rows, codes and groups are 0 with
+    ``s = c = m0 = 0``, so they add exactly 0.
 
-``lut`` (bits 2 and 3, ``g * b % 32 == 0`` for each plane)
+``lut`` (bits 2 and 3, symmetric form, ``g * b % 32 == 0`` for each plane)
     Rows in blocks of 16 (the 16 lanes of a vector), each plane's 32-bit words
     transposed so that one 64-byte vector holds the same word of 16 rows::
 
         qweight     int32 [NB16, Kp * 2 / 32, 16]   2-bit codes (3-bit: the lo plane)
         qweight_hi  int32 [NB16, Kp / 32, 16]       3-bit only: the 1-bit hi plane
-        scales      fp32  [NB16, G, 2, 16]          per block and group: 16 scales, 16 offsets
+        scales      fp32  [NB16, G, 2, 16]          per block and group: 16 scales, 16 values m0 (0)
 
-``plain`` (any other bits / group size): the canonical tensors unchanged.
+    The lut kernels' activation tables are shared by the 16 rows of a vector, so they
+    can centre the codes only on one zero code for all rows: the symmetric form's
+    ``2^(b-1)``.  Asymmetric 2- and 3-bit weights (per-row zero codes) are ``plain``.
+
+``plain`` (any other bits / group size / form): the canonical tensors unchanged.
 
 In every kind, ``mins`` (float form) or ``zeros`` (integer zero-point form) are the
 canonical ``[N, G]`` tensors, kept so that the conversions are exact (the kernels
-read the offsets from ``scales``); symmetric weights hold neither.  So
+read the centres from ``scales``); symmetric weights hold neither.  So
 ``to_canonical(from_canonical(pw))`` gives back ``pw``'s tensors bit for bit.
 """
 
@@ -59,21 +64,22 @@ def blocked_fits(bits: int, group_size: int) -> bool:
     return bits in (4, 8) and g % 16 == 0 and (CHUNK % g == 0 or g % CHUNK == 0)
 
 
-def lut_fits(bits: int, group_size: int) -> bool:
-    """Could it be stored ``lut`` (bits 2, 3 and 4; every plane's groups whole 32-bit words)?
+def lut_fits(bits: int, group_size: int, sym: bool) -> bool:
+    """Could it be stored ``lut`` (bits 2, 3 and 4, symmetric; every plane's groups whole 32-bit words)?
 
     The layout uses ``lut`` for bits 2 and 3 only; a 4-bit weight in lut order is what
-    the lut kernels' 4-bit mode reads (`to_lut_arrays`).
+    the lut kernels' 4-bit mode reads (`lut_arrays`).  Symmetric only: the kernels'
+    tables centre every row on the same zero code (module doc).
     """
     widths = {**_LUT_WIDTHS, 4: (4,)}.get(bits)
-    return widths is not None and all(group_size * b % 32 == 0 for b in widths)
+    return sym and widths is not None and all(group_size * b % 32 == 0 for b in widths)
 
 
-def kind(bits: int, group_size: int) -> str:
+def kind(bits: int, group_size: int, sym: bool) -> str:
     """``"blocked"``, ``"lut"`` or ``"plain"``: how a ``numba_cpu`` weight of this format is stored."""
     if blocked_fits(bits, group_size):
         return "blocked"
-    if bits in _LUT_WIDTHS and lut_fits(bits, group_size):
+    if bits in _LUT_WIDTHS and lut_fits(bits, group_size, sym):
         return "lut"
     return "plain"
 
@@ -85,7 +91,7 @@ def blocked_shapes(N: int, K: int, bits: int, group_size: int) -> dict[str, tupl
     C = -(-G * g // CHUNK)
     GQ = C * CHUNK // g if g < CHUNK else G
     NB = -(-N // BLOCK_ROWS)
-    return {"qweight": (NB, C, BLOCK_ROWS, CHUNK * bits // 8), "scales": (NB, GQ, 2, BLOCK_ROWS)}
+    return {"qweight": (NB, C, BLOCK_ROWS, CHUNK * bits // 8), "scales": (NB, GQ, 3, BLOCK_ROWS)}
 
 
 def lut_shapes(N: int, K: int, bits: int, group_size: int) -> dict[str, tuple[int, ...]]:
@@ -130,7 +136,8 @@ def blocked_arrays(pw: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
         c = codes.view(NB, R, C, 4, 2, 16)  # [.., b, nibble, l]
         codes = (c[..., 0, :] | (c[..., 1, :] << 4)).transpose(-1, -2).reshape(NB, R, C, CB)
     qweight = codes.transpose(1, 2).contiguous()  # [NB, C, R, CB]
-    sm = torch.stack([_grid(pw.scales, NB, GQ, R), _grid(pw.offsets(), NB, GQ, R)], dim=2).contiguous()
+    c, m0 = pw.centred()
+    sm = torch.stack([_grid(pw.scales, NB, GQ, R), _grid(c, NB, GQ, R), _grid(m0, NB, GQ, R)], dim=2).contiguous()
     return qweight, sm
 
 
@@ -144,7 +151,8 @@ def lut_arrays(pw: PackedWeight) -> tuple[torch.Tensor, ...]:
         return w.view(NB, LUT_ROWS, -1).transpose(1, 2).contiguous()
 
     hi = words(pw.qweight_hi) if pw.bits == 3 else None
-    sm = torch.stack([_grid(pw.scales, NB, G, LUT_ROWS), _grid(pw.offsets(), NB, G, LUT_ROWS)], dim=2).contiguous()
+    m0 = pw.centred()[1]  # 0 (symmetric): the tables are centred on 2^(b-1)
+    sm = torch.stack([_grid(pw.scales, NB, G, LUT_ROWS), _grid(m0, NB, G, LUT_ROWS)], dim=2).contiguous()
     return words(pw.qweight), hi, sm
 
 
@@ -159,7 +167,7 @@ class NumbaCpuLayout(Layout):
 
     def planes(self, N, K, fmt: QuantFormat):
         g = fmt.group_for(K)
-        k = kind(fmt.bits, g)
+        k = kind(fmt.bits, g, fmt.sym)
         if k == "plain":
             return get_layout(CANONICAL).planes(N, K, fmt)
         if k == "blocked":
@@ -178,7 +186,7 @@ class NumbaCpuLayout(Layout):
         return out
 
     def from_canonical(self, pw: PackedWeight) -> PackedWeight:
-        k = kind(pw.bits, pw.group_size)
+        k = kind(pw.bits, pw.group_size, pw.sym)
         fmt, shape = pw.quant_format, pw.shape
         if k == "plain":
             return PackedWeight.build(fmt, shape, qweight=pw.qweight, qweight_hi=pw.qweight_hi, scales=pw.scales,
@@ -192,7 +200,7 @@ class NumbaCpuLayout(Layout):
                                   layout=NUMBA_CPU)  # fmt: skip
 
     def to_canonical(self, pw: PackedWeight) -> PackedWeight:
-        k = kind(pw.bits, pw.group_size)
+        k = kind(pw.bits, pw.group_size, pw.sym)
         fmt, (N, K), g = pw.quant_format, pw.shape, pw.group_size
         G = num_groups(K, g)
         if k == "plain":

@@ -1,8 +1,10 @@
 """The always-available torch backend: the reference stages, with a BLAS GEMM.
 
 `act_scale` and `quantize` are the reference itself.  `qmatmul` dequantizes the
-packed weight once and calls one matmul instead of the reference's per-group
-einsum, which keeps it usable on real models (memory O(N*K), not O(T*N*G)).
+packed weight once (codes centred on each group's zero code, `format.dequantize`:
+every weight within a few ulps of its own value) and calls one fp32 matmul instead
+of the reference's fp64 per-group einsum, which keeps it usable on real models
+(memory O(N*K), not O(T*N*G)).
 """
 
 from __future__ import annotations

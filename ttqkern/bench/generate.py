@@ -1,16 +1,20 @@
 """End-to-end decode benchmark: the bundled SmolLM2-135M generating tokens from a few prompts.
 
-    python -m ttqkern.bench.generate                      # -> results/e2e/generate.{json,md}
+    python -m ttqkern.bench.generate                      # -> results/cpu/generate.{json,md}
     python -m ttqkern.bench.generate --tokens 32 --configs fp32,ttq-int4 --no-compile
 
 For each configuration -- ``fp32`` (the model as loaded), ``rtn-int4`` (round-to-nearest,
-D = 1, r = 0, quantized once), ``ttq-int4`` and ``ttq-int3`` (TTQ in prompt mode, r = 16:
-every prompt requantizes every layer from its own activations, the decode steps
-reuse that packed weight) -- eager and under ``torch.compile``, and llama.cpp on the
-same GGUF when ``llama_cpp`` (llama-cpp-python) is importable, it runs a greedy
-decode of ``--tokens`` tokens from each prompt with one harness: a prefill forward
-over the prompt (its time includes TTQ's requantization), then one forward per
-token with a KV cache.  Reported: prefill ms and decode tokens/s (medians over the
+D = 1, r = 0, quantized once), ``ttq-int2/3/4/8`` (TTQ in prompt mode, r = 16, the
+default float-min form: every prompt requantizes every layer from its own
+activations, the decode steps reuse that packed weight) and ``ttq-int2/3-sym``
+(the symmetric form, which the AVX-512 lut kernels take) -- eager and under
+``torch.compile``, and llama.cpp on the same GGUF when ``llama_cpp``
+(llama-cpp-python) is importable, it runs a greedy decode of ``--tokens`` tokens
+from each prompt with one harness: a prefill forward over the prompt (its time
+includes TTQ's requantization), then one forward per token with a KV cache.
+Configurations are *interleaved*: every model is built first, then for each of
+``--rounds`` rounds and each prompt every configuration decodes in turn, so a
+change in the machine's state during the run touches them all alike.  Reported: prefill ms and decode tokens/s (medians over the
 prompts), their ratio to fp32 in the same mode and to llama.cpp, how many generated
 tokens agree with fp32's, and the machine state (threads, load average, CPU share
 of other processes, read-bandwidth probe) with a verdict on contention.  Linear
@@ -46,7 +50,12 @@ CONFIGS = {  # name -> quantize_model arguments (None: the fp32 model itself)
     "rtn-int4": {"method": "rtn", "bits": 4},
     "ttq-int4": {"method": "ttq", "bits": 4, "r": 16},
     "ttq-int3": {"method": "ttq", "bits": 3, "r": 16},
+    "ttq-int2": {"method": "ttq", "bits": 2, "r": 16},
+    "ttq-int8": {"method": "ttq", "bits": 8, "r": 16},
+    "ttq-int3-sym": {"method": "ttq", "bits": 3, "r": 16, "sym": True},
+    "ttq-int2-sym": {"method": "ttq", "bits": 2, "r": 16, "sym": True},
 }
+DEFAULT_CONFIGS = ("fp32", "rtn-int4", "ttq-int4", "ttq-int3", "ttq-int8", "ttq-int3-sym")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -171,11 +180,9 @@ def run(args) -> dict:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - the eval extra brings tqdm
         tqdm = None
-    total = len(plan) * len(prompts) + (len(prompts) if args.llama_cpp else 0)
-    bar = tqdm(total=total, desc="decoding", unit="prompt") if tqdm else None
-    rows, ref_tokens = [], {}
-    for cname, mode in plan:
-        row = {"config": cname, "mode": mode}
+    rows, models = [], {}
+    for cname, mode in plan:  # every model first, warmed up: the timed decodes below interleave them
+        row = {"config": cname, "mode": mode, "_res": []}
         try:
             m = build(model, cname, args.backend)
             if mode == "compile":
@@ -184,24 +191,38 @@ def run(args) -> dict:
                 decode(m, ids[0][:, :4], 3)  # compiles (prefill and decode graphs)
                 row["compile_s"] = time.perf_counter() - t0
             decode(m, ids[0], 4)  # warm-up: first-call work (JIT load, layout caches) is not timed
-            res = []
-            for i, x in enumerate(ids):
-                r = decode(m, x, args.tokens)
-                res.append(r)
-                if cname == "fp32":
-                    ref_tokens.setdefault(i, r["tokens"])
-                if bar:
-                    bar.update()
-            row["prefill_ms"] = statistics.median(r["prefill_ms"] for r in res)
-            row["decode_tps"] = statistics.median(r["decode_tps"] for r in res)
-            row["per_prompt"] = [{k: v for k, v in r.items() if k != "tokens"} for r in res]
-            row["tokens"] = [r["tokens"] for r in res]
+            models[(cname, mode)] = m
         except Exception as e:  # noqa: BLE001 - one configuration failing (e.g. compile) is a result to report
             row["error"] = f"{type(e).__name__}: {e}"[:500]
-            if bar:
-                bar.update(len(prompts))
         rows.append(row)
-        del m
+    live = [r for r in rows if "error" not in r]
+    total = args.rounds * len(prompts) * len(live) + (len(prompts) if args.llama_cpp else 0)
+    bar = tqdm(total=total, desc="decoding", unit="decode") if tqdm else None
+    ref_tokens = {}
+    for _ in range(args.rounds):
+        for i, x in enumerate(ids):
+            for row in live:  # A B C A B C ...: every configuration sees the same machine state
+                if "error" in row:
+                    continue
+                try:
+                    r = decode(models[(row["config"], row["mode"])], x, args.tokens)
+                    r["prompt"] = i
+                    row["_res"].append(r)
+                    if row["config"] == "fp32":
+                        ref_tokens.setdefault(i, r["tokens"])
+                except Exception as e:  # noqa: BLE001
+                    row["error"] = f"{type(e).__name__}: {e}"[:500]
+                if bar:
+                    bar.update()
+    models.clear()
+    for row in rows:
+        res = row.pop("_res")
+        if "error" in row or not res:
+            continue
+        row["prefill_ms"] = statistics.median(r["prefill_ms"] for r in res)
+        row["decode_tps"] = statistics.median(r["decode_tps"] for r in res)
+        row["per_prompt"] = [{k: v for k, v in r.items() if k != "tokens"} for r in res]
+        row["tokens"] = [r["tokens"] for r in res[: len(prompts)]]
     if args.llama_cpp:
         row = {"config": "llama.cpp (Q4_1 GGUF)", "mode": "llama.cpp"}
         try:
@@ -243,6 +264,7 @@ def run(args) -> dict:
         "gguf": str(gguf),
         "prompts": prompts,
         "tokens": args.tokens,
+        "rounds": args.rounds,
         "backend": args.backend,
         "threads": args.threads,
         "torch": torch.__version__,
@@ -290,7 +312,8 @@ def markdown(result: dict) -> str:
             f"| {r['config']} | {r['mode']} | {r['prefill_ms']:.1f} | {r['decode_tps']:.1f} | {vs} | {vl} | {ag} | {note} |"
         )
     out += ["", "prefill ms: the forward over the prompt (TTQ: including the requantization of every layer); "
-            "decode tokens/s: one forward per token with a KV cache; medians over the prompts.  "
+            "decode tokens/s: one forward per token with a KV cache; medians over the prompts and rounds "
+            "(configurations interleaved per prompt).  "
             "tokens = fp32's: how many leading generated tokens equal fp32's greedy ones, per prompt."]  # fmt: skip
     return "\n".join(out) + "\n"
 
@@ -300,21 +323,22 @@ def parse_args(argv=None):
     p.add_argument("--tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
     p.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"how many of the {len(PROMPTS)} prompts")
     p.add_argument("--threads", type=int, default=2, help="torch and Numba threads (default 2)")
-    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over the prompts (default 2; medians over all)")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma list of {', '.join(CONFIGS)}")
     p.add_argument("--no-compile", action="store_true", help="eager mode only (torch.compile can take minutes)")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip llama.cpp even when it is importable")
     p.add_argument("--backend", default="auto", help="backend of the TTQ layers (default auto)")
     p.add_argument("--model", default=None, help="a .gguf or HF folder instead of the bundled SmolLM2-135M")
     p.add_argument("--max-load", type=float, default=0.5, help="load average above which the run is flagged")
-    p.add_argument("--out", default="results/e2e", help="output folder (generate.json, generate.md)")
+    p.add_argument("--out", default="results/cpu", help="output folder (generate.json, generate.md)")
     a = p.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
     a.configs = [c.strip() for c in a.configs.split(",") if c.strip()]
     bad = [c for c in a.configs if c not in CONFIGS]
     if bad:
         p.error(f"--configs: unknown {bad}; choose from {list(CONFIGS)}")
-    if a.tokens < 2 or a.prompts < 1 or a.threads < 1:
-        p.error("--tokens must be >= 2, --prompts and --threads >= 1")
+    if a.tokens < 2 or a.prompts < 1 or a.threads < 1 or a.rounds < 1:
+        p.error("--tokens must be >= 2, --prompts, --threads and --rounds >= 1")
     a.modes = ["eager"] if a.no_compile else ["eager", "compile"]
     a.llama_cpp = not a.no_llama_cpp
     return a

@@ -30,6 +30,7 @@ import os
 import stat
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 FORMAT = "ttqkern-configs"
@@ -68,17 +69,27 @@ def _read_text(path: Path) -> str | None:
     except OSError as e:
         _warn(path, f"cannot open it ({e})", "unreadable ")
         return None
+    # fstat before wrapping the descriptor: os.fdopen refuses a directory (IsADirectoryError)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        _warn(path, "not a regular file")
+        return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            _warn(path, "not a regular file")
-            return None
         if st.st_size > MAX_BYTES:
             _warn(path, f"{st.st_size} bytes, larger than any config file ({MAX_BYTES})")
             return None
         try:
-            return f.read().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            raw = f.read(MAX_BYTES + 1)  # bounded: the file may have grown since the fstat
+        except OSError as e:
+            _warn(path, f"cannot read it ({e})", "unreadable ")
+            return None
+        if len(raw) > MAX_BYTES:
+            _warn(path, f"larger than any config file ({MAX_BYTES} bytes)")
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
             _warn(path, f"cannot read it ({e})", "unreadable ")
             return None
 
@@ -126,12 +137,30 @@ def _bump() -> None:
     _generation[0] += 1
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a tuned entry comes from: ``kind`` is ``"user"`` (the user's config folder,
+    written by ``python -m ttqkern.tune``), ``"shipped"`` (the package's folder) or
+    ``"override"`` (a tuner's candidate in this process); ``path`` the file (None for an override)."""
+
+    kind: str
+    path: Path | None = None
+
+
+@functools.cache
+def _load_sourced(slug: str) -> dict:
+    """``{key: (entry, Source)}``: the package file first, the user's file overriding it."""
+    out = {}
+    for path in _candidates(slug):
+        kind = "shipped" if path.parent == PACKAGE_DIR else "user"
+        src = Source(kind, path)
+        out.update({k: (v, src) for k, v in _read(path).items()})
+    return out
+
+
 @functools.cache
 def _load(slug: str) -> dict:
-    entries = {}
-    for path in _candidates(slug):
-        entries.update(_read(path))
-    return entries
+    return {k: v for k, (v, _) in _load_sourced(slug).items()}
 
 
 def load(slug: str) -> dict:
@@ -141,6 +170,7 @@ def load(slug: str) -> dict:
 
 def _cache_clear() -> None:
     _load.cache_clear()
+    _load_sourced.cache_clear()
     _bump()
 
 
@@ -168,6 +198,15 @@ def entry(slug: str, key: str) -> dict | None:
     return hit if hit is not None else load(slug).get(key)
 
 
+def sourced_entry(slug: str, key: str) -> tuple[dict | None, Source | None]:
+    """`entry` and where it comes from (`Source`); ``(None, None)`` when there is none."""
+    hit = _overrides.get((slug, key))
+    if hit is not None:
+        return hit, Source("override")
+    found = _load_sourced(slug).get(key)
+    return found if found is not None else (None, None)
+
+
 def lookup(slug: str, key: str, defaults: dict) -> dict:
     """``defaults`` updated by the tuned entry for ``key`` (an entry with other fields: a warning, the defaults).
 
@@ -180,6 +219,24 @@ def lookup(slug: str, key: str, defaults: dict) -> dict:
         warnings.warn(f"ttqkern: tuned config {key} for {slug} has unexpected fields; using defaults", stacklevel=2)
         return dict(defaults)
     return {**defaults, **tuned}
+
+
+def _read_provenance(path: Path) -> dict:
+    """The ``"provenance"`` map of a config file (``{key: run metadata}``), {} when absent or odd."""
+    text = _read_text(path)
+    try:
+        prov = json.loads(text).get("provenance", {}) if text else {}
+    except (ValueError, RecursionError, AttributeError):
+        return {}
+    return prov if isinstance(prov, dict) else {}
+
+
+def provenance(source: Source | None, key: str) -> dict | None:
+    """The run metadata `save` recorded for ``key`` in ``source``'s file, or None."""
+    if source is None or source.path is None:
+        return None
+    got = _read_provenance(source.path).get(key)
+    return got if isinstance(got, dict) else None
 
 
 @contextlib.contextmanager
@@ -198,18 +255,26 @@ def _locked(path: Path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def save(slug: str, entries: dict, directory: Path | None = None) -> Path:
+def save(slug: str, entries: dict, directory: Path | None = None, meta: dict | None = None) -> Path:
     """Merge ``entries`` into ``<directory>/<slug>.json`` (default: the user's dir); returns the path.
 
     Under the file's lock: read what is there now, merge, write a temporary file,
-    ``os.replace`` it over the old one.
+    ``os.replace`` it over the old one.  ``meta`` (e.g. the tuning run's command,
+    date and machine) is recorded per key under ``"provenance"``: readers ignore it,
+    `ttqkern.tuning.lookup` shows it.
     """
     directory = Path(directory) if directory is not None else user_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{slug}.json"
     with _locked(path):
         old = _read(path) if path.exists() else {}
+        prov = _read_provenance(path) if path.exists() else {}
+        if meta is not None:
+            prov.update({k: meta for k in entries})
+        prov = {k: v for k, v in prov.items() if k in old or k in entries}
         data = {"format": FORMAT, "version": VERSION, "device": slug, "entries": {**old, **entries}}
+        if prov:
+            data["provenance"] = prov
         fd, tmp = tempfile.mkstemp(prefix=f".{slug}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "w") as f:

@@ -6,10 +6,11 @@ tuned-config store holds for the CPU (file ``cpu.json``; looked up and validated
 the shared `ttqkern.tuning.params.ConfigTable` declared here as `TABLE`) under the key
 
     numba/act_scale/T=<t>/K=<k>
-    numba/quantize/bits=<b>/N=<n>/K=<k>
-    numba/qmatmul/bits=<b>/T=<t>/N=<n>/K=<k>
+    numba/quantize/bits=<b>/group=<g>/N=<n>/K=<k>
+    numba/qmatmul/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>
 
-with every dimension rounded up to a power of two (`store.bucket`).  An entry may set
+with every dimension rounded up to a power of two (`store.bucket`); ``group`` is the
+resolved group size, kept as it is.  An entry may set
 any subset of the op's fields; `SPACE` lists the values a tuner should try.  Entries
 with unknown fields or values outside `FIELDS` are ignored with a warning
 (docs/spec.md §5).
@@ -87,13 +88,14 @@ import contextlib
 import numba
 import torch
 
+from ...tuning import store
 from ...tuning.params import ConfigTable, Int, OpParams
 
 OPS = ("act_scale", "quantize", "qmatmul")
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
-    "quantize": ("bits", "N", "K"),
-    "qmatmul": ("bits", "T", "N", "K"),
+    "quantize": ("bits", "group", "N", "K"),
+    "qmatmul": ("bits", "group", "T", "N", "K"),
 }
 
 DEFAULTS = {
@@ -160,9 +162,56 @@ def defaults(op: str, device=None, **shape) -> dict:
     return base
 
 
+def _elements(op: str, shape: dict) -> tuple[int, int]:
+    """``(elements, most elements in the shape's store bucket)`` that `threads_for` compares with SERIAL_MAX."""
+    a, b = ("T", "K") if op == "act_scale" else ("N", "K")
+    return shape[a] * shape[b], store.bucket(shape[a]) * store.bucket(shape[b])
+
+
+def canonical(op: str):
+    """The tuner's canonical form of a config of ``op`` (see `OpParams.canonical`).
+
+    A threshold only matters through the choice it makes at a shape: SERIAL_MAX
+    through serial-or-parallel, FUSED_MAX_T and DEQUANT_MIN_T through the word-plane
+    kernel (fused, buffered, dequantize + BLAS), PACKED_MAX_T through packed tiles or
+    dequantize + BLAS for the blocked / lut families.  Candidates that make the same
+    choices are one behaviour, measured once; the stored form makes that choice for
+    every shape of the store bucket (T up to the bucket's top, N x K likewise), so a
+    tuned entry never splits its bucket at a threshold the tuner did not measure.
+    """
+
+    def canon(cfg: dict, **shape) -> dict:
+        out = dict(cfg)
+        n, top = _elements(op, shape)
+        out["SERIAL_MAX"] = top if n <= cfg["SERIAL_MAX"] else 0
+        if op == "qmatmul":
+            T, hi = shape["T"], store.bucket(shape["T"])
+            lo = hi // 2 + 1 if hi > 1 else 1
+            if T >= cfg["DEQUANT_MIN_T"]:  # dequantize + BLAS for the whole bucket
+                out["DEQUANT_MIN_T"], out["FUSED_MAX_T"] = lo, 0
+            elif T <= cfg["FUSED_MAX_T"]:  # fused kernel for the whole bucket
+                out["DEQUANT_MIN_T"], out["FUSED_MAX_T"] = hi + 1, hi
+            else:  # buffered kernel for the whole bucket
+                out["DEQUANT_MIN_T"], out["FUSED_MAX_T"] = hi + 1, lo - 1
+            # blocked / lut families: packed tiles up to PACKED_MAX_T, for the whole bucket
+            out["PACKED_MAX_T"] = hi if T <= cfg["PACKED_MAX_T"] else lo - 1
+        return out
+
+    return canon
+
+
 TABLE = ConfigTable(
     "numba",
-    {op: OpParams(KEY_FIELDS[op], FIELDS[op], SPACE[op], (lambda d, _op=op, **s: defaults(_op, d, **s))) for op in OPS},
+    {
+        op: OpParams(
+            KEY_FIELDS[op],
+            FIELDS[op],
+            SPACE[op],
+            (lambda d, _op=op, **s: defaults(_op, d, **s)),
+            canonical=canonical(op),
+        )
+        for op in OPS
+    },
 )
 _CPU = torch.device("cpu")
 

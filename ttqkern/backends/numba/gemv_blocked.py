@@ -2,19 +2,22 @@
 
 What is computed, per output row n and token t (spec stages 4-5)::
 
-    y[t, n] = sum_k (s[n, g(k)] * u[n, k] + m[n, g(k)]) * x~[t, k] + (x A^T)[t] . B[n] + bias[n]
+    y[t, n] = sum_k (s[n, g(k)] * (u[n, k] - c[n, g(k)]) + m0[n, g(k)]) * x~[t, k] + (x A^T)[t] . B[n] + bias[n]
 
 with ``x~ = x / D`` zero-padded to whole chunks.  Each code is dequantized
-*including* its offset, so the per-group sums of x~ are never needed; the sum is
-accumulated in fp32.
+*including* its offset, centred on its group's zero code c (``u - c`` exact,
+``m0 = s c + m``: `PackedWeight.centred`, docs/numerics.md rule Q1), so the
+per-group sums of x~ are never needed and nothing cancels; the sum is accumulated
+in fp32.  Dequantizing before the dot also meets rule Q2 without a special path:
+no partial sum of x~ times codes is formed, and x~ is never rescaled.
 
-Why it is fast (4-bit): per row and group a 16-entry table ``s * i + m`` is made
-with one FMA (``iota * s + m``); then for each of the 8 fields of a row-chunk (the
+Why it is fast (4-bit): per row and group a 16-entry table ``s * (i - c) + m0`` is
+made with one subtraction and one FMA (``(iota - c) * s + m0``); then for each of the 8 fields of a row-chunk (the
 16 words' nibble f = 16 consecutive codes, see the layout) one shift, one
 ``vpermps`` (a table lookup that reads only the low 4 bits of each lane, so no
 mask) and one FMA against 16 activations.  No gathers, no int->float converts, no
 horizontal work in the loop.  8-bit: per field a ``vpmovzxbd`` load, a convert,
-one FMA to dequantize and one FMA to accumulate.
+the centring subtraction, one FMA to dequantize and one FMA to accumulate.
 
 Grid / tiles: a parallel task owns ``BPT`` consecutive row blocks (of ``BR``
 rows).  Within a task, per row block and per chunk of tokens (``TP`` at a time)
@@ -29,7 +32,7 @@ Bytes moved per output row: ``K * b / 8`` of codes + ``8 * G`` of scales/offsets
 (read once per row block, whatever T), plus x (L1/L2 resident).
 
 Buffer assumptions (checked once on the host, `check_buffers`, before any launch):
-codes ``[NB, C, BR, CB]`` uint8 and sm ``[NB, GQ, 2, BR]`` fp32 C-contiguous with
+codes ``[NB, C, BR, CB]`` uint8 and sm ``[NB, GQ, 3, BR]`` fp32 (s, c, m0) C-contiguous with
 the shapes of `cpu_layouts.blocked_shapes`; x fp32 ``[T, K]``; y fp32 ``[T, N]``;
 A ``[r, K]`` / B ``[N, r]`` (r may be 0), bias ``[N]`` or ``[0]``.  The loads in the
 micro-kernels are unchecked; every index they use is below those shapes.
@@ -55,7 +58,7 @@ def _step_typer(bits: int, lookup: bool = True):
     """The micro-kernel for ``bits``; ``lookup=False`` (4-bit only): the portable form, no x86 intrinsic.
 
     The portable 4-bit step dequantizes each field with ``(w >> 4 f) & 15``, a
-    convert and an FMA ``s * u + m`` (target-independent LLVM vector IR: lowered to
+    convert, ``- c`` and an FMA ``s * (u - c) + m0`` (target-independent LLVM vector IR: lowered to
     two AVX2 ymm ops, or four NEON q ops, per 16 lanes) instead of the ``vpermps``
     table lookup.
     """
@@ -89,13 +92,13 @@ def _step_typer(bits: int, lookup: bool = True):
             io = S.ir_vconst(range(16))
             rows = [S.ir_unpack(builder, r, L) for r in S.ir_unpack(builder, a_accs, R)]
 
-            def params(r):  # per group of the chunk: (s, m) splats of row r
+            def params(r):  # per group of the chunk: (s, c, m0) splats of row r
                 out = []
                 for q in range(GPC):
                     si = builder.add(builder.add(sb, builder.mul(gs, c(q))), c(r))
-                    s = S.ir_load(context, builder, sig.args[3], a_sm, si, ir.FloatType(), 4)
-                    m = S.ir_load(context, builder, sig.args[3], a_sm, builder.add(si, ms), ir.FloatType(), 4)
-                    out.append((S.ir_splat(builder, s), S.ir_splat(builder, m)))
+                    vals = [S.ir_load(context, builder, sig.args[3], a_sm, builder.add(si, builder.mul(ms, c(i))),
+                                      ir.FloatType(), 4) for i in range(3)]  # fmt: skip
+                    out.append(tuple(S.ir_splat(builder, v) for v in vals))
                 return out
 
             cache: dict = {}  # per row, made on first use so that each row's loads follow the previous barrier
@@ -104,8 +107,8 @@ def _step_typer(bits: int, lookup: bool = True):
                 if r not in cache:
                     if bits == 4:
                         w = S.ir_load(context, builder, sig.args[1], a_codes, builder.add(cb, c(r * CB)), S.V16I)
-                        if lookup:
-                            cache[r] = ([S.ir_fma(builder, io, s, m) for s, m in params(r)], w)
+                        if lookup:  # table s * (i - c) + m0: i - c exact
+                            cache[r] = ([S.ir_fma(builder, builder.fsub(io, cz), s, m) for s, cz, m in params(r)], w)
                         else:
                             cache[r] = (params(r), w)
                     else:
@@ -118,13 +121,13 @@ def _step_typer(bits: int, lookup: bool = True):
                     return S.ir_permps(builder, tabs[f // FPG], S.ir_srl(builder, w, 4 * f))
                 if bits == 4:
                     sm_r, w = row_state(r)
-                    s, m = sm_r[f // FPG]
+                    s, cz, m = sm_r[f // FPG]
                     q = builder.and_(S.ir_srl(builder, w, 4 * f), ir.Constant(S.V16I, [15] * 16))
-                    return S.ir_fma(builder, builder.sitofp(q, S.V16F), s, m)
+                    return S.ir_fma(builder, builder.fsub(builder.sitofp(q, S.V16F), cz), s, m)
                 at = builder.add(cb, c(r * CB + 16 * f))
                 q8 = S.ir_load(context, builder, sig.args[1], a_codes, at, S.V16B)
-                s, m = row_state(r)[f // FPG]
-                return S.ir_fma(builder, builder.sitofp(builder.zext(q8, S.V16I), S.V16F), s, m)
+                s, cz, m = row_state(r)[f // FPG]
+                return S.ir_fma(builder, builder.fsub(builder.sitofp(builder.zext(q8, S.V16I), S.V16F), cz), s, m)
 
             def accumulate(r, f):
                 v = value(r, f)
@@ -209,13 +212,13 @@ def _make(bits: int, parallel: bool, portable: bool = False):
         q0 = c0 * GPC if GPC > 1 else c0 // CPG
         cq = 0 if GPC > 1 else c0 % CPG
         for c in range(c0, c1):
-            sbase = (rb * GQ + q0) * 2 * BR + h
+            sbase = (rb * GQ + q0) * 3 * BR + h
             cbase = ((rb * C + c) * BR + h) * CB
             if t0 == 0:
                 for ln in range(R * lines):
                     S.prefetch(codes, cbase + pfb + 64 * ln)
                 S.prefetch(sm, sbase + pfs)
-            accs = step(accs, codes, cbase, sm, sbase, BR, 2 * BR, xp, S.offsets(c * CHUNK, Kq, t0, T - 1, ttag), gtag)
+            accs = step(accs, codes, cbase, sm, sbase, BR, 3 * BR, xp, S.offsets(c * CHUNK, Kq, t0, T - 1, ttag), gtag)
             cq += 1
             if cq == CPG:
                 cq = 0
@@ -257,7 +260,7 @@ def _make(bits: int, parallel: bool, portable: bool = False):
         R = len(rtag)
         TP = len(ttag)
         L = len(atag)
-        pfs = 2 * pfb * GQ // (C * CB)  # the same distance in the scales/offsets stream (floats)
+        pfs = 3 * pfb * GQ // (C * CB)  # the same distance in the scales/offsets stream (floats)
         ntask = (NB + bpt - 1) // bpt
         tiled = 0 < kt < C
         for task in loop(ntask):

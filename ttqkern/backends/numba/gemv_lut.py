@@ -2,7 +2,12 @@
 
 What is computed, per output row n and token t (spec stage 4, then stage 5)::
 
-    y[t, n] = sum_j ( s[n, j] * sum_{k in j} x~[t, k] u[n, k]  +  m[n, j] * X~[t, j] ) + (x A^T)[t] . B[n] + bias[n]
+    y[t, n] = sum_j s[n, j] * sum_{k in j} x~[t, k] (u[n, k] - c) + (x A^T)[t] . B[n] + bias[n]
+
+for symmetric weights (the layout's lut kind): c = 2^(b-1) for every row and
+group, m0 = 0 (docs/numerics.md rule Q1).  The centre is folded into the tables
+below, which every row shares -- which is why asymmetric weights, whose zero code
+differs per row, do not use these kernels.
 
 Why it is fast: vector lanes are 16 *rows*, not 16 positions of K.  A 32-bit word
 of a row holds 8 four-bit fields; for 2-bit codes a field is a *pair* of codes
@@ -10,14 +15,17 @@ of a row holds 8 four-bit fields; for 2-bit codes a field is a *pair* of codes
 codes one code.  For each field position the prologue builds, per token, the 16
 possible partial dot products of that field with x~ (T-MAC style)::
 
-    2-bit pair:  T[i] = x~[k] * (i & 3) + x~[k + 1] * (i >> 2)
-    1-bit quad:  T[i] = 4 * sum_b bit_b(i) * x~[k + b]        (the hi plane's weight 4)
-    4-bit:       T[i] = x~[k] * i
+    2-bit pair:  T[i] = x~[k] * ((i & 3) - c) + x~[k + 1] * ((i >> 2) - c)
+    1-bit quad:  T[i] = 4 * sum_b (bit_b(i) - c) * x~[k + b]        (the hi plane's weight 4)
+    4-bit:       T[i] = x~[k] * (i - c)
+
+with each plane's part of the centre (3-bit: ``4 = 0 + 4 * 1``: lo plane 0, hi 1);
+`basis` gives the multipliers.
 
 and the main loop does, per field and 16 rows, one shift, one ``vpermps`` of that
 table (it reads only the low 4 bits of each lane, so no mask) and one add: two
 codes per lane-operation for 2-bit codes instead of one.  Per group the sum is
-scaled once (``y += s * acc + m * X~``), with s, m, X~ as 16-row vectors and a
+scaled once (``y += s * acc + m0 * X~``, m0 = 0 here), with s, m0, X~ as 16-row vectors and a
 broadcast: no horizontal reductions anywhere, rows come out in lanes.
 
 Grid / tiles: a parallel task owns ``BPT`` consecutive 16-row blocks.  Loop order
@@ -31,6 +39,10 @@ each row block's stream, ``PFJ`` groups ahead.
 Bytes moved per output row: ``K * b / 8`` of codes + ``8 * G`` of scales/offsets;
 tables: ``T * Kp * 4 * 16 / (codes per field)`` bytes, built once per call and
 shared by all rows (L2-resident for the shapes here).
+
+The sums ``x~ (u - c)`` are formed before the scale, so a call whose x~ is outside
+``[SAFE_MIN, SAFE_MAX]`` returns False without computing (`prologue.extreme`); the
+host then takes the dequantize + BLAS path (rule Q2).
 
 Buffer assumptions (checked on the host by `check_buffers`): each plane int32
 ``[NB, Kp * b / 32, 16]`` and sm fp32 ``[NB, G, 2, 16]`` C-contiguous
@@ -50,39 +62,38 @@ from ..cpu_layouts import LUT_ROWS
 from . import simd as S
 from ._common import REASSOC, REASSOC_INLINE
 from .gemv_blocked import lowrank_bias
-from .prologue import lowrank_column, scale_pad
+from .prologue import extreme, lowrank_column, scale_pad
 
 KIND_PAIR2, KIND_QUAD1, KIND_SINGLE4 = 0, 1, 2  # what one 4-bit field of a plane covers
-_CODES_PER_FIELD = {KIND_PAIR2: 2, KIND_QUAD1: 4, KIND_SINGLE4: 1}
 
-_IOTA = np.arange(16, dtype=np.float32)
-_LO2 = (_IOTA.astype(np.int32) & 3).astype(np.float32)
-_HI2 = (_IOTA.astype(np.int32) >> 2).astype(np.float32)
-_BITS4 = np.stack([((_IOTA.astype(np.int32) >> b) & 1).astype(np.float32) * 4 for b in range(4)])  # x4: hi plane
+
+def basis(kind: int, centre: int) -> np.ndarray:
+    """fp32 ``[codes per field, 16]``: ``T[i] = sum_b x~[k + b] * basis[b, i]`` for one field (module doc)."""
+    i = np.arange(16)
+    if kind == KIND_PAIR2:
+        rows = [(i & 3) - centre, (i >> 2) - centre]
+    elif kind == KIND_QUAD1:
+        rows = [4 * (((i >> b) & 1) - centre) for b in range(4)]  # x4: the hi plane's weight
+    else:
+        rows = [i - centre]
+    return np.ascontiguousarray(np.stack(rows).astype(np.float32))
 
 
 # --- prologue: x~, group sums, tables -------------------------------------------------
 
 
 @numba.njit(**REASSOC_INLINE)
-def _tables(xp, kind, out, p0, p1):  # pragma: no cover - compiled
+def _tables(xp, basis, out, p0, p1):  # pragma: no cover - compiled
     """out[t, 16 p : 16 p + 16] for fields p0 <= p < p1: the 16 partial dot products of field p (module doc)."""
     T = xp.shape[0]
-    cpf = 2 if kind == KIND_PAIR2 else (4 if kind == KIND_QUAD1 else 1)
+    cpf = basis.shape[0]  # codes per field
     for t in range(T):
         for p in range(p0, p1):
             k = p * cpf
-            o = p * 16
-            if kind == KIND_PAIR2:
-                v = S.fma(S.fbcast(xp[t, k + 1]), S.load_f(_HI2, 0), S.fmul(S.fbcast(xp[t, k]), S.load_f(_LO2, 0)))
-            elif kind == KIND_QUAD1:
-                v = S.fmul(S.fbcast(xp[t, k]), S.load_f(_BITS4[0], 0))
-                v = S.fma(S.fbcast(xp[t, k + 1]), S.load_f(_BITS4[1], 0), v)
-                v = S.fma(S.fbcast(xp[t, k + 2]), S.load_f(_BITS4[2], 0), v)
-                v = S.fma(S.fbcast(xp[t, k + 3]), S.load_f(_BITS4[3], 0), v)
-            else:
-                v = S.fmul(S.fbcast(xp[t, k]), S.load_f(_IOTA, 0))
-            S.store_f(out[t], o, v)
+            v = S.fmul(S.fbcast(xp[t, k]), S.load_f(basis[0], 0))
+            for b in range(1, cpf):
+                v = S.fma(S.fbcast(xp[t, k + b]), S.load_f(basis[b], 0), v)
+            S.store_f(out[t], p * 16, v)
 
 
 # --- micro-kernels ----------------------------------------------------------------------
@@ -227,13 +238,21 @@ def _make(nplanes: int, parallel: bool):
                         y[tt, n] = ys[srow, lane]
 
     @numba.njit(parallel=parallel, **REASSOC)
-    def gemv(x, D, has_D, A, Bm, bias, p1, p2, kind1, sm, g, rtag, ttag, atag, bpt, pfj, y):  # pragma: no cover
-        """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue: x / D, group sums, tables, x A^T)."""
+    def gemv(
+        x, D, has_D, A, Bm, bias, p1, p2, basis1, basis2, sm, g, rtag, ttag, atag, bpt, pfj, y
+    ):  # pragma: no cover
+        """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue: x / D, group sums, tables, x A^T).
+
+        basis1 / basis2: each plane's table multipliers (`basis`).  Returns False, with y
+        unwritten, when x~ is outside the range these sums keep exact (`prologue.extreme`).
+        """
         T = x.shape[0]
         NB, G = sm.shape[0], sm.shape[1]
         Kp = G * g
         xp = np.empty((T, Kp), np.float32)
         scale_pad(x, D, has_D, xp)
+        if extreme(xp, x.shape[1]):
+            return False
         xg = np.empty((T, G), np.float32)
         for t in range(T):
             for jj in range(G):
@@ -241,15 +260,14 @@ def _make(nplanes: int, parallel: bool):
                 for k in range(jj * g, (jj + 1) * g):
                     acc += xp[t, k]
                 xg[t, jj] = acc
-        cpf1 = 2 if kind1 == KIND_PAIR2 else 1
-        tab1 = np.empty((T, Kp // cpf1 * 16), np.float32)
+        tab1 = np.empty((T, Kp // basis1.shape[0] * 16), np.float32)
         tab2 = np.empty((T, Kp // 4 * 16) if nplanes == 2 else (1, 16), np.float32)
         n1 = tab1.shape[1] // 16
         n2 = tab2.shape[1] // 16 if nplanes == 2 else 0
         for c in loop(8):  # the tables, split over the threads (a parallel region of its own)
-            _tables(xp, kind1, tab1, c * n1 // 8, (c + 1) * n1 // 8)
+            _tables(xp, basis1, tab1, c * n1 // 8, (c + 1) * n1 // 8)
             if nplanes == 2:
-                _tables(xp, KIND_QUAD1, tab2, c * n2 // 8, (c + 1) * n2 // 8)
+                _tables(xp, basis2, tab2, c * n2 // 8, (c + 1) * n2 // 8)
         wpg1 = p1.shape[1] // G  # words per group and row block
         wpg2 = p2.shape[1] // G if nplanes == 2 else 0
         r_lr = A.shape[0]
@@ -266,6 +284,7 @@ def _make(nplanes: int, parallel: bool):
             ys = np.empty((nch * nrbp * TP, 16), np.float32)
             _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys)
             lowrank_bias(u, Bm, bias, y, rb0 * LUT_ROWS, min(y.shape[1], rb1 * LUT_ROWS))
+        return True
 
     return gemv
 
@@ -276,15 +295,23 @@ gemv2 = _make(2, parallel=True)  # two planes: 3-bit codes (2-bit lo + 1-bit hi)
 gemv2_serial = _make(2, parallel=False)
 
 
-def check_buffers(planes, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: int) -> None:
-    """The one place the lut kernels' buffer assumptions are asserted (raises RuntimeError)."""
+def check_buffers(planes, bases, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: int) -> None:
+    """The one place the lut kernels' buffer assumptions are asserted (raises RuntimeError).
+
+    bases: each plane's `basis`, whose row count (codes per 4-bit field) sizes the tables.
+    """
     G = -(-K // g)
     Kp = G * g
     NB = -(-N // LUT_ROWS)
     widths = {2: (2,), 3: (2, 1), 4: (4,)}[bits]
-    ok = len(planes) == len(widths) and all(
-        p.dtype == np.int32 and p.flags.c_contiguous and p.shape == (NB, Kp * b // 32, LUT_ROWS)
-        for p, b in zip(planes, widths, strict=True)
+    ok = len(planes) == len(widths) == len(bases) and all(
+        p.dtype == np.int32
+        and p.flags.c_contiguous
+        and p.shape == (NB, Kp * b // 32, LUT_ROWS)
+        and q.dtype == np.float32
+        and q.flags.c_contiguous
+        and q.shape == (4 // b, 16)
+        for p, q, b in zip(planes, bases, widths, strict=True)
     )
     ok = ok and (
         sm.dtype == np.float32 and sm.flags.c_contiguous and sm.shape == (NB, G, 2, LUT_ROWS)

@@ -1,9 +1,10 @@
 """Kernels for any canonical weight, including group sizes that are not whole words (e.g. g = 37).
 
-- `generic`: codes extracted one by one from the bytes into a per-group fp32
-  buffer, then dotted with x~ per token.  Grid: row blocks of ``BLOCK_N``.
-- `dequantize`: ``Wq' = s * u + m`` as fp32 ``[N, K]`` in natural order, for a
-  BLAS matmul (prefill on these layouts).
+- `generic`: centred codes ``u - c`` extracted one by one from the bytes into a
+  per-group fp32 buffer, then dotted with x~ per token.  Grid: row blocks of ``BLOCK_N``.
+- `dequantize`: ``Wq' = s * (u - c) + m0`` as fp32 ``[N, K]`` in natural order, for a
+  BLAS matmul (prefill on these layouts, and calls whose x~ is outside
+  ``[SAFE_MIN, SAFE_MAX]``: `prologue.prologue`, docs/numerics.md rule Q2).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 from numba import prange
 
 from ._common import REASSOC, STRICT, STRICT_INLINE
-from .gemv_words import _dot, _offset, _row_tail
+from .gemv_words import _dot, _row_tail
 
 
 @numba.njit(**STRICT_INLINE)
@@ -28,8 +29,8 @@ def _code(qw, qhi, bits, n, k):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, **REASSOC)
-def generic(qw, qhi, bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias, block_n, y):  # pragma: no cover
-    """Any canonical layout: codes extracted one by one into a per-group fp32 buffer."""
+def generic(qw, qhi, bits, g, xp, Xg, scales, c, m0, has_m0, u, B, bias, block_n, y):  # pragma: no cover
+    """Any canonical layout: centred codes extracted one by one into a per-group fp32 buffer."""
     N, G = scales.shape
     T = Xg.shape[0]
     nblk = (N + block_n - 1) // block_n
@@ -37,24 +38,26 @@ def generic(qw, qhi, bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, B, 
         cb = np.empty(g, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             for t in range(T):
-                y[t, n] = _row_tail(n, t, Xg, scales, zp_f, zp_i, off_mode, half, u, B, bias)
+                y[t, n] = _row_tail(t, Xg, m0[n], has_m0, u, B, bias, n)
             for j in range(G):
+                cj = c[n, j]
                 for k in range(g):
-                    cb[k] = np.float32(_code(qw, qhi, bits, n, j * g + k))
+                    cb[k] = np.float32(_code(qw, qhi, bits, n, j * g + k) - cj)
                 s = scales[n, j]
                 for t in range(T):
                     y[t, n] += s * _dot(xp[t, j * g : (j + 1) * g], cb)
 
 
 @numba.njit(parallel=True, **STRICT)
-def dequantize(qw, qhi, bits, g, K, scales, zp_f, zp_i, off_mode, half, block_n, out):  # pragma: no cover
-    """out fp32 ``[N, K]`` = ``s * u + m`` (the scaled weight Wq', not divided by D)."""
+def dequantize(qw, qhi, bits, g, K, scales, c, m0, block_n, out):  # pragma: no cover
+    """out fp32 ``[N, K]`` = ``s * (u - c) + m0`` (the scaled weight Wq', not divided by D; `centres`)."""
     N, G = scales.shape
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
             for j in range(G):
                 s = scales[n, j]
-                m = _offset(scales, zp_f, zp_i, off_mode, half, n, j)
+                cj = c[n, j]
+                m = m0[n, j]
                 for k in range(j * g, min(K, (j + 1) * g)):
-                    out[n, k] = s * np.float32(_code(qw, qhi, bits, n, k)) + m
+                    out[n, k] = s * np.float32(_code(qw, qhi, bits, n, k) - cj) + m

@@ -5,9 +5,10 @@ Families (which one runs is decided per weight, then per T):
 - ``blocked`` -- bits 4 and 8 in the layout's blocked kind (`gemv_blocked`): AVX-512
   ``vpermps`` tables for 4-bit codes, or the portable dequantize-FMA form when
   `isa.current()` is ``"portable"``; 8-bit codes use target-independent IR either way.
-- ``lut`` -- bits 2 and 3 in the layout's lut kind (`gemv_lut`), AVX-512 only.
+- ``lut`` -- symmetric bits 2 and 3 in the layout's lut kind (`gemv_lut`), AVX-512 only.
 - ``words`` -- the canonical planes read as machine words (`gemv_words`, `gemm`):
-  bits 2 / 3 on the portable path, and group sizes the two layouts above do not take.
+  bits 2 / 3 on the portable path and in the asymmetric forms, and group sizes the
+  two layouts above do not take.
 - ``generic`` -- any canonical weight (`generic`), e.g. g = 37.
 - ``prefill`` -- dequantize once, then BLAS: above ``PACKED_MAX_T`` tokens for the
   blocked / lut families (default: never -- their register tiles beat BLAS up to
@@ -43,6 +44,7 @@ from ._common import as_f32, as_np, planes
 _EMPTY_U16 = np.empty((0, 0), np.uint16)
 _DUMMY_MASKS = tuple(np.int32(1 << i) for i in range(8))
 _INT4_MASKS = tuple(np.int32(15 << (4 * i)) for i in range(4))
+_INT4_REP = 0x1111  # a nibble value in each of the 4 nibbles of a half word
 _NO_PLANE = np.zeros((1, 0, layouts.LUT_ROWS), np.int32)
 
 
@@ -68,11 +70,11 @@ def family(pw: PackedWeight) -> str:
     which = isa.current()
     if f == "generic" or (f == "words" and planes(pw) is not None):
         return f
-    if f == "lut" and which == "avx512" and layouts.lut_fits(pw.bits, pw.group_size):
+    if f == "lut" and which == "avx512" and layouts.lut_fits(pw.bits, pw.group_size, pw.sym):
         return f
     if f != "words" and layouts.blocked_fits(pw.bits, pw.group_size):
         return "blocked"  # the 8-bit and the portable 4-bit forms need no AVX-512
-    if f != "words" and which == "avx512" and pw.bits in (2, 3) and layouts.lut_fits(pw.bits, pw.group_size):
+    if f != "words" and which == "avx512" and pw.bits in (2, 3) and layouts.lut_fits(pw.bits, pw.group_size, pw.sym):
         return "lut"
     return "words" if planes(pw) is not None else "generic"
 
@@ -100,14 +102,14 @@ def _cached(pw: PackedWeight, what: str, build):
 
 def canonical(pw: PackedWeight) -> PackedWeight:
     """The canonical form (the word-plane, generic and prefill paths read it): cached conversion."""
-    if pw.layout == CANONICAL or layouts.kind(pw.bits, pw.group_size) == "plain":
+    if pw.layout == CANONICAL or layouts.kind(pw.bits, pw.group_size, pw.sym) == "plain":
         return pw  # a plain numba_cpu weight holds the canonical tensors
     return _cached(pw, "canonical", pw.canonical)
 
 
 def decode_arrays(pw: PackedWeight, fam: str) -> tuple[np.ndarray, ...]:
     """The arrays a blocked / lut kernel reads: ``(codes, sm)`` or ``(plane, hi plane, sm)``."""
-    native = pw.layout == layouts.NUMBA_CPU and layouts.kind(pw.bits, pw.group_size) == fam
+    native = pw.layout == layouts.NUMBA_CPU and layouts.kind(pw.bits, pw.group_size, pw.sym) == fam
     if fam == "blocked":
         if native:
             return pw.qweight.numpy(), pw.scales.numpy()
@@ -165,11 +167,17 @@ class Prepared:
             self.kernels = (
                 (gemv_lut.gemv2, gemv_lut.gemv2_serial) if pw.bits == 3 else (gemv_lut.gemv1, gemv_lut.gemv1_serial)
             )
-            self.kind = gemv_lut.KIND_PAIR2 if pw.bits in (2, 3) else gemv_lut.KIND_SINGLE4
+            # symmetric codes, centred on 2^(b-1) in the tables: 3-bit 4 = lo 0 + 4 * hi 1
+            if pw.bits == 3:
+                self.bases = (gemv_lut.basis(gemv_lut.KIND_PAIR2, 0), gemv_lut.basis(gemv_lut.KIND_QUAD1, 1))
+            else:
+                kind = gemv_lut.KIND_PAIR2 if pw.bits == 2 else gemv_lut.KIND_SINGLE4
+                self.bases = (gemv_lut.basis(kind, 1 << (pw.bits - 1)),) * 2  # the second is unused
             p1, p2, sm = self.arrays
-            gemv_lut.check_buffers((p1, p2) if pw.bits == 3 else (p1,), sm, np.empty((1, self.K), np.float32), self.A,
-                                   self.Bm, self.bias, np.empty((1, self.N), np.float32), self.N, self.K, pw.bits,
-                                   pw.group_size)  # fmt: skip
+            two = pw.bits == 3
+            gemv_lut.check_buffers((p1, p2) if two else (p1,), self.bases if two else self.bases[:1], sm,
+                                   np.empty((1, self.K), np.float32), self.A, self.Bm, self.bias,
+                                   np.empty((1, self.N), np.float32), self.N, self.K, pw.bits, pw.group_size)  # fmt: skip
 
     def _refresh(self) -> None:
         A, B, bias = self._src
@@ -188,9 +196,9 @@ class Prepared:
         if plan is not None:
             return plan
         pw = self.pw
-        cfg = config.params("qmatmul", bits=pw.bits, T=T, N=self.N, K=self.K)
+        cfg = config.params("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=self.N, K=self.K)
         if self.family in ("words", "generic") or T > cfg["PACKED_MAX_T"]:
-            plan = (None, cfg if self.family in ("words", "generic") else {**cfg, "DEQUANT_MIN_T": 1})
+            plan = (None, None, cfg if self.family in ("words", "generic") else {**cfg, "DEQUANT_MIN_T": 1})
         else:
             tp_max = cfg["TILE_TOKENS"]
             TP = -(-T // -(-T // tp_max))  # equal chunks: T = 6 with 4 -> 2 x 3
@@ -206,8 +214,8 @@ class Prepared:
                 mid = (*head, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], kt, cfg["PREFETCH"])
             else:
                 p1, p2, sm = self.arrays
-                mid = (*head, p1, p2, self.kind, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
-            plan = (kernel, mid)
+                mid = (*head, p1, p2, *self.bases, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+            plan = (kernel, mid, cfg)
         if len(self._plans) < 64:
             self._plans[T] = plan
         return plan
@@ -216,16 +224,18 @@ class Prepared:
         if self._copied and tuple(t._version for t in self._copied) != self._versions:
             self._refresh()
         T = x.shape[0]
-        kernel, mid = self._plan(T)
+        kernel, mid, cfg = self._plan(T)
         if kernel is None:
             A, B, bias = self._src
-            return words_qmatmul(x, canonical(self.pw), self.D_tensor, A, B, bias, mid)
+            return words_qmatmul(x, canonical(self.pw), self.D_tensor, A, B, bias, cfg)
         if x.dtype == torch.float32 and not x.requires_grad:
             xn = x.numpy()
         else:
             xn = x.detach().to(torch.float32).numpy()
         y = np.empty((T, self.N), np.float32)
-        kernel(xn, *mid, y)
+        if kernel(xn, *mid, y) is False:  # lut: x~ outside the exact range (rule Q2): dequantize + BLAS
+            A, B, bias = self._src
+            return words_qmatmul(x, canonical(self.pw), self.D_tensor, A, B, bias, {**cfg, "DEQUANT_MIN_T": 1})
         out = torch.from_numpy(y)
         return out if x.dtype == torch.float32 else out.to(x.dtype)
 
@@ -278,12 +288,20 @@ def _words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
     G = pw.num_groups
     xp = np.empty((T, G * g), np.float32)
     Xg = np.empty((T, G), np.float32)
-    prologue.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
+    extreme = prologue.prologue(x32, as_f32(D), D is not None, g, xp, Xg)
     scales = as_np(pw.scales)
     zp_f, zp_i, off_mode, half = _offset_args(pw)
+    c = np.empty((N, G), np.int32)  # each group's zero code and its value (codes are centred on it)
+    m0 = np.empty((N, G), np.float32)
+    gemv_words.centres(scales, zp_f, zp_i, off_mode, half, c, m0)
+    has_m0 = off_mode != gemv_words.OFF_SYM  # symmetric codes centre exactly: m0 = 0
     prefill = T >= cfg["DEQUANT_MIN_T"]  # compute bound: let BLAS do the GEMM
+    pl = planes(pw)
+    # x~ too large or too small for the word-plane kernels' scaling (prologue.SAFE_MIN/MAX):
+    # the dequantize + BLAS path, exact in range (docs/numerics.md)
+    robust = (pl is None and prefill) or extreme
     if A is not None:  # x A^T: [T, r], tiny; the B side is fused per row (one GEMM for prefill)
-        if prefill:
+        if prefill or robust:
             u = (torch.from_numpy(x32) @ A.to(torch.float32).mT).numpy()
         else:
             u = np.empty((T, A.shape[0]), np.float32)
@@ -294,16 +312,17 @@ def _words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
     bn = as_f32(bias)
     y = np.empty((T, N), np.float32)
 
-    pl = planes(pw)
+    if robust:  # any layout: Wq' = s * (u - c) + m0 in natural order, then BLAS
+        qw = as_np(pw.qweight)
+        qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
+        W = np.empty((N, K), np.float32)
+        generic.dequantize(qw, qhi, pw.bits, g, K, scales, c, m0, cfg["BLOCK_N"], W)
+        yt = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
+        return _epilogue(yt, u, Bn, bn).to(x.dtype)
     if pl is None:  # group sizes that are not whole words
         qw = as_np(pw.qweight)
         qhi = as_np(pw.qweight_hi) if pw.bits == 3 else np.empty((0, 0), np.uint8)
-        if prefill:
-            W = np.empty((N, K), np.float32)
-            generic.dequantize(qw, qhi, pw.bits, g, K, scales, zp_f, zp_i, off_mode, half, cfg["BLOCK_N"], W)
-            yt = torch.from_numpy(xp[:, :K]) @ torch.from_numpy(W).mT
-            return _epilogue(yt, u, Bn, bn).to(x.dtype)
-        generic.generic(qw, qhi, pw.bits, g, xp, Xg, scales, zp_f, zp_i, off_mode, half, u, Bn, bn, cfg["BLOCK_N"], y)
+        generic.generic(qw, qhi, pw.bits, g, xp, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
         return torch.from_numpy(y).to(x.dtype)
 
     L = sum(p.words.shape[1] * p.cpw for p in pl)
@@ -312,7 +331,7 @@ def _words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
         xs3 = np.empty((T, L), np.float32)
         prologue.permute3(xp, xs3)
         lo, hi = pl
-        gemv_words.fused3(lo.words, hi.words, _INT4_MASKS, lo.Wg, xs3, Xg, scales, zp_f, zp_i, off_mode, half,
+        gemv_words.fused3(lo.words, hi.words, _INT4_MASKS, _INT4_REP, lo.Wg, xs3, Xg, scales, c, m0, has_m0,
                           u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
         return torch.from_numpy(y).to(x.dtype)
     T2 = T + (T & 1) if fused and T > 1 else T  # the fused kernel takes tokens 2 at a time
@@ -322,19 +341,20 @@ def _words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
         prologue.permute(xp, xs, off, p.words.shape[1], p.nf, p.b, p.factor)
         off += p.words.shape[1] * p.cpw
     p1 = pl[0]
+    first = (p1.words, p1.masks, p1.rep, p1.Wg)
     if len(pl) == 2:
         p2 = pl[1]
-        second = (p2.words, p2.masks, p2.Wg)
+        second = (p2.words, p2.masks, p2.rep, p2.Wg)
     else:
-        second = (_EMPTY_U16, _DUMMY_MASKS, 1)
+        second = (_EMPTY_U16, _DUMMY_MASKS, 0, 1)
     off2 = p1.words.shape[1] * p1.cpw  # where the second plane's block starts (= L with one plane)
-    if prefill:  # x~ (s u)^T by BLAS on the unpacked rows, + X~ m^T, + the epilogue
+    if prefill:  # x~ (s (u - c))^T by BLAS on the unpacked rows, + X~ m0^T, + the epilogue
         Wp = np.empty((N, L), np.float32)
-        gemm.unpack_rows(p1.words, p1.masks, p1.Wg, *second, off2, scales, cfg["BLOCK_N"], Wp)
+        gemm.unpack_rows(*first, *second, off2, scales, c, cfg["BLOCK_N"], Wp)
         yt = torch.from_numpy(xs[:T]) @ torch.from_numpy(Wp).mT
-        yt += torch.from_numpy(Xg) @ pw.offsets().mT
+        if has_m0:
+            yt += torch.from_numpy(Xg) @ torch.from_numpy(m0).mT
         return _epilogue(yt, u, Bn, bn).to(x.dtype)
     kernel = gemv_words.fused if fused else gemm.buffered
-    kernel(p1.words, p1.masks, p1.Wg, *second, xs, off2, Xg, scales, zp_f, zp_i, off_mode,
-           half, u, Bn, bn, cfg["BLOCK_N"], y)  # fmt: skip
+    kernel(*first, *second, xs, off2, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
     return torch.from_numpy(y).to(x.dtype)

@@ -50,11 +50,37 @@ def lowrank_column(x, A, u, j):  # pragma: no cover - compiled
         u[t, j] = acc
 
 
+# A token whose largest |x~| lies outside [2^-60, 2^60] goes to the dequantize + BLAS
+# path: the word-plane kernels pre-scale x~ by up to 2^-14 (`permute`: subnormal x~
+# would lose bits) and sum x~ times codes before the scale (huge x~ could overflow
+# there); so do the lut kernels (docs/numerics.md, rule Q2).
+SAFE_MIN, SAFE_MAX = 2.0**-60, 2.0**60
+
+
+@numba.njit(**STRICT_INLINE)
+def extreme(xp, K):  # pragma: no cover - compiled
+    """True when some token's largest finite nonzero ``|x~|`` (xp ``[T, >= K]``) is outside ``[SAFE_MIN, SAFE_MAX]``."""
+    out = False
+    for t in range(xp.shape[0]):
+        big = np.float32(0.0)
+        for k in range(K):
+            a = abs(xp[t, k])
+            if a > big and a < np.inf:
+                big = a
+        if big > 0 and (big < SAFE_MIN or big > SAFE_MAX):
+            out = True
+    return out
+
+
 @numba.njit(**STRICT)
 def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
-    """x fp32 ``[T, K]``, D fp32 ``[K]`` -> xp = x / D zero-padded ``[T, Kp]``, Xg ``[T, G]``."""
+    """x fp32 ``[T, K]``, D fp32 ``[K]`` -> xp = x / D zero-padded ``[T, Kp]``, Xg ``[T, G]``.
+
+    Returns `extreme` of x~ (then the caller takes the dequantize + BLAS path).
+    """
     scale_pad(x, D, has_D, xp)
     _group_sums(xp, g, Xg)
+    return extreme(xp, x.shape[1])
 
 
 @numba.njit(**REASSOC)

@@ -26,6 +26,7 @@ from ...quant import Form, QuantFormat
 from .. import cpu_layouts
 from . import config
 from ._common import STRICT, STRICT_INLINE, as_f32
+from .gemv_words import centre
 
 FORM_FLOAT, FORM_INT, FORM_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)  # plain ints for numba
 INT32_MIN = np.int32(-2147483648)
@@ -143,21 +144,21 @@ def _write_lut(codes, b, nb, nrows, row, plane):  # pragma: no cover - compiled
 
 @numba.njit(**STRICT_INLINE)
 def _write_sm(scales, mins, zeros, form, half, n0, nrows, sm):  # pragma: no cover - compiled
-    """Rows ``n0 ... n0 + nrows - 1``: scales and offsets m (`PackedWeight.offsets`, same fp32
-    operations) into ``sm [NB, GQ, 2, R]`` (block ``n0 // R``), in memory order."""
+    """Rows ``n0 ... n0 + nrows - 1``: scales and the centres (c, m0) of `gemv_words.centre` into
+    ``sm [NB, GQ, 3, R]`` (blocked: s, c, m0) or ``[NB, G, 2, R]`` (lut: s, m0), block ``n0 // R``."""
     R = sm.shape[3]
     nb = n0 // R
+    with_c = sm.shape[2] == 3
     for j in range(scales.shape[1]):
         for r in range(nrows):
             s = scales[n0 + r, j]
-            if form == FORM_FLOAT:
-                m = mins[n0 + r, j]
-            elif form == FORM_INT:
-                m = -s * np.float32(zeros[n0 + r, j])
-            else:
-                m = -s * half
+            mn = mins[n0 + r, j] if form == FORM_FLOAT else np.float32(0.0)
+            z = zeros[n0 + r, j] if form == FORM_INT else np.int32(0)
+            c, m0 = centre(s, mn, z, form, half)
             sm[nb, j, 0, r] = s
-            sm[nb, j, 1, r] = m
+            if with_c:
+                sm[nb, j, 1, r] = np.float32(c)
+            sm[nb, j, sm.shape[2] - 1, r] = m0
 
 
 @numba.njit(**STRICT_INLINE)
@@ -328,7 +329,7 @@ def quantize(
     Kp = G * g
     fmt = QuantFormat(bits, g, sym, zero)
     form = int(fmt.form)
-    kind = cpu_layouts.kind(bits, g) if layout == cpu_layouts.NUMBA_CPU else "plain"
+    kind = cpu_layouts.kind(bits, g, sym) if layout == cpu_layouts.NUMBA_CPU else "plain"
     dest = {"plain": DEST_CANONICAL, "blocked": DEST_BLOCKED, "lut": DEST_LUT}[kind]
     canonical = dest == DEST_CANONICAL
     qw = np.empty((N, packed_bytes(Kp, 2 if bits == 3 else bits)) if canonical else (0, 0), np.uint8)
@@ -352,7 +353,7 @@ def quantize(
             plh = _zero_padded(shp["qweight_hi"], N, np.int32)
         sm = np.zeros(shp["scales"], np.float32)
         rows = cpu_layouts.LUT_ROWS
-    cfg = config.params("quantize", bits=bits, N=N, K=K)
+    cfg = config.params("quantize", bits=bits, group=g, N=N, K=K)
     block_n = -(-cfg["BLOCK_N"] // 16) * 16 if rows > 1 else cfg["BLOCK_N"]  # tasks own whole row blocks
     Dn = as_f32(D) if D is not None else np.empty(0, np.float32)
     with config.threads_for(N * K, cfg):

@@ -57,7 +57,7 @@ def qmatmul(
     strides = (qw.stride(0), qhi.stride(0))
     flags = dict(BITS=pw.bits, MODE=int(pw.form), HAS_D=D is not None, HAS_LR=xa is not None,
                  HAS_BIAS=bias is not None, ROUND_DT=round_dt, DOT_DT=dot_dt)  # fmt: skip
-    shape = dict(bits=pw.bits, T=T, N=N, K=K)
+    shape = dict(bits=pw.bits, group=g, T=T, N=N, K=K)
 
     if T <= config.DECODE_MAX_T:
         cfg = config.params("gemv", x.device, interpret, **shape)

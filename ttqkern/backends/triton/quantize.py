@@ -309,7 +309,7 @@ def quantize(W: torch.Tensor, D: torch.Tensor | None, fmt: QuantFormat, interpre
     mode = int(fmt.form)
     C = 8 // math.gcd(g, 8)  # groups per program: a whole number of bytes in every plane
     L = C * g
-    cfg = config.params("quantize", W.device, interpret, bits=bits, N=N, K=K)
+    cfg = config.params("quantize", W.device, interpret, bits=bits, group=g, N=N, K=K)
     BK = max(8, min(cfg["BLOCK_K"], config.triton_next_pow2(L)))
     BN = min(cfg["BLOCK_N"], config.triton_next_pow2(N))
     dev = W.device
