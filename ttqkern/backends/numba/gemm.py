@@ -16,8 +16,23 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._common import REASSOC, STRICT
+from ._common import REASSOC, STRICT, STRICT_INLINE
 from .gemv_words import _dot, _fill_centre, _fill_se, _row_tail, _unpack16, _unpack32, _word_buffers
+
+
+@numba.njit(**STRICT_INLINE)
+def _unpack_row(n, w1, m1, r1, Wg1, w2, m2, r2, Wg2, off2, scales, c, bufs, dst):  # pragma: no cover - compiled
+    """dst fp32 ``[L]`` = row n's ``s * (code - c)`` in the permuted order, both planes.
+
+    bufs: per-word scale and centre buffers (`_word_buffers` twice) and an fp32 ``[2, G]`` scratch.
+    """
+    se1, se1_c, se2, se2_c, ce1, ce1c, ce2, ce2c, cg = bufs
+    _fill_se(scales, n, Wg1, se1, se1_c)
+    _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
+    _unpack32(w1[n], se1, ce1, m1, dst[:off2])
+    if w2.shape[1] > 0:
+        _fill_se(scales, n, Wg2, se2, se2_c)
+        _unpack16(w2[n], se2, ce2, m2, dst[off2:])
 
 
 @numba.njit(parallel=True, **REASSOC)
@@ -27,20 +42,12 @@ def buffered(w1, m1, r1, Wg1, w2, m2, r2, Wg2, xs, off2, Xg, scales, c, m0, has_
     N, G = scales.shape
     T = Xg.shape[0]
     L = xs.shape[1]
-    two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1, se1_c, se2, se2_c = _word_buffers(w1, w2)
-        ce1, ce1c, ce2, ce2c = _word_buffers(w1, w2)
-        cg = np.empty((2, G), np.float32)
+        bufs = (*_word_buffers(w1, w2), *_word_buffers(w1, w2), np.empty((2, G), np.float32))
         buf = np.empty(L, np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            _fill_se(scales, n, Wg1, se1, se1_c)
-            _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
-            _unpack32(w1[n], se1, ce1, m1, buf[:off2])
-            if two:
-                _fill_se(scales, n, Wg2, se2, se2_c)
-                _unpack16(w2[n], se2, ce2, m2, buf[off2:])
+            _unpack_row(n, w1, m1, r1, Wg1, w2, m2, r2, Wg2, off2, scales, c, bufs, buf)
             for t in range(T):
                 y[t, n] = _dot(xs[t], buf) + _row_tail(t, Xg, m0[n], has_m0, u, B, bias, n)
 
@@ -53,17 +60,8 @@ def unpack_rows(w1, m1, r1, Wg1, w2, m2, r2, Wg2, off2, scales, c, block_n, out)
     -- the prefill path hands it to BLAS and adds ``X~ m0^T`` (`centres`).
     """
     N, G = scales.shape
-    two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
     for blk in prange(nblk):
-        se1, se1_c, se2, se2_c = _word_buffers(w1, w2)
-        ce1, ce1c, ce2, ce2c = _word_buffers(w1, w2)
-        cg = np.empty((2, G), np.float32)
+        bufs = (*_word_buffers(w1, w2), *_word_buffers(w1, w2), np.empty((2, G), np.float32))
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            row = out[n]
-            _fill_se(scales, n, Wg1, se1, se1_c)
-            _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
-            _unpack32(w1[n], se1, ce1, m1, row[:off2])
-            if two:
-                _fill_se(scales, n, Wg2, se2, se2_c)
-                _unpack16(w2[n], se2, ce2, m2, row[off2:])
+            _unpack_row(n, w1, m1, r1, Wg1, w2, m2, r2, Wg2, off2, scales, c, bufs, out[n])

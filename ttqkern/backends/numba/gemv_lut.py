@@ -62,7 +62,7 @@ from ..cpu_layouts import LUT_ROWS
 from . import simd as S
 from ._common import REASSOC, REASSOC_INLINE
 from .gemv_blocked import lowrank_bias
-from .prologue import extreme, lowrank_column, scale_pad
+from .prologue import extreme, group_sums, lowrank_column, scale_pad
 
 KIND_PAIR2, KIND_QUAD1, KIND_SINGLE4 = 0, 1, 2  # what one 4-bit field of a plane covers
 
@@ -99,6 +99,19 @@ def _tables(xp, basis, out, p0, p1):  # pragma: no cover - compiled
 # --- micro-kernels ----------------------------------------------------------------------
 
 
+def _tile_dims(accs, per_token, per_block):
+    """``(RB, L, TP, NA)`` of a register tile typed ``UniTuple(UniTuple(f32x16, TP * NA), RB)`` whose
+    per-token and per-row-block offset tuples match it, or None (the intrinsic then does not type)."""
+    if not isinstance(accs, types.UniTuple):
+        return None
+    RB = accs.count
+    L = S.tuple_len(accs.dtype, S.f32x16)
+    TP = S.tuple_len(per_token, types.intp)
+    if L is None or TP is None or L % TP or S.tuple_len(per_block, types.intp) != RB:
+        return None
+    return RB, L, TP, L // TP
+
+
 @intrinsic
 def _lut_word(typingctx, accs, plane, wflat, tab, toffs):
     """One word column (8 fields) of RB row blocks for TP tokens: ``acc += vpermps(table, word >> 4 f)``.
@@ -107,14 +120,10 @@ def _lut_word(typingctx, accs, plane, wflat, tab, toffs):
     int32 offsets of the RB words; toffs: UniTuple(intp, TP) flat offsets of field
     0's table per token in ``tab`` (fields follow at +16 floats).
     """
-    if not isinstance(accs, types.UniTuple):
+    dims = _tile_dims(accs, toffs, wflat)
+    if dims is None:
         return None
-    RB = accs.count
-    L = S.tuple_len(accs.dtype, S.f32x16)
-    TP = S.tuple_len(toffs, types.intp)
-    if L is None or TP is None or L % TP or S.tuple_len(wflat, types.intp) != RB:
-        return None
-    NA = L // TP
+    RB, L, TP, NA = dims
     if 8 % NA or not S.is_c_array(plane, (types.int32,)) or not S.is_c_array(tab, (types.float32,)):
         return None
 
@@ -146,14 +155,10 @@ def _lut_apply(typingctx, accs, ys, ybase, sm, sflat, xg, xgoffs):
     sflat: UniTuple(intp, RB) flat offset of the group's 16 scales (offsets follow at +16).
     xgoffs: UniTuple(intp, TP) flat offsets of X~[t, j] in ``xg``.
     """
-    if not isinstance(accs, types.UniTuple):
+    dims = _tile_dims(accs, xgoffs, sflat)
+    if dims is None:
         return None
-    RB = accs.count
-    L = S.tuple_len(accs.dtype, S.f32x16)
-    TP = S.tuple_len(xgoffs, types.intp)
-    if L is None or TP is None or L % TP or S.tuple_len(sflat, types.intp) != RB:
-        return None
-    NA = L // TP
+    RB, L, TP, NA = dims
 
     def codegen(context, builder, sig, args):
         a_accs, a_ys, a_yb, a_sm, a_sf, a_xg, a_xo = args
@@ -182,6 +187,24 @@ def _lut_apply(typingctx, accs, ys, ybase, sm, sflat, xg, xgoffs):
 # --- host-callable kernels ----------------------------------------------------------------
 
 
+@numba.njit(**REASSOC_INLINE)
+def _plane_group(accs, plane, wpg, tab, nt, j, t0, T, rb_first, rb_last, rtag, ttag, pfj):  # pragma: no cover
+    """Add one plane's words of group j (``wpg`` per row block) for row blocks ``rb_first ...`` of the tile
+    (clamped at ``rb_last``: a ragged tile repeats the last block, whose results are not stored).
+
+    The first token chunk also prefetches each block's stream ``pfj`` groups ahead.
+    """
+    W = plane.shape[1]
+    for w in range(wpg):
+        col = j * wpg + w
+        wf = S.offsets(col * 16, W * 16, rb_first, rb_last, rtag)
+        if t0 == 0:
+            for r in range(len(rtag)):
+                S.prefetch(plane, wf[r] + pfj * wpg * 16)
+        accs = _lut_word(accs, plane, wf, tab, S.offsets(col * 8 * 16, nt * 16, t0, T - 1, ttag))
+    return accs
+
+
 def _make(nplanes: int, parallel: bool):
     loop = prange if parallel else range
 
@@ -192,8 +215,6 @@ def _make(nplanes: int, parallel: bool):
         G = sm.shape[1]
         RB = len(rtag)
         TP = len(ttag)
-        W1 = p1.shape[1]
-        W2 = p2.shape[1]
         nt1 = tab1.shape[1] // 16  # tables (fields) per token and plane
         nt2 = tab2.shape[1] // 16
         nrb = rb1 - rb0
@@ -204,23 +225,9 @@ def _make(nplanes: int, parallel: bool):
                 for r0 in range(0, nrb, RB):
                     last = nrb - 1
                     accs = S.zeros_tile(rtag, atag)
-                    # plane 1: words j * wpg1 ... of each row block of the tile (clamped: a ragged tile
-                    # repeats the last block, whose results are not stored)
-                    for w in range(wpg1):
-                        col = j * wpg1 + w
-                        wf = S.offsets(col * 16, W1 * 16, rb0 + r0, rb0 + last, rtag)
-                        if t0 == 0:
-                            for r in range(RB):
-                                S.prefetch(p1, wf[r] + pfj * wpg1 * 16)
-                        accs = _lut_word(accs, p1, wf, tab1, S.offsets(col * 8 * 16, nt1 * 16, t0, T - 1, ttag))
+                    accs = _plane_group(accs, p1, wpg1, tab1, nt1, j, t0, T, rb0 + r0, rb0 + last, rtag, ttag, pfj)
                     if nplanes == 2:
-                        for w in range(wpg2):
-                            col = j * wpg2 + w
-                            wf = S.offsets(col * 16, W2 * 16, rb0 + r0, rb0 + last, rtag)
-                            if t0 == 0:
-                                for r in range(RB):
-                                    S.prefetch(p2, wf[r] + pfj * wpg2 * 16)
-                            accs = _lut_word(accs, p2, wf, tab2, S.offsets(col * 8 * 16, nt2 * 16, t0, T - 1, ttag))
+                        accs = _plane_group(accs, p2, wpg2, tab2, nt2, j, t0, T, rb0 + r0, rb0 + last, rtag, ttag, pfj)
                     sf = S.offsets(j * 32, G * 32, rb0 + r0, rb0 + last, rtag)
                     _lut_apply(accs, ys, ((t0 // TP) * nrbp + r0) * TP, sm, sf, xg,
                                S.offsets(j, G, t0, T - 1, ttag))  # fmt: skip
@@ -254,12 +261,7 @@ def _make(nplanes: int, parallel: bool):
         if extreme(xp, x.shape[1]):
             return False
         xg = np.empty((T, G), np.float32)
-        for t in range(T):
-            for jj in range(G):
-                acc = np.float32(0.0)
-                for k in range(jj * g, (jj + 1) * g):
-                    acc += xp[t, k]
-                xg[t, jj] = acc
+        group_sums(xp, g, xg)
         tab1 = np.empty((T, Kp // basis1.shape[0] * 16), np.float32)
         tab2 = np.empty((T, Kp // 4 * 16) if nplanes == 2 else (1, 16), np.float32)
         n1 = tab1.shape[1] // 16

@@ -13,8 +13,9 @@ import numpy as np
 from ._common import REASSOC, REASSOC_INLINE, STRICT, STRICT_INLINE
 
 
-@numba.njit(**REASSOC)
-def _group_sums(xp, g, Xg):  # pragma: no cover - compiled
+@numba.njit(**REASSOC_INLINE)
+def group_sums(xp, g, Xg):  # pragma: no cover - compiled
+    """Xg ``[T, G]``: the per-group sums X~ of xp ``[T, >= G * g]``."""
     T, G = Xg.shape
     for t in range(T):
         for j in range(G):
@@ -79,7 +80,7 @@ def prologue(x, D, has_D, g, xp, Xg):  # pragma: no cover - compiled
     Returns `extreme` of x~ (then the caller takes the dequantize + BLAS path).
     """
     scale_pad(x, D, has_D, xp)
-    _group_sums(xp, g, Xg)
+    group_sums(xp, g, Xg)
     return extreme(xp, x.shape[1])
 
 
