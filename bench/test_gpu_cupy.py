@@ -41,7 +41,7 @@ from test_gpu_triton import (
     _nbytes,
     _row,
 )
-from ttqkern.tuning.tuner import graph_replay, rel_err
+from ttqkern.tune.tuner import graph_replay, rel_err
 
 from ttqkern.backends import cupy as cupy_backend
 
