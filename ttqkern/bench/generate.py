@@ -143,15 +143,19 @@ def _state(threads: int) -> dict:
     return st
 
 
-def build(model, name: str, backend: str):
-    """A quantized copy of the fp32 model for configuration ``name`` (the model itself for fp32)."""
+def build(model, name: str, backend: str, mode: str = "eager"):
+    """A quantized copy of the fp32 model for configuration ``name`` (fp32 eager: the model itself).
+
+    Compile mode always gets a copy: `run` replaces its ``forward`` by a compiled one,
+    which must not reach the eager rows (nor the copies made from the model later).
+    """
     import copy
 
     from ..model import quantize_model
 
     spec = CONFIGS[name]
     if spec is None:
-        return model
+        return model if mode == "eager" else copy.deepcopy(model)
     m = copy.deepcopy(model)
     kw = dict(spec)
     if kw["method"] == "ttq":
@@ -184,7 +188,7 @@ def run(args) -> dict:
     for cname, mode in plan:  # every model first, warmed up: the timed decodes below interleave them
         row = {"config": cname, "mode": mode, "_res": []}
         try:
-            m = build(model, cname, args.backend)
+            m = build(model, cname, args.backend, mode)
             if mode == "compile":
                 t0 = time.perf_counter()
                 m.forward = torch.compile(m.forward, dynamic=True)
