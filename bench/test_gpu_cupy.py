@@ -41,9 +41,9 @@ from test_gpu_triton import (
     _nbytes,
     _row,
 )
-from ttqkern.tuning.tuner import graph_replay, rel_err
 
 from ttqkern.backends import cupy as cupy_backend
+from ttqkern.tune.tuner import graph_replay, rel_err
 
 _ok, _why = cupy_backend.BACKEND.available()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _ok, reason=f"GPU benchmark of the CuPy backend: {_why}")]

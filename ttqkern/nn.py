@@ -244,6 +244,9 @@ class TTQLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[..., K]`` fp32/fp16/bf16 -> ``[..., N]`` in x's dtype."""
         self._check_x(x)
+        y = self._decode_step(x)
+        if y is not None:
+            return y
         if self._stats is not None:
             self._stats.update(x)
             return self.full_precision(x)
@@ -274,13 +277,45 @@ class TTQLinear(nn.Module):
             y = ops.run_qmatmul(x2, pw, D, A, B, bias, self.backend)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _decode_step(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The eager decode step on the prepared callable, or None when the full path must run.
+
+        Same result as the rest of `forward` for a call that reuses the packed weight
+        (prompt mode below ``min_tokens``, static mode) with unchanged operands; it only
+        skips the attribute lookups and stamp building that cost a few microseconds
+        per call on layers whose kernel takes ten.
+        """
+        run = self._run
+        if run is None or self._stats is not None or self.mode == "dynamic":
+            return None
+        if self.mode == "prompt" and (x.shape[-2] if x.dim() >= 2 else 1) >= self.min_tokens:
+            return None
+        buf = self._buffers
+        qweight, D, operands = run[2]
+        if buf["qweight"] is not qweight or buf["D"] is not D or torch.compiler.is_compiling():
+            return None
+        for t, v in operands:
+            if t is not None and t._version != v:
+                return None
+        if self.r and (buf["lowrank_A"] is not operands[0][0] or buf["lowrank_B"] is not operands[1][0]):
+            return None
+        if buf["bias"] is not operands[2][0] or not _dispatch.direct(x):
+            return None
+        x2 = x.reshape(-1, self.in_features)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        return run[1](x2).view(*x.shape[:-1], self.out_features)
+
     def _prepared(self, pw, D, A, B, bias):
         """The backend's prepared qmatmul for the current operands (rebuilt when any of them changed)."""
         stamp = (id(pw), id(D), *(None if t is None else (id(t), t._version) for t in (A, B, bias)))
         if self._run is None or self._run[0] != stamp:
             be = backends.resolve(self.backend, self.weight.device)
             tensors = [None if t is None else t.contiguous() for t in (D, A, B, bias)]
-            self._run = (stamp, be.prepare(_dispatch.readable(pw, be), *tensors))
+            fn = be.prepare(_dispatch.readable(pw, be), *tensors)
+            # what `_decode_step` checks before reusing fn: the stored weight, D and the operands' versions
+            self._run = (stamp, fn, (self._buffers["qweight"], D, tuple((t, None if t is None else t._version)
+                                                                       for t in (A, B, bias))))  # fmt: skip
         return self._run[1]
 
     def extra_repr(self) -> str:
