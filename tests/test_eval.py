@@ -323,3 +323,42 @@ def test_tune_hparams_runs_two_trials(tiny_model_dir, tmp_path, capsys, monkeypa
     d = json.loads(shipped.read_text())
     assert d["alpha"] == s["best"]["alpha"] and d["provenance"]["study"] == s["study"]
     assert "trial 1:" in capsys.readouterr().out
+
+
+@needs_smollm2
+def test_alpha_study_cli_on_a_tiny_slice(tiny_model_dir, tmp_path):
+    from ttqkern.eval.alpha_study import main
+
+    out = tmp_path / "as"
+    argv = ["--model", str(tiny_model_dir), "--domains", "wiki,legal", "--bits", "3", "--ranks", "0", "--windows", "2",
+            "--seqlen", "32", "--grid", "0", "0.5", "--tokens", "8", "--threads", "2", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    res = json.loads(out.with_suffix(".json").read_text())
+    (row,) = res["rows"]
+    assert set(row["domains"]) == {"wiki", "legal"} and row["pooled"]["n"] == 4 and row["prefill_ratio"] > 0
+    assert set(row["domains"]["wiki"]["chosen"]) <= {"0.0", "0.5"}
+    assert "Decision rule" in out.with_suffix(".md").read_text()
+
+
+def test_reproduce_compares_two_runs_within_intervals(tmp_path):
+    from ttqkern.eval.report import comparisons
+    from ttqkern.eval.reproduce import main
+
+    first = _result()
+    for r in first["rows"]:  # windows of unequal difficulty, so intervals have width
+        r["window_nll"] = [v + 0.3 * (i % 3) for i, v in enumerate(r["window_nll"])]
+        r["nll"] = sum(r["window_nll"]) / len(r["window_nll"])
+    first["comparisons"] = comparisons(first["rows"])
+    first["run"] = {"threads": 2}
+    second = json.loads(json.dumps(first))
+    second["run"] = {"threads": 1}
+    second["rows"][1]["window_nll"] = [v - 2 for v in second["rows"][1]["window_nll"]]  # RTN far off: better than fp
+    second["rows"][1]["nll"] -= 2
+    second["comparisons"] = comparisons(second["rows"])
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(second))
+    assert main([str(a), str(b), "--out", str(tmp_path / "rep")]) == 1  # not every row inside
+    res = json.loads((tmp_path / "rep.json").read_text())
+    assert [x["inside"] for x in res["rows"]].count(False) == 1 and not res["all_same_verdict"]
+    assert "| RTN | 2 |" in (tmp_path / "rep.md").read_text()
