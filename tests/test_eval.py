@@ -297,9 +297,20 @@ def test_shift_cli_on_a_tiny_slice(tiny_model_dir, tmp_path, capsys):
     md = out.with_suffix(".md").read_text()
     assert "TTQ r=0 vs AWQ: in-domain" in md and "(in)" in md
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    # a second run with the same settings reuses every saved cell
+    # a second run with the same settings reuses every saved window; with twice the windows it adds only the new
     capsys.readouterr()
-    assert main(argv) == 0 and "[1/" not in capsys.readouterr().out
+    assert main(argv) == 0 and " windows, " not in capsys.readouterr().out
+    argv4 = ["4" if i and argv[i - 1] == "--windows" else v for i, v in enumerate(argv)]
+    assert main(argv4) == 0
+    more = json.loads(out.with_suffix(".json").read_text())
+    printed = capsys.readouterr().out
+    assert printed.count(" 2 windows, ") == 10 and more["settings"]["windows"] == {"wiki": 4, "code": 4}
+    first = {(c["model"]["method"], c["test"]): c for c in res["cells"] if c["model"]["method"] != "awq"}
+    for c in more["cells"]:
+        if (c["model"]["method"], c["test"]) in first:
+            old = first[(c["model"]["method"], c["test"])]
+            assert set(old["window_starts"]) < set(c["window_starts"])
+            assert [c["window_nll"][c["window_starts"].index(i)] for i in old["window_starts"]] == old["window_nll"]
 
 
 @needs_smollm2

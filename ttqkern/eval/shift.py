@@ -10,8 +10,9 @@ comparison is a paired bootstrap interval over the same windows (`ttqkern.eval.s
 
 Writes ``PREFIX.md``, ``PREFIX.json`` and ``PREFIX.png`` (perplexity ratio to fp per
 test domain: AWQ in-domain vs shifted vs TTQ).  Cells are appended to
-``PREFIX.cells.jsonl`` as they finish, and a re-run with the same settings skips
-them, so a long run can be stopped and resumed.
+``PREFIX.cells.jsonl`` window by window as they finish; a re-run with the same
+settings skips what is saved, so a long run can be stopped and resumed, or extended
+with more ``--windows`` (the spread windows of n are among those of 2n).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from .. import data, records
+from .. import data, defaults, records
 from . import args as A
 from .methods import quantized_copy
 from .models import in_features, load_causal_lm
-from .perplexity import perplexity
+from .perplexity import exp_nll, perplexity
 from .stats import Interval, bootstrap_mean, fmt_percent, fmt_ppl, paired_difference
-from .windows import calibration_batches, token_ids, windows
+from .windows import calibration_batches, token_ids, window_starts, windows
 
 PROG = "python -m ttqkern.eval.shift"
 
@@ -108,12 +109,13 @@ def run(a) -> dict:
         raise ValueError(f"no --group-size divides every layer's input size {ks}")
     if skipped:
         print(f"group sizes {skipped} skipped: they do not divide every layer's input size {ks}", flush=True)
-    tests, calibs, totals = {}, {}, {}
+    tests, starts, calibs, totals = {}, {}, {}, {}
     for d in a.domains:
         test, valid = data.domains()[d]
         ids = token_ids(tok, data.read_text(test))
         totals[d] = ids.numel() // a.seqlen
-        tests[d] = windows(ids, a.seqlen, a.windows or None, spread=True)
+        starts[d] = window_starts(totals[d], a.windows or None)
+        tests[d] = dict(zip(starts[d], windows(ids, a.seqlen, a.windows or None, spread=True), strict=True))
         calibs[d] = calibration_batches(token_ids(tok, data.read_text(valid)), a.calib_tokens, a.seqlen)
         print(f"{d}: test {test} {ids.numel():,} tokens, {len(tests[d])} of {totals[d]} windows; AWQ calibration: "
               f"first {a.calib_tokens} tokens of {valid}", flush=True)  # fmt: skip
@@ -122,40 +124,56 @@ def run(a) -> dict:
     settings = {"model": name, "domains": {d: data.domains()[d] for d in a.domains}, "bits": a.bits,
                 "group_sizes": groups, "group_sizes_skipped": skipped, "ttq_ranks": a.ttq_ranks,
                 "windows": {d: len(w) for d, w in tests.items()}, "total_windows": totals, "seqlen": a.seqlen,
-                "calib_tokens": a.calib_tokens, "backend": a.backend, "window_selection": "spread"}  # fmt: skip
-    done = {}
+                "calib_tokens": a.calib_tokens, "backend": a.backend, "window_selection": "spread",
+                "ttq": {"alpha": defaults.ALPHA, "lam": defaults.LAM, "p": defaults.P}}  # fmt: skip
+    # (model, test) -> {window index: NLL}.  Spread windows of n are a subset of those of 2n, so a
+    # re-run with more --windows evaluates only the new ones.
+    saved: dict[str, dict[int, float]] = {}
+    speed: dict[str, float] = {}
     if cells_path.is_file():
         for line in cells_path.read_text().splitlines():
             c = json.loads(line)
             if c.get("settings_key") == _settings_key(settings):
-                done[_key(c["model"], c["test"])] = c
+                k = _key(c["model"], c["test"])
+                saved.setdefault(k, {}).update(zip(c["starts"], c["window_nll"], strict=True))
+                speed[k] = c["tokens_per_s"]
     todo = models(a, groups)
-    n_cells = len(todo) * len(a.domains)
+    n_cells, n_done = len(todo) * len(a.domains), 0
     for m in todo:
-        if all(_key(m, d) in done for d in a.domains):
+        missing = {d: [i for i in starts[d] if i not in saved.get(_key(m, d), {})] for d in a.domains}
+        if not any(missing.values()):
+            n_done += len(a.domains)
             continue
-        t0 = time.perf_counter()
         if m["method"] == "fp":
             q = model
         else:
             calib = calibs[m["calib"]] if m["method"] == "awq" else None
             q = quantized_copy(model, m["method"], bits=m["bits"], group_size=m["group_size"], r=m["r"],
                                calib=calib, backend=a.backend)  # fmt: skip
-        t_quant = time.perf_counter() - t0
         for d in a.domains:
-            if _key(m, d) in done:
+            n_done += 1
+            if not missing[d]:
                 continue
-            res = perplexity(q, tests[d], desc=f"{model_label(m)} b{m['bits']} on {d}", progress=not a.no_progress)
-            cell = {"settings_key": _settings_key(settings), "model": m, "test": d, "ppl": res.ppl, "nll": res.nll,
-                    "window_nll": res.window_nll, "tokens_per_s": res.tokens_per_s, "quantize_s": round(t_quant, 2)}  # fmt: skip
-            done[_key(m, d)] = cell
+            res = perplexity(q, [tests[d][i] for i in missing[d]], desc=f"{model_label(m)} b{m['bits']} on {d}",
+                             progress=not a.no_progress)  # fmt: skip
+            k = _key(m, d)
+            saved.setdefault(k, {}).update(zip(missing[d], res.window_nll, strict=True))
+            speed[k] = res.tokens_per_s
             with open(cells_path, "a") as f:
-                f.write(json.dumps(cell) + "\n")
-            print(f"[{len(done)}/{n_cells}] {model_label(m):>16} b{m['bits']} g{m['group_size']} on {d:<6}: "
-                  f"ppl {res.ppl:9.3f}  {res.tokens_per_s:5.0f} tok/s  ({time.perf_counter() - t_start:.0f} s)",
+                f.write(json.dumps({"settings_key": _settings_key(settings), "model": m, "test": d,
+                                    "starts": missing[d], "window_nll": res.window_nll,
+                                    "tokens_per_s": res.tokens_per_s}) + "\n")  # fmt: skip
+            print(f"[{n_done}/{n_cells}] {model_label(m):>16} b{m['bits']} g{m['group_size']} on {d:<6}: "
+                  f"{len(missing[d])} windows, {res.tokens_per_s:5.0f} tok/s  ({time.perf_counter() - t_start:.0f} s)",
                   flush=True)  # fmt: skip
         del q
-    cells = [{k: v for k, v in done[_key(m, d)].items() if k != "settings_key"} for m in todo for d in a.domains]
+    cells = []
+    for m in todo:
+        for d in a.domains:
+            nll = [saved[_key(m, d)][i] for i in starts[d]]
+            mean = sum(nll) / len(nll)
+            cells.append({"model": m, "test": d, "ppl": exp_nll(mean), "nll": mean, "window_nll": nll,
+                          "window_starts": starts[d], "tokens_per_s": speed[_key(m, d)]})  # fmt: skip
     result = {"settings": settings, "cells": cells}
     result["comparisons"] = comparisons(result)
     result["run"] = records.run_record(records.command_line(PROG, a.argv), seconds=time.perf_counter() - t_start)
@@ -163,8 +181,8 @@ def run(a) -> dict:
 
 
 def _settings_key(settings: dict) -> str:
-    """What must match for a saved cell to be reused (the list of models may grow)."""
-    keep = ("model", "domains", "windows", "seqlen", "calib_tokens", "backend")
+    """What must match for saved windows to be reused (the models and the windows may grow)."""
+    keep = ("model", "domains", "seqlen", "calib_tokens", "backend", "ttq")
     return json.dumps({k: settings[k] for k in keep}, sort_keys=True)
 
 
@@ -247,7 +265,8 @@ def markdown(result: dict) -> str:
         f"# Domain shift: TTQ vs AWQ calibrated in and out of domain ({s['model']})",
         "",
         f"Test splits ({s['seqlen']}-token windows spread over each split: {wins}) against AWQ calibrated on the "
-        f"first {s['calib_tokens']} tokens of each domain's validation split; TTQ and RTN use no calibration. "
+        f"first {s['calib_tokens']} tokens of each domain's validation split; TTQ (alpha = {s['ttq']['alpha']:.4g}, "
+        f"lam = {s['ttq']['lam']:.4g}, p = {s['ttq']['p']:.4g}: `ttqkern/defaults.json`) and RTN use no calibration. "
         f"Splits: " + "; ".join(f"{d}: test `{t}`, validation `{v}`" for d, (t, v) in s["domains"].items()) + ". "
         "Intervals: paired bootstrap 95 % over the same windows; **bold** where the interval excludes 0, "
         "the only case where a difference is claimed."
