@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group sizes; those that do not divide every layer's input size are skipped (default 64,128)")  # fmt: skip
     p.add_argument("--ttq-ranks", type=A.int_list("--ttq-ranks", minimum=0), default="0,16",
                    help="TTQ low ranks (default 0,16)")  # fmt: skip
+    p.add_argument("--methods", default="fp,rtn,awq,ttq",
+                   help="evaluate only these of fp, rtn, awq, ttq (default all; the report needs all)")  # fmt: skip
     p.add_argument("--windows", type=int, default=32,
                    help="windows per test split, spread over it (default 32; 0 = the whole split)")  # fmt: skip
     p.add_argument("--seqlen", type=int, default=512, help="window length (default 512)")
@@ -65,6 +67,9 @@ def parse_args(argv):
     unknown = [d for d in a.domains if d not in data.domains()]
     if unknown or len(a.domains) < 2:
         p.error(f"--domains: need two or more of {', '.join(data.domains())}, got {a.domains}")
+    a.methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    if not a.methods or any(m not in ("fp", "rtn", "awq", "ttq") for m in a.methods):
+        p.error(f"--methods: a comma list of fp, rtn, awq, ttq, got {a.methods}")
     if a.group_size == "auto":
         p.error("--group-size takes explicit sizes here (the matrix skips those the model's dims do not allow)")
     A.check_positive(p, windows=(a.windows, 0), seqlen=(a.seqlen, 2), calib_tokens=(a.calib_tokens, 1),
@@ -80,7 +85,9 @@ def models(a, groups) -> list[dict]:
     for b in a.bits:
         for g in groups:
             out.append({"method": "rtn", "r": 0, "bits": b, "group_size": g, "calib": None})
-            out += [{"method": "ttq", "r": r, "bits": b, "group_size": g, "calib": None} for r in a.ttq_ranks]
+            # TTQ's hyper-parameters are part of its key: saved windows of other values are not reused
+            hp = {"alpha": defaults.ALPHA, "lam": defaults.LAM, "p": defaults.P}
+            out += [{"method": "ttq", "r": r, "bits": b, "group_size": g, "calib": None, "hp": hp} for r in a.ttq_ranks]
             out += [{"method": "awq", "r": 0, "bits": b, "group_size": g, "calib": d} for d in a.domains]
     return out
 
@@ -97,7 +104,7 @@ def _key(m: dict, test: str) -> str:
     return json.dumps({**m, "test": test}, sort_keys=True)
 
 
-def run(a) -> dict:
+def run(a) -> dict | None:
     if a.threads:
         torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
@@ -137,7 +144,7 @@ def run(a) -> dict:
                 k = _key(c["model"], c["test"])
                 saved.setdefault(k, {}).update(zip(c["starts"], c["window_nll"], strict=True))
                 speed[k] = c["tokens_per_s"]
-    todo = models(a, groups)
+    todo = [m for m in models(a, groups) if m["method"] in a.methods]
     n_cells, n_done = len(todo) * len(a.domains), 0
     for m in todo:
         missing = {d: [i for i in starts[d] if i not in saved.get(_key(m, d), {})] for d in a.domains}
@@ -167,6 +174,9 @@ def run(a) -> dict:
                   f"{len(missing[d])} windows, {res.tokens_per_s:5.0f} tok/s  ({time.perf_counter() - t_start:.0f} s)",
                   flush=True)  # fmt: skip
         del q
+    if set(a.methods) != {"fp", "rtn", "awq", "ttq"}:
+        print(f"--methods {','.join(a.methods)}: windows saved in {cells_path}; the report needs every method")
+        return None
     cells = []
     for m in todo:
         for d in a.domains:
@@ -182,7 +192,7 @@ def run(a) -> dict:
 
 def _settings_key(settings: dict) -> str:
     """What must match for saved windows to be reused (the models and the windows may grow)."""
-    keep = ("model", "domains", "seqlen", "calib_tokens", "backend", "ttq")
+    keep = ("model", "domains", "seqlen", "calib_tokens", "backend")
     return json.dumps({k: settings[k] for k in keep}, sort_keys=True)
 
 
@@ -377,6 +387,8 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     a.argv = argv
     result = run(a)
+    if result is None:
+        return 0
     md = markdown(result)
     print(md)
     for p in records.write_report(a.out, result, md):
