@@ -25,9 +25,10 @@ from .windows import calibration_batches, token_ids, windows
 
 PROG = "python -m ttqkern.eval"
 DEFAULT_METHODS = "fp,rtn,awq,ttq0,ttq16"
-# Measured on two cores (load ~2): ~150 s fixed (loading, AWQ calibration, the r=16
-# SVDs) plus ~19 s per window for the nine model variants at 3 and 4 bits, so 16
-# windows fit in ~7 minutes, with margin under the 10-minute budget.
+# Budget: the main job must stay under 10 minutes on two cores.  With 6 windows it took
+# 4 min 38 s on two quiet cores (Numba backend, commit e63319b), and 12 windows 373 s: about
+# 170 s fixed (loading, AWQ calibration, the r=16 SVDs) plus ~17 s per window for the nine
+# model variants, so 16 windows need about 7.5 minutes.
 DEFAULT_MAX_WINDOWS = 16
 DEFAULT_CALIB_TOKENS = "2048"
 

@@ -266,8 +266,11 @@ def main(argv=None) -> int:
                 if a.beta:
                     hp["beta"] = trial.suggest_float("beta", *SPACE["beta"])
                 set_hparams(qmodel, **hp)
-                nll = {t: perplexity(qmodel, w, desc=f"b{bits} trial {trial.number} {t}",
-                                     progress=not a.no_progress).nll for t, w in wins.items()}  # fmt: skip
+                res = {t: perplexity(qmodel, w, desc=f"b{bits} trial {trial.number} {t}",
+                                     progress=not a.no_progress) for t, w in wins.items()}  # fmt: skip
+                nll = {t: r.nll for t, r in res.items()}
+                # per-window NLLs: two trials can be compared by a paired interval later
+                trial.set_user_attr("window_nll", {t: r.window_nll for t, r in res.items()})
                 trial.set_user_attr(
                     "domain_ppl", {t: round(math.exp(v), 4) if v < 700 else None for t, v in nll.items()}
                 )
