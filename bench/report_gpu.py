@@ -29,7 +29,7 @@ def report(path: str) -> str:
     with open(path) as f:
         data = json.load(f)
     if "command" in data and "tune" in data["command"]:
-        from ttqkern.tuning.tuner import report_markdown
+        from ttqkern.tune.tuner import report_markdown
 
         return report_markdown(data)
     rows = data["rows"]

@@ -34,7 +34,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ttqkern.tuning.tuner import graph_replay, rel_err
+from ttqkern.tune.tuner import graph_replay, rel_err
 
 pytestmark = [
     pytest.mark.gpu,

@@ -8,6 +8,7 @@ import torch
 
 import ttqkern
 from ttqkern import backends, ops
+from ttqkern.backends.torch_backend import TorchBackend
 from ttqkern.tuning import store
 
 x, W = torch.randn(4, 64), torch.randn(32, 64)
@@ -84,7 +85,7 @@ x, W = torch.randn(4, 64), torch.randn(32, 64)
         (
             lambda: ttqkern.linear(x, W, backend="cuda"),
             ValueError,
-            r"backend must be 'auto' or one of \['numba', 'torch', 'triton'\]",
+            r"backend must be 'auto' or one of \[" + ", ".join(f"'{n}'" for n in backends.names()) + r"\]",
         ),
         (lambda: ops.quantize(W, backend="fast"), ValueError, r"backend must be 'auto' or one of"),
         # modules
@@ -121,28 +122,54 @@ def test_bad_input_is_rejected_with_a_useful_message(call, exc, match):
         call()
 
 
-def test_unavailable_explicit_backend_raises_naming_what_is_missing(monkeypatch):
-    monkeypatch.setitem(backends.BACKENDS, "ghost", "ttqkern.backends._no_such_module")
-    monkeypatch.delitem(backends._import_errors, "ghost", raising=False)
+@pytest.fixture
+def ghost():
+    """Register backends named ghost... for one test; they are removed afterwards."""
+    names = []
+
+    def add(name, target):
+        backends.register(name, target)
+        names.append(name)
+
+    yield add
+    for name in names:
+        backends.unregister(name)
+
+
+def test_unavailable_explicit_backend_raises_naming_what_is_missing(ghost):
+    ghost("ghost", "ttqkern.backends._no_such_module")
     with pytest.raises(RuntimeError, match=r"backend 'ghost' is not available on this machine: ghost: cannot import"):
         ttqkern.linear(x, W, backend="ghost")
 
 
-def test_auto_falls_back_quietly_when_preferred_backend_is_missing(monkeypatch):
-    monkeypatch.setitem(backends.BACKENDS, "ghost", "ttqkern.backends._no_such_module")
-    monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("ghost", "torch"))
+class _Unavailable(TorchBackend):
+    name = "ghost"
+    preference = 0  # would be the first choice on every device type
+
+    def available(self):
+        return False, "no ghost hardware here"
+
+
+def test_auto_falls_back_quietly_when_preferred_backend_is_missing(ghost):
+    ghost("ghost", _Unavailable())
+    ghost("ghost2", "ttqkern.backends._no_such_module")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         y = ttqkern.linear(x, W, backend="auto")
     assert y.shape == (4, 32)
-    assert backends.resolve("auto", torch.device("cpu")).__name__ == "ttqkern.backends.torch_backend"
+    assert backends.resolve("auto", torch.device("cpu")).name not in ("ghost", "ghost2")
+    assert backends.status()["ghost"] == (False, "ghost: no ghost hardware here")
 
 
-def test_backend_on_wrong_device_type_is_a_clear_error(monkeypatch):
-    mod = backends.resolve("torch", torch.device("cpu"))
-    monkeypatch.setattr(mod, "DEVICE_TYPES", ("cuda",))
-    with pytest.raises(RuntimeError, match=r"backend 'torch' cannot run on cpu tensors \(it runs on: cuda\)"):
-        ttqkern.linear(x, W, backend="torch")
+class _CudaOnly(TorchBackend):
+    name = "cudaonly"
+    device_types = ("cuda",)
+
+
+def test_backend_on_wrong_device_type_is_a_clear_error(ghost):
+    ghost("cudaonly", _CudaOnly())
+    with pytest.raises(RuntimeError, match=r"backend 'cudaonly' cannot run on cpu tensors \(it runs on: cuda\)"):
+        ttqkern.linear(x, W, backend="cudaonly")
 
 
 def test_non_contiguous_inputs_are_handled():

@@ -76,9 +76,9 @@ def _compare(x, pw, D, lowrank, bias):
 
 
 def test_available_and_auto_picks_numba_on_cpu():
-    assert nbk.available() == (True, "")
-    assert nbk.DEVICE_TYPES == ("cpu",)
-    assert backends.resolve("auto", torch.device("cpu")) is nbk
+    assert nbk.BACKEND.available() == (True, "")
+    assert nbk.BACKEND.device_types == ("cpu",)
+    assert backends.resolve("auto", torch.device("cpu")) is nbk.BACKEND
     x, W, _, _ = _case(2, 8, 64)
     pw = ops.quantize(W, bits=4, group_size=32)
     assert torch.equal(ops.qmatmul(x, pw), ops.qmatmul(x, pw, backend="numba"))
@@ -93,7 +93,7 @@ def test_available_and_auto_picks_numba_on_cpu():
 @pytest.mark.parametrize("T,N,K,g", [(1, 33, 256, 64), (3, 17, 200, 32), (16, 9, 128, -1), (33, 24, 160, 128)])
 def test_qmatmul_paths_match_torch(tuned, path, bits, sym, zero, T, N, K, g):
     x, W, lowrank, bias = _case(T, N, K, r=3, bias=True)
-    tuned("qmatmul", PATHS[path], bits=bits, T=T, N=N, K=K)
+    tuned("qmatmul", PATHS[path], bits=bits, group=K if g == -1 else g, T=T, N=N, K=K)
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = reference.quantize(W, D, bits, g, sym, zero, 1.0)
     _compare(x, pw, D, lowrank, bias)
@@ -149,13 +149,9 @@ def test_random_shapes_every_path(T, N, K, g, bits, form, path, r, seed):
     g_res = K if g == -1 else g
     assert_packed_match(pw, reference.quantize(W, D, bits, g_res, *form, 1.0))
     y_ref = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch")
-    cfg = {**config.DEFAULTS["qmatmul"], **PATHS[path]}
-    old = config.DEFAULTS["qmatmul"]
-    config.DEFAULTS["qmatmul"] = cfg  # hypothesis examples cannot use function-scoped fixtures
-    try:
+    key = config.key("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=N, K=K)
+    with store.override("cpu", key, PATHS[path]):  # hypothesis examples cannot use function-scoped fixtures
         y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
-    finally:
-        config.DEFAULTS["qmatmul"] = old
     assert_output_close(y, y_ref)
 
 
@@ -165,7 +161,7 @@ def test_nan_and_inf_propagate_through_every_path(tuned):
     W[4, 3] = float("inf")
     pw = ops.quantize(W, None, bits=4, group_size=32, backend="numba")
     for path, entry in PATHS.items():
-        tuned("qmatmul", entry, bits=4, T=3, N=6, K=64)
+        tuned("qmatmul", entry, bits=4, group=32, T=3, N=6, K=64)
         y = ops.qmatmul(x, pw, None, backend="numba")
         assert torch.isnan(y[:, 2]).all() and not torch.isfinite(y[:, 4]).any(), path
         assert torch.isfinite(y[:, [0, 1, 3, 5]]).all(), path
@@ -198,7 +194,9 @@ def test_quantize_ties_and_constant_groups_are_exact(sym, zero):
 @pytest.mark.parametrize("N,K,g,beta", [(7, 100, 32, 1.0), (5, 37, -1, 0.9), (12, 300, 128, 1.1), (3, 33, 5, 1.0)])
 def test_quantize_matches_reference(tuned, bits, sym, zero, N, K, g, beta):
     x, W, _, _ = _case(4, N, K)
-    tuned("quantize", {"BLOCK_N": 2}, bits=bits, N=N, K=K)  # several tasks, a ragged last one
+    tuned(
+        "quantize", {"BLOCK_N": 2}, bits=bits, group=K if g == -1 else g, N=N, K=K
+    )  # several tasks, a ragged last one
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, beta=beta, backend="numba")
     pw_ref = reference.quantize(W, D, bits, K if g == -1 else g, sym, zero, beta)
@@ -232,18 +230,21 @@ def test_act_scale_matches_reference(tuned, p, dtype):
 def test_invalid_tuned_entry_warns_and_uses_defaults(tuned):
     x, W, _, _ = _case(2, 8, 64)
     pw = reference.quantize(W, None, 4, 32, False, "float", 1.0)
-    tuned("qmatmul", {"BLOCK_N": -3}, check=False, bits=4, T=2, N=8, K=64)
-    with pytest.warns(UserWarning, match=r"tuned config numba/qmatmul/bits=4/T=2/N=8/K=64 .* invalid values"):
+    tuned("qmatmul", {"BLOCK_N": -3}, check=False, bits=4, group=32, T=2, N=8, K=64)
+    with pytest.warns(UserWarning, match=r"tuned config numba/qmatmul/bits=4/group=32/T=2/N=8/K=64 .* invalid values"):
         y = ops.qmatmul(x, pw, backend="numba")
     assert_output_close(y, reference.qmatmul(x, pw))
 
 
 def test_defaults_and_search_space_are_valid():
     for op in config.OPS:
-        assert set(config.DEFAULTS[op]) == set(config.SPACE[op]) and config._valid(op, config.DEFAULTS[op])
+        spec = config.TABLE.ops[op]
+        assert set(config.DEFAULTS[op]) == set(config.SPACE[op]) and spec.invalid(config.DEFAULTS[op]) == ""
         for field, values in config.SPACE[op].items():
-            assert all(config._valid(op, {field: v}) for v in values), (op, field)
-    assert config.key("qmatmul", bits=3, T=5, N=4000, K=4096) == "numba/qmatmul/bits=3/T=8/N=4096/K=4096"
+            assert all(spec.invalid({field: v}) == "" for v in values), (op, field)
+    assert config.key("qmatmul", bits=3, group=128, T=5, N=4000, K=4096) == (
+        "numba/qmatmul/bits=3/group=128/T=8/N=4096/K=4096"
+    )
 
 
 def test_serial_and_parallel_runs_agree(tuned):
@@ -251,8 +252,8 @@ def test_serial_and_parallel_runs_agree(tuned):
     x, W, lowrank, bias = _case(5, 64, 256, r=2, bias=True)
     pw = ops.quantize(W, bits=4, group_size=64, backend="numba")
     y = ops.qmatmul(x, pw, lowrank=lowrank, bias=bias, backend="numba")
-    tuned("quantize", {"SERIAL_MAX": 0, "BLOCK_N": 4}, bits=4, N=64, K=256)
-    tuned("qmatmul", {"SERIAL_MAX": 0, "BLOCK_N": 4}, bits=4, T=5, N=64, K=256)
+    tuned("quantize", {"SERIAL_MAX": 0, "BLOCK_N": 4}, bits=4, group=64, N=64, K=256)
+    tuned("qmatmul", {"SERIAL_MAX": 0, "BLOCK_N": 4}, bits=4, group=64, T=5, N=64, K=256)
     pw_par = ops.quantize(W, bits=4, group_size=64, backend="numba")
     assert all(torch.equal(t, getattr(pw_par, n)) for n, t in pw.tensors().items())
     assert torch.equal(ops.qmatmul(x, pw_par, lowrank=lowrank, bias=bias, backend="numba"), y)

@@ -1,9 +1,8 @@
-"""``python -m ttqkern.tune --gpu`` and `ttqkern.tuning.tuner`, on the Triton interpreter.
+"""``python -m ttqkern.tune --gpu`` on the Triton interpreter: the plumbing a GPU run relies on.
 
-The tuner's timings mean nothing on the interpreter; what is tested is the
-plumbing a GPU run relies on: every candidate goes through the store key the
-backend looks up, wrong answers are caught and never saved, and the best
-configs land in the device's config file where the backend finds them.
+Timings mean nothing on the interpreter; what is tested: every candidate goes
+through the store key the Triton backend looks up, and the best configs land in
+the device's config file where the backend finds them.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from ttqkern import backends
-from ttqkern.tuning import devices, store
+from ttqkern.tuning import devices, lookup, store
 
 pytest.importorskip("optuna")
 triton = pytest.importorskip("triton")
@@ -23,84 +22,81 @@ if not backends.availability("triton")[0]:
 
 from ttqkern.backends import triton as tb  # noqa: E402
 from ttqkern.backends.triton import config  # noqa: E402
-from ttqkern.tune import gpu  # noqa: E402
-from ttqkern.tuning import tuner  # noqa: E402
+from ttqkern.tune import gpu, tuner  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPE = {"bits": 4, "group": 96, "T": 1, "N": 48, "K": 96}
 
 
-def test_cases_cover_ops_and_dedupe_buckets():
-    cs = tuner.cases(["gemv", "gemm", "quantize", "act_scale"], [(48, 96), (50, 100)], [4, 3], [1, 16], [33], 20)
+def test_cases_follow_each_ops_token_range_and_dedupe_buckets():
+    cs = tuner.cases("triton", None, [(1, 48, 96), (1, 50, 100), (33, 48, 96)], [4, 3], [128])
     labels = [c.label() for c in cs]
-    # 48x96 and 50x100 share the buckets N=64, K=128: tuned once
-    assert len(labels) == len(set(labels)) == 2 * 2 + 2 * 1 + 2 + 1
-    assert "gemv bits=3 T=16 N=48 K=96" in labels and "act_scale T=20 K=96" in labels
+    # 48x96 and 50x100 share the buckets N=64, K=128 and the group size: tuned once
+    assert "gemv bits=4 group=128 T=1 N=48 K=96" in labels and "gemm bits=3 group=128 T=33 N=48 K=96" in labels
+    assert not any("N=50" in lb for lb in labels)
+    assert not any(c.op == "gemv" and c.T > config.DECODE_MAX_T for c in cs)
+    assert not any(c.op == "gemm" and c.T <= config.DECODE_MAX_T for c in cs)
+    assert len(labels) == len(set(labels))
 
 
 def test_override_is_what_the_backend_launches_with():
-    key = config.key("gemv", bits=4, T=1, N=48, K=96)
+    key = config.key("gemv", **SHAPE)
     slug = devices.device_slug(torch.device(DEVICE))
     entry = {"BLOCK_N": 16, "SPLIT_K": 2}
+    base = config.defaults("gemv", tb.INTERPRET, T=1)
     with store.override(slug, key, entry):
-        got = config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96)
-        assert got == {**config.defaults("gemv", tb.INTERPRET, T=1), **entry}
-    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == config.defaults(
-        "gemv", tb.INTERPRET, T=1
-    )
-
-
-def test_wrong_answers_score_inf_and_are_reported(monkeypatch):
-    case = tuner.Case("gemv", 4, 1, 48, 96)
-    run, check = tuner.workload(case, torch.device(DEVICE), torch.float32)
-    assert check(run()) == ""
-    assert "differs from the torch backend" in check(run() + 1.0)
-
-    def broken(case, device, dtype):  # a kernel that is wrong for every config
-        return (lambda: run() * 2), check
-
-    monkeypatch.setattr(tuner, "workload", broken)
-    r = tuner.tune_case(
-        case, torch.device(DEVICE), trials=2, timeout=60, seed=0, dtype=torch.float32, log=lambda m: None
-    )
-    assert r.default_us == float("inf") and r.best_us == float("inf")
-    assert r.failures and "differs from the torch backend" in r.failures[0]
-    _, entries = tuner.tune([case], torch.device(DEVICE), trials=2, timeout=60, dtype=torch.float32,
-                                  log=lambda m: None)  # fmt: skip
-    assert entries == {}  # never saved
+        assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, **SHAPE) == {**base, **entry}
+        assert lookup("gemv", SHAPE, device=DEVICE, backend="triton").source == "override"
+    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, **SHAPE) == base
 
 
 def test_cli_writes_configs_the_backend_reads(config_dir, tmp_path, capsys):
-    argv = ["--device", DEVICE, "--shapes", "tiny", "--ops", "gemv,quantize", "--bits", "4", "--decode-T", "1",
-            "--trials", "3", "--time-per-case", "30", "--dtype", "float32", "--report", str(tmp_path / "rep")]  # fmt: skip
+    argv = ["--device", DEVICE, "--shapes", "1x48x96", "--ops", "gemv,quantize", "--bits", "4", "--group-size", "96",
+            "--trials", "3", "--dtype", "float32", "--storage", f"journal:{tmp_path / 'j.journal'}", "--no-progress",
+            "--report", str(tmp_path / "rep")]  # fmt: skip
     assert gpu.main(argv) == 0
     out = capsys.readouterr().out
-    assert "gemv bits=4 T=1 N=48 K=96" in out and "2 configs written" in out
+    assert "gemv bits=4 group=96 T=1 N=48 K=96" in out and "2 configs written" in out
     slug = devices.device_slug(torch.device(DEVICE))
     data = json.loads((config_dir / f"{slug}.json").read_text())
-    key = config.key("gemv", bits=4, T=1, N=48, K=96)
-    assert set(data["entries"]) == {key, config.key("quantize", bits=4, N=48, K=96)}
+    key = config.key("gemv", **SHAPE)
+    assert set(data["entries"]) == {key, config.key("quantize", bits=4, group=96, N=48, K=96)}
     store.load.cache_clear()
-    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, bits=4, T=1, N=48, K=96) == data["entries"][key]
+    got = config.params("gemv", torch.device(DEVICE), tb.INTERPRET, **SHAPE)
+    assert got == {**config.defaults("gemv", tb.INTERPRET, T=1), **data["entries"][key]}
     rep = json.loads((tmp_path / "rep.json").read_text())
-    assert [r["case"] for r in rep["rows"]] == ["gemv bits=4 T=1 N=48 K=96", "quantize bits=4 N=48 K=96"]
-    assert all(r["best_us"] <= r["default_us"] for r in rep["rows"])
-    assert "| gemv bits=4 T=1 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
-
-
-@pytest.mark.parametrize(
-    "argv,message",
-    [
-        (["--ops", "gemv,frob"], "unknown"),
-        (["--decode-T", "32"], "--decode-T values must be 1..16"),
-        (["--prefill-T", "8"], "--prefill-T values > 16"),
-    ],
-)
-def test_cli_rejects_bad_arguments(argv, message, capsys):
-    assert gpu.main(["--device", DEVICE, *argv]) == 2
-    assert message in capsys.readouterr().err
+    assert [r["case"] for r in rep["rows"]] == [
+        "gemv bits=4 group=96 T=1 N=48 K=96",
+        "quantize bits=4 group=96 N=48 K=96",
+    ]
+    assert "| gemv bits=4 group=96 T=1 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_cli_without_gpu_says_so(capsys):
-    assert gpu.main([]) == 2
+    assert gpu.main(["--no-progress"]) == 2
     assert "no CUDA/ROCm GPU here" in capsys.readouterr().err
+
+
+def test_a_catalog_gpu_never_tuned_gets_derived_defaults_that_fit_it():
+    shape = {"bits": 4, "group": 128, "T": 512, "N": 4096, "K": 4096}
+    a100 = lookup("gemm", shape, device="a100-80gb", backend="triton")
+    assert a100.source == "derived" and "A100" in a100.note and "108 SMs" in a100.note
+    assert a100.config["BLOCK_K"] == 32  # 64 x 128 x 64 spills below sm_90 (--compile-check)
+    assert lookup("gemm", shape, device="h100", backend="triton").config["BLOCK_K"] == 64
+    assert devices.config_kind("a100-80gb") == "derived" and devices.config_kind("h200") == "tuned"
+    h200 = lookup("quantize", {"bits": 4, "group": 128, "N": 4096, "K": 4096}, device="h200", backend="triton")
+    assert h200.source == "shipped" and h200.path == store.PACKAGE_DIR / "h200.json"
+    assert h200.provenance["command"].startswith("python -m ttqkern.tune --gpu")
+
+
+def test_constraint_rejects_configs_that_cannot_fit():
+    gemv, gemm = config.TABLE.ops["gemv"], config.TABLE.ops["gemm"]
+    base = config.defaults("gemv", False, T=16)
+    shape = {"bits": 4, "group": 128, "T": 16, "N": 4096, "K": 4096}
+    wide = {**base, "USE_DOT": 0, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 2}
+    assert "broadcast products per thread" in gemv.rejects(wide, "h200", **shape)
+    assert gemv.rejects({**base, "USE_DOT": 1}, "h200", **shape) == ""
+    big = {**config.defaults("gemm", False, T=512), "BLOCK_T": 128, "BLOCK_N": 256, "BLOCK_K": 128, "num_stages": 4}
+    assert "shared memory" in gemm.rejects(big, "rtx4090", **{**shape, "T": 512})
+    assert gemm.rejects(config.defaults("gemm", False, T=512), "rtx4090", **{**shape, "T": 512}) == ""

@@ -1,6 +1,7 @@
 """Config store round trip and the device catalog."""
 
 import pytest
+import torch
 
 from ttqkern.tuning import devices, store
 
@@ -50,3 +51,21 @@ def test_unknown_gpu_and_cpu():
     assert devices.lookup_gpu("Some Future GPU") is None
     assert devices.device_slug("cpu") == "cpu"
     assert devices.measure_cpu_bandwidth(1 << 22, repeats=2) > 0
+
+
+def test_catalog_figures_targets_and_provenance(config_dir):
+    for d in devices.CATALOG:
+        assert d.sms > 0 and d.clock_mhz > 0 and d.smem_kib > 0 and d.source and d.arch
+    assert devices.target("a100-80gb").target == "sm_80" and devices.target("rtx3090").target == "sm_86"
+    assert devices.target("l40").target == "sm_89" and devices.target("h200").target == "sm_90"
+    assert devices.target("cpu").slug == "cpu" and devices.target(torch.device("cpu")).vendor == "cpu"
+    table = devices.catalog_table()
+    assert "| NVIDIA H200 | h200 | sm_90 | 132 |" in table and table.count("| derived |") >= 6
+    path = store.save("cpu", {"k": {"A": 1}}, meta={"command": "x"})
+    entry, src = store.sourced_entry("cpu", "k")
+    assert entry == {"A": 1} and src.kind == "user" and src.path == path
+    assert store.provenance(src, "k") == {"command": "x"}
+    store.save("cpu", {"k": {"A": 2}})  # merging without meta keeps the key's provenance
+    assert store.provenance(store.sourced_entry("cpu", "k")[1], "k") == {"command": "x"}
+    with store.override("cpu", "k", {"A": 3}):
+        assert store.sourced_entry("cpu", "k") == ({"A": 3}, store.Source("override"))

@@ -74,14 +74,15 @@ def representative_launches():
     from ttqkern.backends.triton.act_scale import act_scale
     from ttqkern.backends.triton.qmatmul import qmatmul
     from ttqkern.backends.triton.quantize import quantize
+    from ttqkern.quant import QuantFormat
 
     torch.manual_seed(0)
     x = torch.randn(16, 256)
     act_scale(x, 2.0, 1.0, 0.25, False)  # p = 2 fast path
     act_scale(x, 0.5, 1.0, 0.3, False)  # generic p: exp2 / log2
     W, D = torch.randn(64, 256), torch.rand(256) + 0.5
-    quantize(W.half(), D, 4, 64, False, "int", 1.0, False)  # one group per program, one tile
-    quantize(W, None, 3, 37, True, "float", 1.1, False)  # 8 groups per program, two passes, 3-bit planes
+    quantize(W.half(), D, QuantFormat(4, 64, False, "int", 1.0), False)  # one group per program, one tile
+    quantize(W, None, QuantFormat(3, 37, True, "float", 1.1), False)  # 8 groups per program, two passes, 3-bit planes
     pw = reference.quantize(W, D, 4, 64, False, "float", 1.0)
     A, B, _ = reference.lowrank(W, 4)
     qmatmul(torch.randn(1, 256, dtype=torch.float16), pw, D, A, B, torch.randn(64), False)  # GEMV, vector units

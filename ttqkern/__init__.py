@@ -2,7 +2,7 @@
 
 Quantize each linear layer's weight at inference time from the activations it is
 about to multiply: norm -> scale -> groupwise quantization -> packed low-bit GEMM
--> low-rank add.  See the README and `ttqkern.ops` for the stage ops.
+-> low-rank add.  See the README, docs/spec.md and `ttqkern.ops` for the stage ops.
 """
 
 from . import backends, ops
@@ -10,12 +10,15 @@ from .format import PackedWeight
 from .functional import linear
 from .model import QuantConfig, calibrate, quantize_model
 from .nn import TTQLinear
+from .quant import ActScaling, QuantFormat
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActScaling",
     "PackedWeight",
     "QuantConfig",
+    "QuantFormat",
     "TTQLinear",
     "__version__",
     "backends",

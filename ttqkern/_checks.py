@@ -1,23 +1,22 @@
-"""Input validation shared by every public entry point (spec §5).
+"""Input validation shared by every public entry point (docs/spec.md §5).
 
-Backends receive only inputs that passed these checks, so they stay free of
-argument handling.  Every error names the argument and what is allowed.
+Argument values (bits, group size, alpha, ...) are checked by the `ttqkern.quant`
+dataclasses; this module checks tensors: types, ranks, shapes, devices, and that a
+`PackedWeight` agrees with its own fields.  Backends receive only inputs that
+passed these checks, so they stay free of argument handling.  Every error names
+the argument and what is allowed.
 """
 
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 
-from .format import SUPPORTED_BITS, ZERO_MODES, PackedWeight
+from .format import PLANE_FIELDS, PackedWeight, get_layout
+from .quant import QuantFormat
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool)
 
 
 def check_tensor(t, name: str, *, dims: int | None = None, min_dims: int | None = None):
@@ -39,41 +38,6 @@ def check_same_device(**tensors):
         raise RuntimeError(f"all tensors must be on one device, got {where}")
 
 
-def check_bits(bits):
-    if not isinstance(bits, int) or isinstance(bits, bool) or bits not in SUPPORTED_BITS:
-        raise ValueError(f"bits must be one of {list(SUPPORTED_BITS)}, got {bits!r}")
-
-
-def check_group_size(group_size, K: int | None = None):
-    if not isinstance(group_size, int) or isinstance(group_size, bool):
-        raise TypeError(f"group_size must be an int (> 0, or -1 for one group per row), got {group_size!r}")
-    if group_size <= 0 and group_size != -1:
-        raise ValueError(f"group_size must be > 0, or -1 for one group per row, got {group_size}")
-
-
-def check_quant_args(bits, group_size, sym, zero, beta):
-    check_bits(bits)
-    check_group_size(group_size)
-    if not isinstance(sym, bool):
-        raise TypeError(f"sym must be a bool, got {sym!r}")
-    if zero not in ZERO_MODES:
-        raise ValueError(f"zero must be one of {list(ZERO_MODES)}, got {zero!r}")
-    if sym and zero == "int":
-        raise ValueError("zero='int' (integer zero-point) has no meaning with sym=True; use zero='float'")
-    if not _is_number(beta) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta (range expansion) must be a finite number > 0, got {beta!r}")
-
-
-def check_hparams(alpha, lam, p):
-    """alpha in [0, 1], lam in [0, inf), p in (0, inf]."""
-    if not _is_number(alpha) or not (0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if not _is_number(lam) or not math.isfinite(lam) or lam < 0:
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-    if not _is_number(p) or math.isnan(p) or p <= 0:
-        raise ValueError(f"p must be a number > 0 (inf allowed), got {p!r}")
-
-
 def check_rank(r, N: int, K: int):
     if not isinstance(r, int) or isinstance(r, bool):
         raise TypeError(f"r must be an int in [0, min(N, K)] = [0, {min(N, K)}], got {r!r}")
@@ -89,12 +53,37 @@ def check_x_W(x, W):
         raise ValueError(f"x's last dim ({x.shape[-1]}) must equal W's in-features K = W.shape[1] ({W.shape[1]})")
 
 
+def _values_checkable(t: torch.Tensor) -> bool:
+    """Can a value check run on ``t`` now?  Not on meta/fake tensors, under torch.compile
+    tracing, or while a CUDA graph is being captured (a check reads values: a host sync)."""
+    if t.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if isinstance(t, FakeTensor):
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
 def check_D(D, K: int):
+    """D: fp32/fp16/bf16 ``[K]`` with no entry <= 0 or +inf (nan is allowed: it comes from
+    nan in x and propagates to nan outputs, never to a finite answer)."""
     if D is None:
         return
     check_tensor(D, "D", dims=1)
     if D.shape[0] != K:
         raise ValueError(f"D must have shape [K] = [{K}], got {list(D.shape)}")
+    if D.numel() and _values_checkable(D) and bool(((D <= 0) | (D == math.inf)).any()):
+        bad = D[(D <= 0) | (D == math.inf)]
+        raise ValueError(
+            f"D must be > 0 and finite (x / D is the TTQ prologue), got {bad.numel()} entries like {bad[0].item()}"
+        )
+
+
+def check_finite_weight(W, why: str):
+    """W without nan/inf, where ``why`` explains which stage needs it."""
+    if W.numel() and _values_checkable(W) and not bool(torch.isfinite(W).all()):
+        raise ValueError(f"W contains nan or inf: {why}")
 
 
 def check_bias(bias, N: int):
@@ -121,10 +110,55 @@ def check_lowrank(lowrank, N: int, K: int):
         )
 
 
-def check_packed(pw, K: int):
+def _is_dim(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_packed(pw, K: int | None = None) -> None:
+    """A `PackedWeight` whose tensors agree with its own fields (docs/spec.md §5).
+
+    Checks the fields (bits, group size > 0, form, shape ``(N, K)``, a registered
+    layout), then every tensor against what the layout says a weight of these
+    parameters holds: presence, shape, dtype, one device.  A kernel that trusted an
+    inconsistent weight would read or write out of bounds, so this runs before any
+    kernel sees ``pw``.  ``K``: the activations' last dim, which must match.
+    """
     if not isinstance(pw, PackedWeight):
         raise TypeError(f"pw must be a ttqkern.PackedWeight, got {type(pw).__name__}")
-    if pw.layout != "canonical":
-        raise ValueError(f"pw.layout must be 'canonical', got {pw.layout!r}")
-    if pw.K != K:
-        raise ValueError(f"x's last dim ({K}) must equal the packed weight's K ({pw.K})")
+    shape = pw.shape
+    if not isinstance(shape, tuple) or len(shape) != 2 or not all(_is_dim(v) for v in shape):
+        raise ValueError(f"pw.shape must be a tuple (N, K) of two ints >= 0, got {shape!r}")
+    N, Kw = shape
+    if K is not None and Kw != K:
+        raise ValueError(f"x's last dim ({K}) must equal the packed weight's K ({Kw})")
+    if not (isinstance(pw.group_size, int) and not isinstance(pw.group_size, bool) and pw.group_size > 0):
+        raise ValueError(f"pw.group_size must be a resolved group length (an int > 0), got {pw.group_size!r}")
+    try:
+        fmt = QuantFormat(pw.bits, pw.group_size, pw.sym, pw.zero)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"pw: {e}") from None
+    layout = get_layout(pw.layout)
+    expected = layout.planes(N, Kw, fmt)
+    what = f"a {pw.layout} weight of shape {tuple(shape)}, bits={pw.bits}, group_size={pw.group_size}, form {fmt.form.name.lower()}"
+    devices = {}
+    for field in PLANE_FIELDS:
+        t = getattr(pw, field)
+        if field not in expected:
+            if t is not None:
+                raise ValueError(f"pw.{field} must be None for {what}")
+            continue
+        want_shape, want_dtype = expected[field]
+        if t is None:
+            raise ValueError(f"pw.{field} is missing: {what} holds a {want_dtype} tensor of shape {list(want_shape)}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"pw.{field} must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:  # sparse / mkldnn tensors have no dense rows to index
+            raise TypeError(f"pw.{field} must be a dense (strided) tensor, got layout {t.layout}")
+        if t.dtype != want_dtype:
+            raise TypeError(f"pw.{field} must be {want_dtype} for {what}, got {t.dtype}")
+        if tuple(t.shape) != tuple(want_shape):
+            raise ValueError(f"pw.{field} must have shape {list(want_shape)} for {what}, got {list(t.shape)}")
+        devices[field] = t.device
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"pw.{f} on {d}" for f, d in devices.items())
+        raise RuntimeError(f"the tensors of pw must be on one device, got {where}")

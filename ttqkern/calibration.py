@@ -29,7 +29,10 @@ class ColumnStats:
     def __init__(self, K: int, p: float = 2.0, max_tokens: int = 512):
         self.p = p
         self.max_tokens = max_tokens
+        # finite p: acc = sum (|x| / scale)^p with scale the running column max, so no
+        # |x|^p is formed (it overflows even fp64 for large p; docs/numerics.md)
         self.acc = torch.zeros(K, dtype=torch.float64)
+        self.scale = torch.zeros(K, dtype=torch.float64)
         self.tokens = 0
         self.sample: list[torch.Tensor] = []
         self._sampled = 0
@@ -39,8 +42,14 @@ class ColumnStats:
         a = x2.abs().cpu()
         if math.isinf(self.p):
             self.acc = torch.maximum(self.acc, a.amax(dim=0))
-        else:
-            self.acc += a.pow(self.p).sum(dim=0)
+        elif a.shape[0]:
+            finite = torch.where(torch.isfinite(a), a, torch.zeros_like(a))  # inf / nan: summed unscaled below
+            new = torch.maximum(self.scale, finite.amax(dim=0))
+            div = torch.where(new > 0, new, torch.ones_like(new))
+            grown = new > self.scale
+            self.acc = torch.where(grown, self.acc * (self.scale / div).pow(self.p), self.acc)
+            self.acc += (a / div).pow(self.p).sum(dim=0)
+            self.scale = new
         self.tokens += x2.shape[0]
         take = min(self.max_tokens - self._sampled, x2.shape[0])
         if take > 0:
@@ -48,7 +57,8 @@ class ColumnStats:
             self._sampled += take
 
     def norms(self) -> torch.Tensor:
-        n = self.acc if math.isinf(self.p) else self.acc.pow(1.0 / self.p)
+        n = self.acc if math.isinf(self.p) else self.scale * self.acc.pow(1.0 / self.p)
+        n = torch.where(torch.isnan(self.acc) | (self.acc == math.inf), self.acc, n)  # 0 * inf: keep inf / nan
         return n.to(torch.float32)
 
     def sample_tokens(self) -> torch.Tensor:

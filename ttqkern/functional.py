@@ -8,7 +8,8 @@ import weakref
 import torch
 
 from . import _checks as C
-from . import defaults, ops
+from . import backends, defaults, ops
+from .quant import ActScaling, QuantFormat
 
 
 class _LowRankCache:
@@ -76,12 +77,15 @@ def linear(
     """
     C.check_x_W(x, W)
     C.check_rank(r, *W.shape)
-    C.check_hparams(alpha, lam, p)
-    C.check_quant_args(bits, group_size, sym, zero, beta)
+    scaling = ActScaling(alpha, lam, p)
+    fmt = QuantFormat(bits, group_size, sym, zero, beta)
     C.check_bias(bias, W.shape[0])
     C.check_same_device(x=x, W=W, bias=bias)
+    backends.check_name(backend)
     A, B, W_res = lowrank_cache.get(W, r) if r > 0 else (None, None, W)
-    D = ops.act_scale(x, p=p, lam=lam, alpha=alpha, backend=backend)
-    pw = ops.quantize(W_res, D, bits=bits, group_size=group_size, sym=sym, zero=zero, beta=beta, backend=backend)
-    lowrank = (A, B) if r > 0 else None
-    return ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend=backend)
+    x2 = ops._tokens(x)
+    D = ops.run_act_scale(x2, scaling, backend)
+    pw = ops.run_quantize(W_res.contiguous(), D, fmt, backend)
+    bias = None if bias is None else bias.contiguous()
+    y = ops.run_qmatmul(x2, pw, D, A, B, bias, backend)
+    return y.reshape(*x.shape[:-1], W.shape[0])

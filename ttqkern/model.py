@@ -10,6 +10,7 @@ from torch import nn
 
 from . import defaults
 from .nn import TTQLinear
+from .quant import ActScaling, QuantFormat
 
 METHODS = ("ttq", "rtn", "awq")
 
@@ -45,14 +46,26 @@ class QuantConfig:
     calib_max_tokens: int = 512
     requantizer: Callable | None = None
 
-    def layer_kwargs(self) -> dict:
+    def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        ttq = self.method == "ttq"
-        if ttq and self.mode == "static":
+        if self.method == "ttq" and self.mode == "static":
             raise ValueError("method='ttq' quantizes from each prompt: mode must be 'prompt' or 'dynamic'")
-        if not ttq and self.requantizer is not None:
+        if self.method != "ttq" and self.requantizer is not None:
             raise ValueError(f"requantizer chooses D per prompt: it needs method='ttq', got {self.method!r}")
+        kw = self.layer_kwargs()
+        # every value error now, before any layer is swapped (the layers build the same objects)
+        QuantFormat(kw["bits"], kw["group_size"], kw["sym"], kw["zero"], kw["beta"])
+        ActScaling(kw["alpha"], kw["lam"], kw["p"])
+
+    @property
+    def format(self) -> QuantFormat:
+        """The weight format every swapped layer uses."""
+        return QuantFormat(self.bits, self.group_size, self.sym, self.zero, self.beta)
+
+    def layer_kwargs(self) -> dict:
+        """Keyword arguments of `TTQLinear.from_linear` for this method."""
+        ttq = self.method == "ttq"
         return dict(
             r=(16 if ttq else 0) if self.r is None else self.r,
             bits=self.bits, group_size=self.group_size, alpha=self.alpha,

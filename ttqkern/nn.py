@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
 from . import _checks as C
-from . import backends, calibration, defaults, ops, reference
-from .format import PackedWeight
+from . import _dispatch, backends, calibration, defaults, ops, reference
+from .format import CANONICAL, PLANE_FIELDS, PackedWeight
+from .quant import ActScaling, QuantFormat
 
 MODES = ("dynamic", "prompt", "static")
-PACKED_FIELDS = ("qweight", "qweight_hi", "scales", "mins", "zeros")
+_STATE = (*PLANE_FIELDS, "D")  # the quantization state: runtime buffers, not in the state_dict
 
 
 class TTQLinear(nn.Module):
@@ -23,11 +26,19 @@ class TTQLinear(nn.Module):
     - ``dynamic``: every forward computes D from its x, quantizes, multiplies.
     - ``prompt``: a call whose sequence length (``x.shape[-2]`` for 3-D+ x, T for
       2-D x) is >= ``min_tokens`` is a new prompt and requantizes; shorter calls
-      (decode steps) reuse that packed weight and D.
+      (decode steps) reuse that packed weight and D.  D is pooled over every token
+      of the call: a batch of prompts shares one quantization, so a prompt's output
+      depends on its batch-mates (docs/numerics.md, "prompt mode and batches").
     - ``static``: quantize once; D from calibration activations fed through
       `calibrate` (alpha searched per layer when ``search_alpha``: the AWQ baseline),
       or D = 1 without calibration (the RTN baseline).
-    ``quantize_calls`` counts requantizations.
+    ``quantize_calls`` counts requantizations (a tensor underneath, so that
+    ``torch.compile`` does not recompile for every prompt).
+
+    Device and dtype moves (``.to``, ``.half()``, ``.cuda()``) apply to the weights;
+    the current packed weight and D keep their own dtypes (fp32 scales, uint8 codes)
+    and only follow the device, so a packed weight stays exactly what it was
+    quantized as; the next requantization quantizes the moved weight.
 
     ``requantizer`` (prompt and dynamic modes): None computes D from x with the
     layer's alpha; otherwise a callable ``(layer, x) -> (alpha, D, PackedWeight)``
@@ -60,8 +71,8 @@ class TTQLinear(nn.Module):
     ):
         super().__init__()
         C.check_rank(r, out_features, in_features)
-        C.check_quant_args(bits, group_size, sym, zero, beta)
-        C.check_hparams(alpha, lam, p)
+        self.fmt = QuantFormat(bits, group_size, sym, zero, beta)
+        self.scaling = ActScaling(alpha, lam, p)
         backends.check_name(backend)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -69,10 +80,7 @@ class TTQLinear(nn.Module):
             raise ValueError(f"min_tokens must be an int >= 1, got {min_tokens!r}")
         if requantizer is not None and not callable(requantizer):
             raise TypeError(f"requantizer must be None or a callable (layer, x) -> (alpha, D, pw), got {requantizer!r}")
-        self.in_features, self.out_features = in_features, out_features
-        self.r, self.bits, self.group_size = r, bits, group_size
-        self.alpha, self.lam, self.p = alpha, lam, p
-        self.sym, self.zero, self.beta = sym, zero, beta
+        self.in_features, self.out_features, self.r = in_features, out_features, r
         self.mode, self.min_tokens, self.search_alpha = mode, min_tokens, search_alpha
         self.backend = backend
         self.requantizer, self.last_alpha = requantizer, None
@@ -81,11 +89,37 @@ class TTQLinear(nn.Module):
         self.register_buffer("lowrank_A", torch.empty(r, in_features, **kw) if r else None)
         self.register_buffer("lowrank_B", torch.empty(out_features, r, **kw) if r else None)
         self.register_buffer("bias", torch.empty(out_features, **kw) if bias else None)
-        # Quantization state: runtime data, so not part of the state_dict.
-        for name in (*PACKED_FIELDS, "D"):
+        for name in _STATE:
             self.register_buffer(name, None, persistent=False)
         self._stats: calibration.ColumnStats | None = None
-        self.quantize_calls = 0
+        self._packed: PackedWeight | None = None
+        self._layout = CANONICAL
+        self._run = None  # the backend's prepared decode callable and what it was prepared for
+        # a tensor, not an int: torch.compile guards on an int attribute's value, so a counter
+        # bumped per prompt would recompile the model for every prompt (issue 12, finding 19)
+        self.register_buffer("_quantize_count", torch.zeros((), dtype=torch.int64, device=device), persistent=False)
+
+    @property
+    def quantize_calls(self) -> int:
+        """How many times this layer quantized its weight (reads a tensor: a device sync on GPUs)."""
+        return int(self._quantize_count)
+
+    # the format and scaling fields, read as plain attributes (alpha is set by calibration)
+    bits = property(lambda self: self.fmt.bits)
+    group_size = property(lambda self: self.fmt.group_size)
+    sym = property(lambda self: self.fmt.sym)
+    zero = property(lambda self: self.fmt.zero)
+    beta = property(lambda self: self.fmt.beta)
+    lam = property(lambda self: self.scaling.lam)
+    p = property(lambda self: self.scaling.p)
+
+    @property
+    def alpha(self) -> float:
+        return self.scaling.alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self.scaling = replace(self.scaling, alpha=value)
 
     @classmethod
     def from_linear(
@@ -118,47 +152,68 @@ class TTQLinear(nn.Module):
         """The current `PackedWeight`, or None before the first quantization."""
         if self.qweight is None:
             return None
-        K = self.in_features
-        return PackedWeight(
-            qweight=self.qweight, qweight_hi=self.qweight_hi, scales=self.scales, mins=self.mins,
-            zeros=self.zeros, bits=self.bits, group_size=K if self.group_size == -1 else self.group_size,
-            shape=(self.out_features, K), sym=self.sym, zero="float" if self.sym else self.zero,
-        )  # fmt: skip
+        if self._packed is None or self._packed.qweight is not self.qweight:
+            fmt = self.fmt.resolved(self.in_features)
+            self._packed = PackedWeight.build(
+                fmt, (self.out_features, self.in_features), qweight=self.qweight, qweight_hi=self.qweight_hi,
+                scales=self.scales, offsets=self.mins if self.mins is not None else self.zeros, layout=self._layout,
+            )  # fmt: skip
+        return self._packed
 
     def _store(self, pw: PackedWeight, D: torch.Tensor | None) -> None:
-        for name in PACKED_FIELDS:
-            setattr(self, name, getattr(pw, name))
-        self.D = D
-        self.quantize_calls += 1
+        # straight into _buffers: nn.Module.__setattr__ reads the old value first, and under
+        # torch.compile that read becomes a guard ("qweight is None") that the next prompt fails
+        for name in PLANE_FIELDS:
+            self._buffers[name] = getattr(pw, name)
+        self._buffers["D"] = D
+        self._layout = pw.layout
+        self._packed = pw
+        self._run = None
+        self._quantize_count += 1
 
     def _quantize(self, D: torch.Tensor | None) -> PackedWeight:
-        return ops.quantize(
-            self.weight, D, bits=self.bits, group_size=self.group_size, sym=self.sym,
-            zero=self.zero, beta=self.beta, backend=self.backend,
-        )  # fmt: skip
+        # self.weight is this module's own buffer: checked at construction, contiguous
+        return ops.run_quantize(self.weight.contiguous(), D, self.fmt, self.backend)
+
+    def _act_scale(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.run_act_scale(ops._tokens(x), self.scaling, self.backend)
 
     def _from_activations(self, x: torch.Tensor) -> tuple[PackedWeight, torch.Tensor]:
         if self.requantizer is not None:
             self.last_alpha, D, pw = self.requantizer(self, x)
             return pw, D
-        D = ops.act_scale(x, p=self.p, lam=self.lam, alpha=self.alpha, backend=self.backend)
+        D = self._act_scale(x)
         return self._quantize(D), D
 
     def requantize(self, x: torch.Tensor) -> None:
         """Quantize the weight from the activations x ``[..., K]`` and keep it."""
+        self._check_x(x)
         self._store(*self._from_activations(x))
 
     def reset(self) -> None:
         """Drop the packed weight (and calibration), e.g. before a new prompt."""
-        for name in (*PACKED_FIELDS, "D"):
+        for name in _STATE:
             setattr(self, name, None)
+        self._packed = None
+        self._run = None
         self._stats = None
 
-    # -- static mode: calibration -------------------------------------------
-    @property
-    def calibrating(self) -> bool:
-        return self._stats is not None
+    def _apply(self, fn, recurse=True):
+        # Weights follow fn (device and dtype); the quantization state follows the device only.
+        state = {n: self._buffers.pop(n) for n in _STATE}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            held = [t for t in state.values() if t is not None]
+            if held:
+                device = fn(torch.empty(0, device=held[0].device)).device
+                state = {n: None if t is None else t.to(device) for n, t in state.items()}
+            self._buffers.update(state)
+            self._packed = None
+            self._run = None
+        return self
 
+    # -- static mode: calibration -------------------------------------------
     def start_calibration(self, max_tokens: int = 512) -> None:
         """Following forwards run in full precision and record column statistics."""
         if self.mode != "static":
@@ -192,25 +247,56 @@ class TTQLinear(nn.Module):
         return y
 
     # -- forward --------------------------------------------------------------
+    def _check_x(self, x: torch.Tensor) -> None:
+        # cheap, and enough for the kernels' buffer assumptions: dtype, rank, K, device
+        if not isinstance(x, torch.Tensor) or x.dtype not in C.FLOAT_DTYPES or x.dim() < 1:
+            C.check_tensor(x, "x", min_dims=1)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x's last dim ({x.shape[-1]}) must equal in_features ({self.in_features})")
+        if x.device != self.weight.device:
+            raise RuntimeError(f"x is on {x.device}, this layer on {self.weight.device}")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x ``[..., K]`` -> ``[..., N]`` in x's dtype."""
+        """x ``[..., K]`` fp32/fp16/bf16 -> ``[..., N]`` in x's dtype."""
+        self._check_x(x)
         if self._stats is not None:
             self._stats.update(x)
             return self.full_precision(x)
         if self.mode == "dynamic":
-            self.quantize_calls += 1
-            return self._matmul(x, *self._from_activations(x))
+            pw, D = self._from_activations(x)
+            self._quantize_count += 1
+            return self._matmul(x, pw, D)
         if self.mode == "prompt":
             seq = x.shape[-2] if x.dim() >= 2 else 1
-            if self.qweight is None or seq >= self.min_tokens:
+            # the length test first: a prompt then never reads the state, so torch.compile
+            # guards on nothing that changes from one prompt to the next (finding 19)
+            if seq >= self.min_tokens or self.qweight is None:
                 self.requantize(x)
         elif self.qweight is None:  # static, never calibrated: RTN
             self.finish_calibration()
         return self._matmul(x, self.packed, self.D)
 
-    def _matmul(self, x, pw, D):
-        lowrank = (self.lowrank_A, self.lowrank_B) if self.r else None
-        return ops.qmatmul(x, pw, D, lowrank=lowrank, bias=self.bias, backend=self.backend)
+    def _operands(self):
+        A, B = (self.lowrank_A, self.lowrank_B) if self.r else (None, None)
+        return A, B, self.bias
+
+    def _matmul(self, x: torch.Tensor, pw: PackedWeight, D: torch.Tensor | None) -> torch.Tensor:
+        A, B, bias = self._operands()
+        x2 = ops._tokens(x)
+        if _dispatch.direct(x2):
+            y = self._prepared(pw, D, A, B, bias)(x2)
+        else:
+            y = ops.run_qmatmul(x2, pw, D, A, B, bias, self.backend)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def _prepared(self, pw, D, A, B, bias):
+        """The backend's prepared qmatmul for the current operands (rebuilt when any of them changed)."""
+        stamp = (id(pw), id(D), *(None if t is None else (id(t), t._version) for t in (A, B, bias)))
+        if self._run is None or self._run[0] != stamp:
+            be = backends.resolve(self.backend, self.weight.device)
+            tensors = [None if t is None else t.contiguous() for t in (D, A, B, bias)]
+            self._run = (stamp, be.prepare(_dispatch.readable(pw, be), *tensors))
+        return self._run[1]
 
     def extra_repr(self) -> str:
         return (

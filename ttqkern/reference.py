@@ -1,11 +1,15 @@
 """The TTQ op spec in plain torch: the oracle every backend is tested against.
 
-Each function is one stage of `../shared/docs/ttq-spec.md` §2 and uses its letters:
+Each function is one stage of docs/spec.md §2 and uses its letters:
 x [T, K], W [N, K], D [K], s / mn / z [N, G], q [N, K], A [r, K], B [N, r].
-Inputs are assumed validated (see `ttqkern.ops`); everything is computed in fp32.
+Inputs are assumed validated (see `ttqkern.ops`); everything is computed in fp32,
+except `qmatmul`, which after ``x / D`` is exact (fp64): docs/numerics.md.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +42,7 @@ def lowrank(W: torch.Tensor, r: int) -> tuple[torch.Tensor | None, torch.Tensor 
     B = U[:, :r] * root_S
     A = root_S[:, None] * V[:, :r].mT
     W_res = W32 - B @ A
-    return A.to(W.dtype), B.to(W.dtype), W_res.to(W.dtype)
+    return A.to(W.dtype).contiguous(), B.to(W.dtype).contiguous(), W_res.to(W.dtype)
 
 
 def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tensor:
@@ -47,8 +51,23 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tens
     x: ``[T, K]`` float.  Returns fp32 ``[K]``.  D = 1 for an all-zero x; the base is
     clamped to ``[tiny, max]`` of fp32 so D is never 0 or inf (nan in x stays nan).
     """
-    n = torch.linalg.vector_norm(x.to(torch.float32), ord=p, dim=0)
-    return scale_from_norms(n, lam, alpha)
+    return scale_from_norms(column_norms(x, p), lam, alpha)
+
+
+def column_norms(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``n_k = ||x[:, k]||_p`` over the T tokens: fp32 ``[K]`` (docs/numerics.md, act_scale).
+
+    Computed as ``a_k * ||x[:, k] / a_k||_p`` with ``a_k = max_t |x[t, k]|``: the powers
+    ``|x / a|^p <= 1`` can neither overflow (``|x|^p`` does in fp32 for p = 100 and
+    |x| > 2.4, for p = 2 and |x| > 1.8e19) nor vanish while the norm itself is
+    representable.  A column holding inf has norm inf, one holding nan norm nan.
+    """
+    x = x.to(torch.float32)
+    a = x.abs().amax(dim=0)
+    if math.isinf(p):
+        return a
+    scale = torch.where((a > 0) & torch.isfinite(a), a, torch.ones_like(a))  # inf / nan columns: unscaled
+    return scale * torch.linalg.vector_norm(x / scale, ord=p, dim=0)
 
 
 def scale_from_norms(n: torch.Tensor, lam: float, alpha: float) -> torch.Tensor:
@@ -130,30 +149,37 @@ def qmatmul(
 
     x: ``[T, K]`` fp32/fp16/bf16, pw: `PackedWeight` of shape ``[N, K]``, D fp32 ``[K]``
     or None, A ``[r, K]`` / B ``[N, r]`` or None, bias ``[N]`` or None.
-    Returns ``[T, N]`` in x's dtype, accumulated in fp32.  Written as the spec's
-    per-group sums (codes times ``x~`` plus offsets times ``X~``) so it checks that
-    decomposition, not just ``x @ dequantize(pw).T``.
+    Returns ``[T, N]`` in x's dtype.  Written as the spec's per-group sums (codes
+    times ``x~`` plus offsets times ``X~``) so it checks that decomposition, not just
+    ``x @ dequantize(pw).T``.  The oracle: ``x~ = x / D`` is rounded to fp32 as every
+    backend does, everything after it is computed in fp64 (exact products of codes,
+    scales and offsets; the per-group cancellation a kernel must avoid costs fp64
+    nothing), and only the result is rounded (docs/numerics.md).  CPU/CUDA only (fp64).
     """
+    pw = pw.canonical()  # any layout: the reference reads the canonical one
     T, K = x.shape
     N, g, G = pw.N, pw.group_size, pw.num_groups
-    xs = x.to(torch.float32) if D is None else x.to(torch.float32) / D  # x~ = x / D
-    xg = F.pad(xs, (0, G * g - K)).view(T, G, g)
-    u = F.pad(pw.codes().to(torch.float32), (0, G * g - K)).view(N, G, g)
-    y = torch.einsum("tjk,njk,nj->tn", xg, u, pw.scales)  # sum_j s * (sum_k x~ q)
-    y = y + xg.sum(dim=-1) @ pw.offsets().mT  # + sum_j mn * X~
+    f64 = torch.float64
+    xs = x.to(torch.float32) if D is None else x.to(torch.float32) / D  # x~ = x / D, fp32 as in every kernel
+    xg = F.pad(xs.to(f64), (0, G * g - K)).view(T, G, g)
+    u = F.pad(pw.codes().to(f64), (0, G * g - K)).view(N, G, g)
+    pw64 = replace(pw.canonical(), scales=pw.canonical().scales.to(f64))
+    y = torch.einsum("tjk,njk,nj->tn", xg, u, pw64.scales)  # sum_j s * (sum_k x~ q)
+    y = y + xg.sum(dim=-1) @ _offsets64(pw64).mT  # + sum_j mn * X~
     if A is not None:
-        y = y + (x.to(torch.float32) @ A.to(torch.float32).mT) @ B.to(torch.float32).mT
+        y = y + (x.to(f64) @ A.to(f64).mT) @ B.to(f64).mT
     if bias is not None:
-        y = y + bias.to(torch.float32)
+        y = y + bias.to(f64)
     return y.to(x.dtype)
 
 
-def linear(x, W, bias=None, *, r, bits, group_size, alpha, lam, p, sym=False, zero="float", beta=1.0):
-    """All five stages for one call: ``y ≈ x W^T + b``.  x ``[T, K]``, W ``[N, K]``."""
-    A, B, W_res = lowrank(W, r)
-    D = act_scale(x, p, lam, alpha)
-    pw = quantize(W_res, D, bits, group_size, sym, zero, beta)
-    return qmatmul(x, pw, D, A, B, bias)
+def _offsets64(pw: PackedWeight) -> torch.Tensor:
+    """`PackedWeight.offsets` in fp64 (``pw.scales`` already fp64)."""
+    if pw.sym:
+        return -pw.scales * float(1 << (pw.bits - 1))
+    if pw.zero == "int":
+        return -pw.scales * pw.zeros.to(torch.float64)
+    return pw.mins.to(torch.float64)
 
 
 def dequantized_weight(pw: PackedWeight, D: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,13 +6,14 @@ Modes (one per run):
   *validation* perplexity, per bit width (`ttqkern.tune.hparams`); results go to
   ``results/hparams/`` and the chosen values into `ttqkern.defaults`.
 
-- ``--gpu``: Optuna search of the Triton kernels' launch parameters on this GPU
-  (`ttqkern.tune.gpu`); the best configs go into the run-time config store
-  (`ttqkern.tuning.store`).
+- ``--cpu`` / ``--gpu``: Optuna search of a backend's kernel parameters on this
+  machine (Numba on the CPU; Triton or CuPy on a GPU): `ttqkern.tune.kernels` is
+  the command line, `ttqkern.tune.tuner` the tuner (generic over backends: it reads
+  each backend's `ConfigTable`); the best configs go into the run-time config store
+  (`ttqkern.tuning.store`).  ``--storage`` shares studies between processes and
+  machines (`ttqkern.tune.storage`).
 
-Adding a mode: write a module with ``main(argv) -> int`` and
-register it in `MODES`; `PLANNED` lists modes that are named but not built yet, so
-asking for one gives a clear error instead of "unrecognized argument".
+Adding a mode: write a module with ``main(argv) -> int`` and register it in `MODES`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 # mode -> (module implementing ``main(argv) -> int``, one-line help)
 MODES: dict[str, tuple[str, str]] = {
     "hparams": ("ttqkern.tune.hparams", "Optuna search of TTQ alpha/lam/p on validation perplexity"),
-    "gpu": ("ttqkern.tune.gpu", "Optuna search of the Triton kernels' tiles for this GPU"),
+    "cpu": ("ttqkern.tune.cpu", "Optuna search of the CPU (Numba) kernels' parameters on this machine"),
+    "gpu": ("ttqkern.tune.gpu", "Optuna search of a GPU backend's (Triton, CuPy) kernel parameters on this GPU"),
+    "compile-check": ("ttqkern.tune.compile_check", "compile every default and shipped config for each catalog GPU"),
 }
-# mode -> why it is not available yet
-PLANNED: dict[str, str] = {}

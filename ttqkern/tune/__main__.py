@@ -5,21 +5,19 @@ from __future__ import annotations
 import importlib
 import sys
 
-from . import MODES, PLANNED
+from . import MODES
 
 
 def main(argv=None) -> int:
     """Pick the one ``--<mode>`` flag out of argv and hand the rest to that mode's ``main``."""
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = "python -m ttqkern.tune"
-    usage = f"usage: {prog} --<mode> [options]; modes: " + ", ".join(
-        [f"--{m} ({h})" for m, (_, h) in MODES.items()] + [f"--{m} (planned)" for m in PLANNED]
-    )
+    usage = f"usage: {prog} --<mode> [options]; modes: " + ", ".join(f"--{m} ({h})" for m, (_, h) in MODES.items())
     if argv and argv[0] in ("-h", "--help"):
         print(usage)
         print(f"Options of a mode: {prog} --<mode> --help")
         return 0
-    chosen = [a[2:] for a in argv if a.startswith("--") and (a[2:] in MODES or a[2:] in PLANNED)]
+    chosen = [a[2:] for a in argv if a.startswith("--") and a[2:] in MODES]
     if len(chosen) != 1:
         flags = [a for a in argv if a.startswith("--")]
         if chosen:
@@ -29,9 +27,6 @@ def main(argv=None) -> int:
         print(f"{prog}: error: {what}\n{usage}", file=sys.stderr)
         return 2
     mode = chosen[0]
-    if mode in PLANNED:
-        print(f"{prog}: error: --{mode}: {PLANNED[mode]}", file=sys.stderr)
-        return 2
     rest = [a for a in argv if a != f"--{mode}"]
     return importlib.import_module(MODES[mode][0]).main(rest)
 

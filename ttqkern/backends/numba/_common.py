@@ -36,10 +36,12 @@ def as_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-# per code width b: the field masks of a half word (see `Plane`)
+# per code width b: the field masks of a half word (see `Plane`), and sum_i 2^(b*i): a value
+# times it has that value in every field (a per-group centre, ANDed with a mask per field)
 _MASKS = {
     b: tuple(np.int32(((1 << b) - 1) << (b * i)) for i in range((16 if b == 1 else 32) // 2 // b)) for b in (1, 2, 4, 8)
 }
+_REP = {b: sum(1 << (b * i) for i in range(len(m))) for b, m in _MASKS.items()}
 
 
 class Plane:
@@ -54,7 +56,8 @@ class Plane:
     Halves are at most 16 bits, so the int32 reinterpretation is never negative.
 
     ``factor`` multiplies the plane's contribution (4 for the ``hi`` plane of 3-bit
-    codes: ``q = lo + 4 * hi``).  Valid when a group is a whole number of words
+    codes: ``q = lo + 4 * hi``).  ``rep = sum_i 2^(b*i)``: ``c * rep`` holds a group's
+    zero code c in every field, so ``field - ((c * rep) & mask_i)`` is the centred code.  Valid when a group is a whole number of words
     (``g * b % WB == 0``): every word then lies in one group, rows are whole words.
     """
 
@@ -67,6 +70,7 @@ class Plane:
         self.factor = factor
         self.words = as_np(packed).view(np.uint16 if self.WB == 16 else np.uint32)
         self.masks = _MASKS[b]
+        self.rep = _REP[b]
         self.shift = self.WB // 2
 
     @staticmethod

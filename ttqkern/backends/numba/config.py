@@ -1,16 +1,19 @@
 """Parameters of the Numba kernels: documented defaults, overridden by tuned entries.
 
 Every call asks `params(op, **shape)`.  The answer is the op's `DEFAULTS` updated by
-the entry the tuned-config store holds for the CPU (`ttqkern.tuning.store.lookup`,
-file ``cpu.json``) under the key
+the entry the tuned-config store holds for the CPU (file ``cpu.json``; looked up and
+validated by the shared `ttqkern.tuning.params.ConfigTable` declared here as `TABLE`)
+under the key
 
     numba/act_scale/T=<t>/K=<k>
-    numba/quantize/bits=<b>/N=<n>/K=<k>
-    numba/qmatmul/bits=<b>/T=<t>/N=<n>/K=<k>
+    numba/quantize/bits=<b>/group=<g>/N=<n>/K=<k>
+    numba/qmatmul/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>
 
-with every dimension rounded up to a power of two (`store.bucket`).  An entry may set
+with every dimension rounded up to a power of two (`store.bucket`); ``group`` is the
+resolved group size, kept as it is.  An entry may set
 any subset of the op's fields; `SPACE` lists the values a tuner should try.  Entries
-with unknown fields or invalid values are ignored with a warning (spec §5).
+with unknown fields or values outside `FIELDS` are ignored with a warning
+(docs/spec.md §5).
 
 Fields
 ------
@@ -45,17 +48,18 @@ qmatmul.DEQUANT_MIN_T
 from __future__ import annotations
 
 import contextlib
-import warnings
 
 import numba
+import torch
 
 from ...tuning import store
+from ...tuning.params import ConfigTable, Int, OpParams
 
 OPS = ("act_scale", "quantize", "qmatmul")
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
-    "quantize": ("bits", "N", "K"),
-    "qmatmul": ("bits", "T", "N", "K"),
+    "quantize": ("bits", "group", "N", "K"),
+    "qmatmul": ("bits", "group", "T", "N", "K"),
 }
 
 DEFAULTS = {
@@ -64,37 +68,79 @@ DEFAULTS = {
     "qmatmul": {"BLOCK_N": 16, "FUSED_MAX_T": 16, "DEQUANT_MIN_T": 17, "SERIAL_MAX": 1 << 16},
 }
 
+_BLOCK = Int(1, 1 << 16)
+_SERIAL = Int(0, 1 << 40)
+_T = Int(0, 1 << 30)
+FIELDS = {
+    "act_scale": {"BLOCK_K": _BLOCK, "SERIAL_MAX": _SERIAL},
+    "quantize": {"BLOCK_N": _BLOCK, "SERIAL_MAX": _SERIAL},
+    "qmatmul": {"BLOCK_N": _BLOCK, "FUSED_MAX_T": _T, "DEQUANT_MIN_T": _T, "SERIAL_MAX": _SERIAL},
+}
+
 # What a tuner may try (every combination is correct for every shape).
-SERIAL_SPACE = [0, 1 << 12, 1 << 14, 1 << 16, 1 << 18]
+SERIAL_SPACE = (0, 1 << 12, 1 << 14, 1 << 16, 1 << 18)
 SPACE = {
-    "act_scale": {"BLOCK_K": [64, 128, 256, 512, 1024], "SERIAL_MAX": SERIAL_SPACE},
-    "quantize": {"BLOCK_N": [1, 2, 4, 8, 16, 32, 64], "SERIAL_MAX": SERIAL_SPACE},
+    "act_scale": {"BLOCK_K": (64, 128, 256, 512, 1024), "SERIAL_MAX": SERIAL_SPACE},
+    "quantize": {"BLOCK_N": (1, 2, 4, 8, 16, 32, 64), "SERIAL_MAX": SERIAL_SPACE},
     "qmatmul": {
         "SERIAL_MAX": SERIAL_SPACE,
-        "BLOCK_N": [4, 8, 16, 32, 64, 128],
-        "FUSED_MAX_T": [0, 1, 2, 4, 8, 16, 32],
-        "DEQUANT_MIN_T": [8, 16, 17, 24, 32, 48, 64, 1 << 30],
+        "BLOCK_N": (4, 8, 16, 32, 64, 128),
+        "FUSED_MAX_T": (0, 1, 2, 4, 8, 16, 32),
+        "DEQUANT_MIN_T": (8, 16, 17, 24, 32, 48, 64, 1 << 30),
     },
 }
 
-SLUG = "cpu"  # `ttqkern.tuning.devices.device_slug` of every CPU
+
+def _elements(op: str, shape: dict) -> tuple[int, int]:
+    """``(elements, most elements in the shape's store bucket)`` that `threads_for` compares with SERIAL_MAX."""
+    a, b = ("T", "K") if op == "act_scale" else ("N", "K")
+    return shape[a] * shape[b], store.bucket(shape[a]) * store.bucket(shape[b])
+
+
+def canonical(op: str):
+    """The tuner's canonical form of a config of ``op`` (see `OpParams.canonical`).
+
+    A threshold only matters through the choice it makes at a shape: SERIAL_MAX
+    through serial-or-parallel, FUSED_MAX_T and DEQUANT_MIN_T through the qmatmul
+    kernel (fused, buffered, dequantize + BLAS).  Candidates that make the same
+    choices are one behaviour, measured once; the stored form makes that choice for
+    every shape of the store bucket (T up to the bucket's top, N x K likewise), so a
+    tuned entry never splits its bucket at a threshold the tuner did not measure.
+    """
+
+    def canon(cfg: dict, **shape) -> dict:
+        out = dict(cfg)
+        n, top = _elements(op, shape)
+        out["SERIAL_MAX"] = top if n <= cfg["SERIAL_MAX"] else 0
+        if op == "qmatmul":
+            T, hi = shape["T"], store.bucket(shape["T"])
+            lo = hi // 2 + 1 if hi > 1 else 1
+            if T >= cfg["DEQUANT_MIN_T"]:  # dequantize + BLAS for the whole bucket
+                out["DEQUANT_MIN_T"], out["FUSED_MAX_T"] = lo, 0
+            elif T <= cfg["FUSED_MAX_T"]:  # fused kernel for the whole bucket
+                out["DEQUANT_MIN_T"], out["FUSED_MAX_T"] = hi + 1, hi
+            else:  # buffered kernel for the whole bucket
+                out["DEQUANT_MIN_T"], out["FUSED_MAX_T"] = hi + 1, lo - 1
+        return out
+
+    return canon
+
+
+TABLE = ConfigTable(
+    "numba",
+    {op: OpParams(KEY_FIELDS[op], FIELDS[op], SPACE[op], DEFAULTS[op], canonical=canonical(op)) for op in OPS},
+)
+_CPU = torch.device("cpu")
 
 
 def key(op: str, **shape) -> str:
     """Store key of ``op`` for a shape: ``numba/<op>/<field>=<value>...`` (dims bucketed)."""
-    fields = {f: (shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op]}
-    return store.make_key("numba", op, **fields)
+    return TABLE.key(op, **shape)
 
 
-def _valid(op: str, cfg: dict) -> bool:
-    for name, v in cfg.items():
-        if name not in DEFAULTS[op] or not isinstance(v, int) or isinstance(v, bool):
-            return False
-        if name.startswith("BLOCK_") and not 1 <= v <= 1 << 16:
-            return False
-        if (name.endswith("_T") or name == "SERIAL_MAX") and v < 0:
-            return False
-    return True
+def params(op: str, **shape) -> dict:
+    """Parameters of ``op`` for a shape: `DEFAULTS` updated by a valid tuned entry (memoised)."""
+    return TABLE.params(op, _CPU, **shape)
 
 
 @contextlib.contextmanager
@@ -109,36 +155,3 @@ def threads_for(elements: int, cfg: dict):
         yield
     finally:
         numba.set_num_threads(old)
-
-
-def params(op: str, **shape) -> dict:
-    """Parameters of ``op`` for a shape: `DEFAULTS` updated by the tuned entry, if any.
-
-    Memoised per (op, bucketed shape, store generation, defaults): a decode step
-    asks once per layer and call, and building the key and merging the entry cost
-    ~15 us.  The store's generation is the identity of its loaded entries (a new
-    dict whenever a file is saved or the cache cleared; the memo keeps a reference,
-    so the identity cannot be reused), so a new or reloaded config is always seen.
-    """
-    entries = store.load(SLUG)
-    fields = tuple((f, shape[f] if f == "bits" else store.bucket(shape[f])) for f in KEY_FIELDS[op])
-    memo_key = (op, fields, id(entries), tuple(DEFAULTS[op].items()))
-    hit = _memo.get(memo_key)
-    if hit is None:
-        if len(_memo) > 4096:  # bounded: shapes x config generations
-            _memo.clear()
-        hit = _memo[memo_key] = (_params(op, **shape), entries)
-    return hit[0]
-
-
-_memo: dict = {}
-
-
-def _params(op: str, **shape) -> dict:
-    base = DEFAULTS[op]
-    k = key(op, **shape)
-    cfg = store.lookup(SLUG, k, base)
-    if cfg is not base and cfg != base and not _valid(op, cfg):
-        warnings.warn(f"ttqkern: tuned config {k} for {SLUG} has invalid values {cfg}; using defaults", stacklevel=2)
-        return dict(base)
-    return cfg

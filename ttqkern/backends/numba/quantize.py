@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from numba import prange
 
-from ... import reference
 from ...format import PackedWeight, num_groups, packed_bytes
+from ...quant import Form, QuantFormat
 from . import config
 from ._common import STRICT, as_f32
 
-FORM_FLOAT, FORM_INT, FORM_SYM = 0, 1, 2
+FORM_FLOAT, FORM_INT, FORM_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)  # plain ints for numba
 INT32_MIN = np.int32(-2147483648)
 
 
@@ -225,32 +225,21 @@ def quantize(
     int32 zero-points; ``sym`` stores ``q + 2^(b-1)``.
     """
     N, K = W.shape
-    if W.numel() == 0:
-        return reference.quantize(W, D, bits, group_size, sym, zero, beta)
     g = group_size
     G = num_groups(K, g)
     Kp = G * g
-    form = FORM_SYM if sym else (FORM_INT if zero == "int" else FORM_FLOAT)
+    fmt = QuantFormat(bits, g, sym, zero)
+    form = int(fmt.form)
     qw = np.empty((N, packed_bytes(Kp, 2 if bits == 3 else bits)), np.uint8)
     qhi = np.empty((N, packed_bytes(Kp, 1)) if bits == 3 else (0, 0), np.uint8)
     scales = np.empty((N, G), np.float32)
     mins = np.empty((N, G) if form == FORM_FLOAT else (0, 0), np.float32)
     zeros = np.empty((N, G) if form == FORM_INT else (0, 0), np.int32)
-    cfg = config.params("quantize", bits=bits, N=N, K=K)
+    cfg = config.params("quantize", bits=bits, group=g, N=N, K=K)
     Dn = as_f32(D) if D is not None else np.empty(0, np.float32)
     with config.threads_for(N * K, cfg):
         _quantize_kernel(as_f32(W), Dn, D is not None, bits, g, form, float(beta), cfg["BLOCK_N"],
                          qw, qhi, scales, mins, zeros)  # fmt: skip
     t = torch.from_numpy
-    return PackedWeight(
-        qweight=t(qw),
-        qweight_hi=t(qhi) if bits == 3 else None,
-        scales=t(scales),
-        mins=t(mins) if form == FORM_FLOAT else None,
-        zeros=t(zeros) if form == FORM_INT else None,
-        bits=bits,
-        group_size=g,
-        shape=(N, K),
-        sym=sym,
-        zero="float" if sym else zero,
-    )
+    offsets = t(mins) if form == FORM_FLOAT else t(zeros) if form == FORM_INT else None
+    return PackedWeight.build(fmt, (N, K), qweight=t(qw), qweight_hi=t(qhi), scales=t(scales), offsets=offsets)

@@ -22,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from typing import ClassVar
 
 import numpy as np
 import torch
 import triton  # an ImportError here is the registry's "why not available" reason
 
-from ... import reference
-from ...format import PackedWeight
+from ..base import Backend
 
 # Triton decides at decoration time (`triton.jit`) whether a kernel is compiled or
 # interpreted, from this knob (env TRITON_INTERPRET); read it once, before the
@@ -55,24 +55,45 @@ from .act_scale import act_scale as _act_scale  # noqa: E402
 from .qmatmul import qmatmul as _qmatmul  # noqa: E402
 from .quantize import quantize as _quantize  # noqa: E402
 
-# Interpreted kernels run on CPU tensors (and on CUDA tensors through host copies).
-DEVICE_TYPES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
+class TritonBackend(Backend):
+    """Fused Triton kernels; on CPU tensors only under the interpreter (tests)."""
 
-def available() -> tuple[bool, str]:
-    """``(True, '')`` with a CUDA / ROCm device or under the interpreter, else why not."""
-    if INTERPRET and not interpreter_supported(triton.__version__):
-        need = ".".join(map(str, INTERPRETER_MIN_VERSION))
+    name = "triton"
+    # Interpreted kernels run on CPU tensors (and on CUDA tensors through host copies).
+    device_types = ("cuda", "cpu") if INTERPRET else ("cuda",)
+    preference: ClassVar[dict[str, int]] = {"cuda": 10}  # never the auto choice on the CPU, not even interpreted
+    params = config.TABLE
+
+    def available(self) -> tuple[bool, str]:
+        """``(True, '')`` with a CUDA / ROCm device or under the interpreter, else why not."""
+        if INTERPRET and not interpreter_supported(triton.__version__):
+            need = ".".join(map(str, INTERPRETER_MIN_VERSION))
+            return False, (
+                f"TRITON_INTERPRET=1 needs triton >= {need} to interpret these kernels (this is triton "
+                f"{triton.__version__}); upgrade triton, or unset TRITON_INTERPRET on a GPU machine"
+            )
+        if INTERPRET or torch.cuda.is_available():
+            return True, ""
         return False, (
-            f"TRITON_INTERPRET=1 needs triton >= {need} to interpret these kernels (this is triton "
-            f"{triton.__version__}); upgrade triton, or unset TRITON_INTERPRET on a GPU machine"
+            f"no CUDA/ROCm device (torch {torch.__version__}: torch.cuda.is_available() is False) and the Triton "
+            "interpreter is off; set TRITON_INTERPRET=1 before importing ttqkern to run the kernels on CPU tensors"
         )
-    if INTERPRET or torch.cuda.is_available():
-        return True, ""
-    return False, (
-        f"no CUDA/ROCm device (torch {torch.__version__}: torch.cuda.is_available() is False) and the Triton "
-        "interpreter is off; set TRITON_INTERPRET=1 before importing ttqkern to run the kernels on CPU tensors"
-    )
+
+    def act_scale(self, x, scaling):
+        """Stage 1: x ``[T, K]`` fp32/fp16/bf16 -> D fp32 ``[K]`` (see `reference.act_scale`)."""
+        with _launch_scope(x):
+            return _act_scale(x, scaling.p, scaling.lam, scaling.alpha, INTERPRET)
+
+    def quantize(self, W, D, fmt):
+        """Stages 2-3: W ``[N, K]`` float, D fp32 ``[K]`` | None -> canonical `PackedWeight` (fp32 scales)."""
+        with _launch_scope(W):
+            return _quantize(W, D, fmt, INTERPRET)
+
+    def qmatmul(self, x, pw, D, A, B, bias):
+        """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
+        with _launch_scope(x):
+            return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
 
 
 @contextlib.contextmanager
@@ -90,37 +111,6 @@ def _launch_scope(t: torch.Tensor):
         yield
 
 
-def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float) -> torch.Tensor:
-    """Stage 1: x ``[T, K]`` fp32/fp16/bf16 (T >= 1) -> D fp32 ``[K]`` (see `reference.act_scale`)."""
-    if x.shape[1] == 0:
-        return reference.act_scale(x, p, lam, alpha)
-    with _launch_scope(x):
-        return _act_scale(x, p, lam, alpha, INTERPRET)
+BACKEND = TritonBackend()
 
-
-def quantize(
-    W: torch.Tensor, D: torch.Tensor | None, bits: int, group_size: int, sym: bool, zero: str, beta: float
-) -> PackedWeight:
-    """Stages 2-3: W ``[N, K]`` float, D fp32 ``[K]`` | None -> canonical `PackedWeight` (fp32 scales)."""
-    if W.numel() == 0:
-        return reference.quantize(W, D, bits, group_size, sym, zero, beta)
-    with _launch_scope(W):
-        return _quantize(W, D, bits, group_size, sym, zero, beta, INTERPRET)
-
-
-def qmatmul(
-    x: torch.Tensor,
-    pw: PackedWeight,
-    D: torch.Tensor | None = None,
-    A: torch.Tensor | None = None,
-    B: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
-    if x.numel() == 0 or pw.N == 0:
-        return reference.qmatmul(x, pw, D, A, B, bias)
-    with _launch_scope(x):
-        return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
-
-
-__all__ = ["DEVICE_TYPES", "INTERPRET", "act_scale", "available", "config", "qmatmul", "quantize"]
+__all__ = ["BACKEND", "INTERPRET", "TritonBackend", "config"]

@@ -1,9 +1,10 @@
 """Stage 1 on the GPU: ``D_k = (c_k + lam * mean(c))^alpha``, ``c_k = ||x[:, k]||_p^2``.
 
-Two launches: column sums of ``|x|^p`` over the tokens (`_colpow_kernel`, the
-bulk of the traffic), then one program that needs every column -- the mean of
-c -- and writes D (`_scale_kernel`).  Powers are ``exp2(p * log2|x|)``, with exact
-fast paths for p = 1, 2 and inf; ``alpha`` in {0, 1} is exact too.
+Two launches: column norms over the tokens as (column max, sum of ``(|x| / max)^p``)
+partials per token slice (`_colpow_kernel`, the bulk of the traffic), then one
+program that needs every column -- the mean of c -- and writes D (`_scale_kernel`).
+Powers are ``exp2(p * log2 v)`` of values ``v <= 1`` (no overflow for any p), with
+exact fast paths for p = 1, 2 and inf; ``alpha`` in {0, 1} is exact too.
 """
 
 from __future__ import annotations
@@ -27,74 +28,111 @@ def _pow0(a, e):
 
 
 @triton.jit
+def _pow_p(v, p, P_MODE: tl.constexpr):
+    """``v^p`` for ``0 <= v <= 1``: exact for p = 1 and 2."""
+    if P_MODE == 2:
+        r = v * v
+    elif P_MODE == 1:
+        r = v
+    else:
+        r = _pow0(v, p)
+    return r
+
+
+@triton.jit
 def _colpow_kernel(
     x_ptr,
+    M_ptr,
     S_ptr,
+    F_ptr,
     T,
     K,
     T_PER_SPLIT,
     p,
     P_MODE: tl.constexpr,
-    SPLIT: tl.constexpr,
     BLOCK_T: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """``S[k] = sum_t |x[t, k]|^p`` (max for p = inf), fp32 ``[K]``.
+    """Per column and token slice: ``M = max |x|`` over finite values, ``S = sum (|x| / M)^p``
+    and flags (1: an inf seen, 2: a nan seen); fp32 / int32 ``[SPLIT, K]`` partials.
 
     Grid ``(cdiv(K, BLOCK_K), SPLIT)``: program (i, s) owns BLOCK_K columns and the
     s-th slice of tokens (T_PER_SPLIT rows, a multiple of BLOCK_T), walking it in
-    ``[BLOCK_T, BLOCK_K]`` tiles.  Traffic: x read once (T*K elements), 4 B written
-    per column (fp32 atomic adds into a zeroed S when SPLIT > 1; never for p = inf).
+    ``[BLOCK_T, BLOCK_K]`` tiles.  The sum is kept relative to the running column
+    max (rescaled by ``(M_old / M_new)^p`` when a tile raises it), so no power
+    ``|x|^p`` is ever formed: for p = 100, or p = 2 and |x| > 1.8e19, it would
+    overflow fp32 (docs/numerics.md).  Traffic: x read once (T*K elements), 12 B
+    written per column and slice; no atomics (`_scale_kernel` merges the slices).
     """
     pid_k = tl.program_id(0)
     pid_t = tl.program_id(1)
     ks = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = ks < K
+    m = tl.zeros([BLOCK_K], dtype=tl.float32)
     acc = tl.zeros([BLOCK_K], dtype=tl.float32)
-    nan_seen = tl.zeros([BLOCK_K], dtype=tl.int32)
+    flags = tl.zeros([BLOCK_K], dtype=tl.int32)
     t_lo = pid_t * T_PER_SPLIT
     t_hi = tl.minimum(t_lo + T_PER_SPLIT, T)
     for t0 in range(t_lo, t_hi, BLOCK_T):
         ts = t0 + tl.arange(0, BLOCK_T)
         mask = (ts < t_hi)[:, None] & kmask[None, :]
         a = tl.abs(tl.load(x_ptr + ts[:, None].to(tl.int64) * K + ks[None, :], mask=mask, other=0.0).to(tl.float32))
-        if P_MODE == 3:
-            # max drops nan on some targets: remember it separately
-            nan_seen = tl.maximum(nan_seen, tl.max((a != a).to(tl.int32), axis=0))
-            acc = tl.maximum(acc, tl.max(a, axis=0))
-        else:
-            if P_MODE == 2:
-                v = a * a
-            elif P_MODE == 1:
-                v = a
-            else:
-                v = _pow0(a, p)
-            acc += tl.sum(v, axis=0)
-    if P_MODE == 3:
-        acc = tl.where(nan_seen > 0, float("nan"), acc)
-    if SPLIT == 1:
-        tl.store(S_ptr + ks, acc, mask=kmask)
-    else:
-        tl.atomic_add(S_ptr + ks, acc, mask=kmask)
+        nan = a != a
+        inf = a == float("inf")
+        # max drops nan on some targets, and inf would zero every scaled term: flag both
+        flags = flags | tl.max(inf.to(tl.int32), axis=0) | (2 * tl.max(nan.to(tl.int32), axis=0))
+        a = tl.where(nan | inf, 0.0, a)
+        m_new = tl.maximum(m, tl.max(a, axis=0))
+        if P_MODE != 3:
+            inv = tl.where(m_new > 0, 1.0 / tl.where(m_new > 0, m_new, 1.0), 0.0)
+            # rescale only when the max grew (m * (1 / m) need not round to exactly 1)
+            acc = tl.where(m_new == m, acc, acc * _pow_p(m * inv, p, P_MODE))
+            acc += tl.sum(_pow_p(a * inv[None, :], p, P_MODE), axis=0)
+        m = m_new
+    out = pid_t * K + ks
+    tl.store(M_ptr + out, m, mask=kmask)
+    tl.store(S_ptr + out, acc, mask=kmask)
+    tl.store(F_ptr + out, flags, mask=kmask)
 
 
 @triton.jit
-def _c_from_sum(S, p, P_MODE: tl.constexpr):
-    """``c = n^2`` from ``S = sum |x|^p``: ``S^(2/p)``."""
-    if P_MODE == 2:
-        c = S
-    elif P_MODE == 1 or P_MODE == 3:
-        c = S * S
+def _column_norm(M_ptr, S_ptr, F_ptr, ks, kmask, K, SPLIT, p, P_MODE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """``n_k = ||x[:, k]||_p`` from the slices' partials: ``M * (sum_s S_s (M_s / M)^p)^(1/p)``.
+
+    inf in a column gives inf, nan gives nan (as the reference's norm).
+    """
+    M = tl.zeros([BLOCK_K], dtype=tl.float32)
+    flags = tl.zeros([BLOCK_K], dtype=tl.int32)
+    for s in range(0, SPLIT):
+        M = tl.maximum(M, tl.load(M_ptr + s * K + ks, mask=kmask, other=0.0))
+        flags = flags | tl.load(F_ptr + s * K + ks, mask=kmask, other=0)
+    if P_MODE == 3:
+        n = M
     else:
-        c = _pow0(S, 2.0 / p)
-    return c
+        inv = tl.where(M > 0, 1.0 / tl.where(M > 0, M, 1.0), 0.0)
+        S = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for s in range(0, SPLIT):
+            Ms = tl.load(M_ptr + s * K + ks, mask=kmask, other=0.0)
+            Ss = tl.load(S_ptr + s * K + ks, mask=kmask, other=0.0)
+            S += tl.where(Ms == M, Ss, Ss * _pow_p(Ms * inv, p, P_MODE))
+        if P_MODE == 2:
+            n = M * tl.sqrt_rn(S)
+        elif P_MODE == 1:
+            n = M * S
+        else:
+            n = M * _pow0(S, 1.0 / p)
+    n = tl.where((flags & 1) != 0, float("inf"), n)
+    return tl.where((flags & 2) != 0, float("nan"), n)
 
 
 @triton.jit
 def _scale_kernel(
+    M_ptr,
     S_ptr,
+    F_ptr,
     D_ptr,
     K,
+    SPLIT,
     p,
     lam,
     alpha,
@@ -102,25 +140,26 @@ def _scale_kernel(
     ALPHA_MODE: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """``D = clamp(c + lam * mean(c), tiny, max)^alpha`` from the column sums S.
+    """``D = clamp(c + lam * mean(c), tiny, max)^alpha``, ``c = n^2``, from the partials.
 
-    Grid ``(1,)``: the mean needs every column, so one program walks S twice in
-    ``[BLOCK_K]`` tiles (sum of c, then D).  Traffic: 8 B read and 4 B written per
-    column -- negligible next to x.  ``mean(c) == 0`` (all-zero x) gives D = 1; nan
-    stays nan (comparisons with nan are false, so the clamp keeps it).
+    Grid ``(1,)``: the mean needs every column, so one program walks the columns
+    twice in ``[BLOCK_K]`` tiles (sum of c, then D), merging the SPLIT token slices
+    each time.  Traffic: 12 * SPLIT B read and 4 B written per column -- negligible
+    next to x.  ``mean(c) == 0`` (all-zero x) gives D = 1; nan stays nan
+    (comparisons with nan are false, so the clamp keeps it).
     ALPHA_MODE: 0 -> D = 1 (``pow(base, 0)``, even for nan), 1 -> D = base, 2 -> general.
     """
     total = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        S = tl.load(S_ptr + ks, mask=ks < K, other=0.0)
-        total += _c_from_sum(S, p, P_MODE)
+        n = _column_norm(M_ptr, S_ptr, F_ptr, ks, ks < K, K, SPLIT, p, P_MODE, BLOCK_K)
+        total += tl.where(ks < K, n * n, 0.0)
     mean = tl.sum(total, axis=0) / K
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         kmask = ks < K
-        c = _c_from_sum(tl.load(S_ptr + ks, mask=kmask, other=0.0), p, P_MODE)
-        base = c + lam * mean
+        n = _column_norm(M_ptr, S_ptr, F_ptr, ks, kmask, K, SPLIT, p, P_MODE, BLOCK_K)
+        base = n * n + lam * mean
         # clamp to [fp32 tiny, fp32 max] (spec: D never 0 or inf)
         base = tl.where(base < 1.1754943508222875e-38, 1.1754943508222875e-38, base)
         base = tl.where(base > 3.4028234663852886e38, 3.4028234663852886e38, base)
@@ -145,32 +184,27 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float, interpret: bo
     BT = min(cfg["BLOCK_T"], config.triton_next_pow2(T))
     BK = min(cfg["BLOCK_K"], config.triton_next_pow2(K))
     col_blocks = triton.cdiv(K, BK)
-    # p = inf reduces with max, which has no portable float atomic: never split
-    split = 1 if p_mode == P_INF else config.auto_split(cfg["SPLIT_T"], col_blocks, triton.cdiv(T, BT), x.device)
+    # token slices write partials that `_scale_kernel` merges: no atomics, any p (inf too)
+    split = config.auto_split(cfg["SPLIT_T"], col_blocks, triton.cdiv(T, BT), x.device)
     t_per = triton.cdiv(triton.cdiv(T, split), BT) * BT
     split = triton.cdiv(T, t_per)
-    S = (torch.zeros if split > 1 else torch.empty)(K, dtype=torch.float32, device=x.device)
     p_arg = 1.0 if p_mode == P_INF else float(p)
+    M = torch.empty(split, K, dtype=torch.float32, device=x.device)
+    S = torch.empty(split, K, dtype=torch.float32, device=x.device)
+    F = torch.empty(split, K, dtype=torch.int32, device=x.device)
     _colpow_kernel[(col_blocks, split)](
-        x,
-        S,
-        T,
-        K,
-        t_per,
-        p_arg,
-        P_MODE=p_mode,
-        SPLIT=split,
-        BLOCK_T=BT,
-        BLOCK_K=BK,
-        num_warps=cfg["num_warps"],
-        enable_fp_fusion=False,
-    )
+        x, M, S, F, T, K, t_per, p_arg,
+        P_MODE=p_mode, BLOCK_T=BT, BLOCK_K=BK, num_warps=cfg["num_warps"], enable_fp_fusion=False,
+    )  # fmt: skip
     D = torch.empty(K, dtype=torch.float32, device=x.device)
     alpha_mode = 0 if alpha == 0 else (1 if alpha == 1 else 2)
     _scale_kernel[(1,)](
+        M,
         S,
+        F,
         D,
         K,
+        split,
         p_arg,
         float(lam),
         float(alpha),

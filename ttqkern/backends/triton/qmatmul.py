@@ -11,7 +11,6 @@ from . import config
 from .gemm import _gemm_kernel
 from .gemv import _gemv_kernel
 from .lowrank import x_at
-from .tiles import mode_of
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
@@ -56,9 +55,9 @@ def qmatmul(
         bias if bias is not None else scales,
     )  # fmt: skip  (unused pointer arguments get any tensor: their flags are off)
     strides = (qw.stride(0), qhi.stride(0))
-    flags = dict(BITS=pw.bits, MODE=mode_of(pw.sym, pw.zero), HAS_D=D is not None, HAS_LR=xa is not None,
+    flags = dict(BITS=pw.bits, MODE=int(pw.form), HAS_D=D is not None, HAS_LR=xa is not None,
                  HAS_BIAS=bias is not None, ROUND_DT=round_dt, DOT_DT=dot_dt)  # fmt: skip
-    shape = dict(bits=pw.bits, T=T, N=N, K=K)
+    shape = dict(bits=pw.bits, group=g, T=T, N=N, K=K)
 
     if T <= config.DECODE_MAX_T:
         cfg = config.params("gemv", x.device, interpret, **shape)

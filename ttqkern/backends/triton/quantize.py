@@ -19,9 +19,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ...format import PackedWeight, num_groups, packed_bytes, resolve_group_size
+from ...format import PackedWeight, num_groups, packed_bytes
+from ...quant import QuantFormat
 from . import config
-from .tiles import MODE_FLOAT, MODE_INT, mode_of
+from .tiles import MODE_FLOAT, MODE_INT
 
 ROUND_MAGIC = 8388608.0  # 2^23: fp32 values at or above it are integers
 
@@ -296,28 +297,19 @@ def _quantize_kernel(
             )
 
 
-def quantize(
-    W: torch.Tensor,
-    D: torch.Tensor | None,
-    bits: int,
-    group_size: int,
-    sym: bool,
-    zero: str,
-    beta: float,
-    interpret: bool,
-) -> PackedWeight:
+def quantize(W: torch.Tensor, D: torch.Tensor | None, fmt: QuantFormat, interpret: bool) -> PackedWeight:
     """Canonical `PackedWeight` of ``W [N, K] * D`` (W contiguous float, D fp32 ``[K]`` or None).
 
-    ``group_size`` > 0 or -1 (one group per row); scales fp32, mins fp32 / zeros int32.
+    ``fmt`` is resolved (group_size > 0); scales fp32, mins fp32 / zeros int32.
     """
     N, K = W.shape
-    g = resolve_group_size(K, group_size)
+    bits, g, beta = fmt.bits, fmt.group_size, fmt.beta
     G = num_groups(K, g)
     Kp = G * g
-    mode = mode_of(sym, zero)
+    mode = int(fmt.form)
     C = 8 // math.gcd(g, 8)  # groups per program: a whole number of bytes in every plane
     L = C * g
-    cfg = config.params("quantize", W.device, interpret, bits=bits, N=N, K=K)
+    cfg = config.params("quantize", W.device, interpret, bits=bits, group=g, N=N, K=K)
     BK = max(8, min(cfg["BLOCK_K"], config.triton_next_pow2(L)))
     BN = min(cfg["BLOCK_N"], config.triton_next_pow2(N))
     dev = W.device
@@ -334,7 +326,5 @@ def quantize(
         BITS=bits, MODE=mode, HAS_D=D is not None, C=C, NUM_SUB=triton.cdiv(L, BK), BLOCK_N=BN, BLOCK_K=BK,
         num_warps=cfg["num_warps"], enable_fp_fusion=False,
     )  # fmt: skip
-    return PackedWeight(
-        qweight=qweight, qweight_hi=hi, scales=scales, mins=mins, zeros=zeros,
-        bits=bits, group_size=g, shape=(N, K), sym=sym, zero="float" if sym else zero,
-    )  # fmt: skip
+    offsets = mins if mins is not None else zeros
+    return PackedWeight.build(fmt, (N, K), qweight=qweight, qweight_hi=hi, scales=scales, offsets=offsets)

@@ -14,13 +14,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ...quant import Form
+
 # Quantization forms, as constexpr codes: every form is ``w = s * u + m`` (format.py).
-MODE_FLOAT, MODE_INT, MODE_SYM = 0, 1, 2
-
-
-def mode_of(sym: bool, zero: str) -> int:
-    """The constexpr form code of a `PackedWeight`'s ``(sym, zero)``."""
-    return MODE_SYM if sym else (MODE_INT if zero == "int" else MODE_FLOAT)
+MODE_FLOAT, MODE_INT, MODE_SYM = int(Form.FLOAT), int(Form.INT), int(Form.SYM)
 
 
 @triton.jit
@@ -76,18 +73,29 @@ def load_codes(
 
 
 @triton.jit
-def group_offsets(s, zp_ptr, idx, mask, BITS: tl.constexpr, MODE: tl.constexpr):
-    """Offsets ``m`` (fp32, shape of ``s``) with ``w = s * u + m`` for each form.
+def group_centre(s, zp_ptr, idx, mask, BITS: tl.constexpr, MODE: tl.constexpr):
+    """``(c, m0)`` (fp32, shape of ``s``): the group's zero code and the value of that code.
 
+    ``w = s * (u - c) + m0`` is ``s * u + m`` written so that nothing cancels
+    (docs/numerics.md): c is z (integer form), ``2^(b-1)`` (symmetric) or the code
+    nearest to 0, ``clamp(floor(-mn / s + 1/2), 0, 2^b - 1)`` (float-min form, any
+    non-finite or zero scale: 0), with ``m0 = fma(s, c, mn)`` rounded once
+    (|m0| <= s / 2 when 0 lies in the group); m0 = 0 for the other forms.
     ``idx``/``mask`` address the ``[N, G]`` mins (float form) or int32 zeros (int form).
     """
     if MODE == 0:
-        m = tl.load(zp_ptr + idx, mask=mask, other=0.0)
+        mn = tl.load(zp_ptr + idx, mask=mask, other=0.0)
+        ok = (tl.abs(s) < float("inf")) & (s != 0) & (tl.abs(mn) < float("inf"))  # false for nan too
+        c = tl.floor(-mn / tl.where(ok, s, 1.0) + 0.5)
+        c = tl.where(ok, tl.minimum(tl.maximum(c, 0.0), (1 << BITS) - 1.0), 0.0)
+        m0 = tl.fma(s, c, mn)
     elif MODE == 1:
-        m = -s * tl.load(zp_ptr + idx, mask=mask, other=0).to(tl.float32)
+        c = tl.load(zp_ptr + idx, mask=mask, other=0).to(tl.float32)
+        m0 = tl.zeros_like(s)
     else:
-        m = -s * (1 << (BITS - 1))
-    return m
+        c = tl.zeros_like(s) + (1 << (BITS - 1))
+        m0 = tl.zeros_like(s)
+    return c, m0
 
 
 @triton.jit
@@ -158,11 +166,14 @@ def qmm_accumulate(
 
     Tile roles per step: x ``[BLOCK_T, BLOCK_K]`` (loaded once, divided by D: the
     prologue), codes ``[BLOCK_K, BLOCK_N]``, fp32 accumulator ``[BLOCK_T, BLOCK_N]``.
-    ALIGNED (the group size is a multiple of BLOCK_K, so one tile lies in one group):
-    the spec's decomposition ``s * (x~ . u) + m * sum(x~)`` with one scale and
-    offset per row and tile -- the dot runs on exact small-integer codes.
-    Otherwise each column has its own group: codes are dequantized with gathered
-    scales / offsets first.  ``k_lo`` is a multiple of BLOCK_K.
+    Codes are centred on their group's zero code (`group_centre`): the tile's weights
+    are ``s * (u - c) + m0``, which no cancellation spoils when D or the group minimum
+    is extreme (docs/numerics.md).  ALIGNED (the group size is a multiple of BLOCK_K,
+    so one tile lies in one group): one scale and centre per row and tile; with
+    fp16 / bf16 tensor cores the dot runs on the exact small integers ``u - c`` and
+    ``s * (x~ . (u - c)) + m0 * sum(x~)`` follows; in fp32 the tile is dequantized
+    first.  Otherwise each column has its own group: gathered scales and centres.
+    ``k_lo`` is a multiple of BLOCK_K.
     """
     tmask = ts < T
     rmask = rows < N
@@ -180,18 +191,23 @@ def qmm_accumulate(
         if ALIGNED:
             idx = rows * G + k0 // g
             s = tl.load(s_ptr + idx, mask=rmask, other=0.0)
-            m = group_offsets(s, zp_ptr, idx, rmask, BITS, MODE)
-            if USE_DOT:
-                # the per-group sums use the same rounded x~ as the dot, so the offset
-                # term cancels the codes' mean exactly as in a plain GEMM
+            c, m0 = group_centre(s, zp_ptr, idx, rmask, BITS, MODE)
+            if USE_DOT and ROUND_DT != tl.float32:
+                # fp16 / bf16 tensor cores: exact small integers u - c in the dot, the per-group
+                # sums from the same rounded x~ (m0 = 0 except for the float-min form)
                 x = round_to(x, ROUND_DT).to(tl.float32)
-            part = tile_matmul(x, u, USE_DOT, ROUND_DT, DOT_DT)
-            acc += part * s[None, :] + tl.sum(x, axis=1)[:, None] * m[None, :]
+                part = tile_matmul(x, u - c[None, :], USE_DOT, ROUND_DT, DOT_DT)
+                acc += part * s[None, :] + tl.sum(x, axis=1)[:, None] * m0[None, :]
+            else:
+                # fp32: dequantize the tile first, so no partial sum of x~ * code can overflow
+                # before the scale is applied (|x~| up to FLT_MAX / sum|Wq'|; docs/numerics.md)
+                w = tl.where(kmask[:, None], (u - c[None, :]) * s[None, :] + m0[None, :], 0.0)
+                acc += tile_matmul(x, w, USE_DOT, ROUND_DT, DOT_DT)
         else:
             idx = rows[None, :] * G + (ks // g)[:, None]
             s = tl.load(s_ptr + idx, mask=cmask, other=0.0)
-            m = group_offsets(s, zp_ptr, idx, cmask, BITS, MODE)
-            w = tl.where(kmask[:, None], u * s + m, 0.0)
+            c, m0 = group_centre(s, zp_ptr, idx, cmask, BITS, MODE)
+            w = tl.where(kmask[:, None], (u - c) * s + m0, 0.0)
             acc += tile_matmul(x, w, USE_DOT, ROUND_DT, DOT_DT)
     return acc
 

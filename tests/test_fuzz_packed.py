@@ -1,0 +1,124 @@
+"""Fuzzing the packed-weight entry points (issue 12, findings 1-4, 15; spec §5).
+
+Inconsistent `PackedWeight`s (every field perturbed: shapes, dtypes, bits, group
+size, planes, mins/zeros, form, layout, devices, types) and random `ops.pack` calls
+with wrong shapes must be rejected before any kernel runs, with a ValueError /
+TypeError (RuntimeError for devices) that names the field; weights that happen to
+stay consistent must give the torch backend's answer.  Each backend's cases run in
+one subprocess (`fuzz_packed.py`), so a crash -- the old failure mode was a
+segfault or heap corruption *after* the call returned -- fails the test and names
+the case that was running, instead of killing the test run.  The Numba process
+loads its kernels from Numba's on-disk cache (``cache=True``), so a batch costs a
+process start, not a compile.
+
+The consistent cases then run every Numba kernel path under ``NUMBA_BOUNDSCHECK=1``
+(every array index checked): an index past a buffer raises there instead of
+corrupting memory.  Bounds-checked code is different code, so it gets a cache
+folder of its own (Numba's cache index does not record the flag); it is compiled
+once (about a minute) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ttqkern import backends
+
+SCRIPT = str(Path(__file__).with_name("fuzz_packed.py"))
+N_PACKED, N_PACK = 300, 60  # per backend; at least 200 of the perturbed weights are inconsistent
+N_VALID = {"torch": 12, "numba": 12, "triton": 8}  # numba: all 60 run again under boundscheck below
+N_VALID_BOUNDSCHECK = 60
+GOOD_ERRORS = ("ValueError", "TypeError", "RuntimeError")
+
+
+def run_cases(backend: str, batches: list[tuple[str, int, int]], env: dict | None = None, timeout: int = 600):
+    """Run case batches in one subprocess; returns ``{(kind, i): (description, outcome)}``.
+
+    Fails (naming the case) when the process dies or hangs inside a case.
+    """
+    cmd = [sys.executable, SCRIPT, backend, *(f"{k}:{a}:{n}" for k, a, n in batches)]
+    full_env = {**os.environ, "TRITON_INTERPRET": "1", **(env or {})}
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=full_env, timeout=timeout)
+        stdout, rc, err = proc.stdout, proc.returncode, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        stdout, rc, err = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout", ""
+    began, results = {}, {}
+    for line in stdout.splitlines():
+        tag, _, rest = line.partition(" ")
+        if tag == "BEGIN":
+            kind, i, desc = rest.split(" ", 2)
+            began[(kind, int(i))] = desc
+        elif tag == "END":
+            kind, i, out = rest.split(" ", 2)
+            results[(kind, int(i))] = (began[(kind, int(i))], json.loads(out))
+    unfinished = [f"{k} {i}: {d}" for (k, i), d in began.items() if (k, i) not in results]
+    assert rc == 0 and not unfinished, (
+        f"{backend}: the fuzz process ended with {rc} while running {unfinished or 'no case'}\n{err[-3000:]}"
+    )
+    expected = sum(n for _, _, n in batches)
+    assert len(results) == expected, f"{backend}: {len(results)} of {expected} cases reported"
+    return results
+
+
+def names_field(message: str, names: list[str]) -> bool:
+    return any(re.search(r"(?<![\w.])" + re.escape(n) + r"\b", message) for n in names)
+
+
+def check(results) -> dict:
+    """Every case raised a spec error naming its field, or matched the torch backend."""
+    bad, counts = [], {"raised": 0, "consistent": 0}
+    for (kind, i), (desc, out) in sorted(results.items()):
+        if "ok" in out:
+            counts["consistent"] += 1
+            if not out["match"]:
+                bad.append(f"{kind} {i} ({desc}): no error, and a result unlike the torch backend's")
+        elif out["raised"] not in GOOD_ERRORS or not names_field(out["message"], out["names"]):
+            bad.append(f"{kind} {i} ({desc}): {out['raised']}: {out['message'][:300]} (should name {out['names']})")
+        else:
+            counts["raised"] += 1
+    assert not bad, f"{len(bad)} bad outcomes:\n" + "\n".join(bad[:40])
+    return counts
+
+
+def _available(name: str):
+    ok, why = backends.availability(name)
+    if not ok:
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "triton"])
+def test_inconsistent_packed_weights_and_bad_pack_calls_are_rejected(backend):
+    _available(backend)
+    results = run_cases(backend, [("packed", 0, N_PACKED), ("pack", 0, N_PACK), ("valid", 0, N_VALID[backend])])
+    packed = check({k: v for k, v in results.items() if k[0] == "packed"})
+    pack = check({k: v for k, v in results.items() if k[0] == "pack"})
+    valid = {k: v for k, v in results.items() if k[0] == "valid"}
+    assert packed["raised"] >= 200, packed
+    assert pack["raised"] >= 50, pack
+    failed = [f"{i} ({d}): {o.get('traceback', o)}" for (_, i), (d, o) in valid.items() if not o.get("match")]
+    assert not failed, "consistent weights failed:\n" + "\n".join(failed[:10])
+
+
+def _boundscheck_cache(request) -> str:
+    """A persistent Numba cache folder for bounds-checked builds (pytest's cache, else the temp dir)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return str(cache.mkdir("numba-boundscheck"))
+    return str(Path(tempfile.gettempdir()) / f"ttqkern-numba-boundscheck-{os.getuid()}")
+
+
+def test_every_numba_path_stays_in_bounds_under_boundscheck(request):
+    _available("numba")
+    env = {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": _boundscheck_cache(request)}
+    results = run_cases("numba", [("valid", 0, N_VALID_BOUNDSCHECK)], env=env, timeout=900)
+    failed = [f"{i} ({d}): {o.get('traceback', o)}" for (_, i), (d, o) in results.items() if not o.get("match")]
+    assert not failed, "under NUMBA_BOUNDSCHECK=1:\n" + "\n".join(failed[:10])

@@ -1,0 +1,337 @@
+"""``python -m ttqkern.tune --compile-check``: every default and shipped config, compiled for each catalog GPU.
+
+For each NVIDIA GPU of the catalog (`ttqkern.tuning.devices.CATALOG`) and each op of
+the Triton backend's table, the configs a call on that GPU would use --
+its shipped tuned entries, and the defaults (derived for that device) on real
+models' layers -- are launched on CPU tensors with every kernel launch compiled
+ahead of time for the GPU's architecture instead (nothing runs; no GPU needed).
+Each compiled kernel must:
+
+- compile (PTX and cubin for ``sm_80`` / ``sm_86`` / ``sm_89`` / ``sm_90a``),
+- fit the device's shared memory per block (`Device.smem_kib`),
+- fit its registers with at least one resident CTA per SM (``ptxas -v``,
+  `ttqkern.backends.sass.occupancy`),
+- not spill (``ptxas -v``: 0 bytes of spill stores and loads).
+
+Compilation goes through the Triton backend's AOT capture
+(``ttqkern.backends.triton.aot.capture``: the JIT's own specialization, so the code
+is what the GPU runs) when that module is present; otherwise through a plain
+``triton.compile`` of each launch without the JIT's specialization hints, which can
+differ in detail (docs: perf-notes §3) -- the report says which was used.  Must run
+with TRITON_INTERPRET unset (tests run it in a subprocess).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+SHAPES = "qwen3-8b"
+TOKENS = (1, 16, 512)
+BITS = (4, 3)
+GROUP = 128
+_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int32: "i32"}
+
+
+@dataclass
+class _Launch:
+    kernel: str
+    num_warps: int
+    compiled: object
+
+    @property
+    def shared(self) -> int:
+        return int(self.compiled.metadata.shared)
+
+    def asm(self, kind):
+        return self.compiled.asm.get(kind)
+
+
+_COMPILED: dict = {}  # (target, kernel, signature, constants, options) -> compiled kernel, for this process
+_PTXAS: dict = {}  # (arch, kernel, ptx) -> ptxas -v usage
+
+
+@contextlib.contextmanager
+def _plain_capture(target):
+    """Launches compiled with ``triton.compile`` from the arguments' types alone (no specialization hints)."""
+    import triton
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    launches: list[_Launch] = []
+    cache = _COMPILED
+
+    def aot_run(self, *args, grid, warmup, **kwargs):
+        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
+        values = dict(zip(self.arg_names, args, strict=False), **kwargs)
+        signature, constexprs = {}, {}
+        for p in self.params:
+            v = values[p.name]
+            if p.is_constexpr:
+                signature[p.name], constexprs[p.name] = "constexpr", v
+            elif isinstance(v, torch.Tensor):
+                signature[p.name] = "*" + _TYPES[v.dtype]
+            elif isinstance(v, bool):
+                signature[p.name] = "i1"
+            else:
+                signature[p.name] = "i32" if isinstance(v, int) else "fp32"
+        key = (str(target), self.__name__, tuple(sorted(signature.items())), tuple(sorted((k, str(v)) for k, v in constexprs.items())),
+               tuple(sorted(options.items())))  # fmt: skip
+        kernel = cache.get(key)
+        if kernel is None:
+            kernel = cache[key] = triton.compile(ASTSource(self, signature, constexprs), target=target, options=options)
+        launches.append(_Launch(self.__name__, int(kernel.metadata.num_warps), kernel))
+        return kernel
+
+    saved = JITFunction.run
+    JITFunction.run = aot_run
+    try:
+        yield launches
+    finally:
+        JITFunction.run = saved
+
+
+def capture(target):
+    """``(context manager yielding the launches list, how)``: the backend's AOT capture if present."""
+    try:
+        from ..backends.triton import aot
+    except ImportError:
+        return _plain_capture(target), "triton.compile without the JIT's specialization hints"
+    return aot.capture(target), "ttqkern.backends.triton.aot (the JIT's specialization)"
+
+
+def _ptxas_usage(ptx: str, cc: int, arch: str, launch) -> dict:
+    """``ptxas -v`` of ``ptx`` with the assembler Triton uses for ``cc`` (its PTX version needs that one),
+    parsed by `ttqkern.backends.sass.parse_ptxas_verbose`."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    from ..backends import sass
+
+    fmad = [] if getattr(launch, "options", {}).get("enable_fp_fusion", True) else ["--fmad=false"]
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        cmd = [get_ptxas(cc).path, "-v", *fmad, f"--gpu-name={arch}", str(src), "-o", str(Path(d) / "k.cubin")]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-500:]}")
+    return sass.parse_ptxas_verbose(out.stdout + out.stderr)
+
+
+@dataclass
+class Check:
+    """One config of one op on one device, and what its kernels compiled to."""
+
+    device: str
+    op: str
+    key: str
+    source: str  # shipped / derived / default
+    config: dict
+    kernels: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _empty_inputs(case, dtype=torch.float16):
+    from ..format import CANONICAL, PackedWeight, get_layout
+    from ..quant import QuantFormat
+
+    fmt = QuantFormat(case.bits or 4, case.group or GROUP).resolved(case.K)
+    N, K, T = max(case.N, 1), case.K, max(case.T, 1)
+    planes = get_layout(CANONICAL).planes(N, K, fmt)
+    t = {f: torch.zeros(shape, dtype=dt) for f, (shape, dt) in planes.items()}
+    pw = PackedWeight.build(fmt, (N, K), qweight=t["qweight"], qweight_hi=t.get("qweight_hi"), scales=t["scales"],
+                            offsets=t.get("mins", t.get("zeros")))  # fmt: skip
+    return {"x": torch.zeros(T, K, dtype=dtype), "W": torch.zeros(N, K, dtype=dtype), "D": torch.ones(K),
+            "A": torch.zeros(16, K, dtype=dtype), "B": torch.zeros(N, 16, dtype=dtype),
+            "bias": torch.zeros(N, dtype=dtype), "pw": pw, "fmt": fmt}  # fmt: skip
+
+
+def _launch(backend, stage: str, case) -> None:
+    from ..quant import ActScaling
+
+    a = _empty_inputs(case)
+    if stage == "act_scale":
+        backend.act_scale(a["x"], ActScaling(0.25, 1.0, 2.0))
+    elif stage == "quantize":
+        backend.quantize(a["W"], a["D"], a["fmt"])
+    else:
+        backend.qmatmul(a["x"], a["pw"], a["D"], a["A"], a["B"], a["bias"])
+
+
+def _shipped_cases(slug: str, table):
+    """``[(case, entry)]`` for the package's tuned entries of ``slug`` (shape: the bucket's top)."""
+    from ..tuning import store
+    from .tuner import Case
+
+    out = []
+    for path in (store.PACKAGE_DIR / f"{slug}.json",):
+        if not path.is_file():
+            continue
+        for key, entry in store._read(path).items():
+            parts = key.split("/")
+            if parts[0] != table.backend or parts[1] not in table.ops:
+                continue
+            vals = {k: int(v) for k, v in (p.split("=") for p in parts[2:])}
+            full = {"bits": 0, "group": 0, "T": 0, "N": 0, "K": 0, **vals}
+            out.append(
+                (Case(table.backend, parts[1], full["bits"], full["group"], full["T"], full["N"], full["K"]), entry)
+            )
+    return out
+
+
+def check_device(dev, backend, shapes, log=print) -> tuple[list[Check], str]:
+    """Compile every default and shipped config of ``backend`` for catalog device ``dev``."""
+    from triton.backends.compiler import GPUTarget
+
+    from ..backends import sass
+    from ..tuning import store
+    from . import tuner
+
+    table = backend.params
+    target = GPUTarget("cuda", int(dev.arch), 32)
+    arch = f"sm_{dev.arch}a" if int(dev.arch) >= 90 else f"sm_{dev.arch}"
+    shipped = _shipped_cases(dev.slug, table)
+    keys = {c.key for c, _ in shipped}  # a default case whose key is shipped is checked as the shipped entry
+    todo = [(c, None) for c in tuner.cases(table.backend, None, shapes, list(BITS), [GROUP]) if c.key not in keys]
+    todo += shipped
+    checks: list[Check] = []
+    seen_kernels = _PTXAS
+    how = ""
+    cfg_mod = sys.modules.get(type(backend).__module__ + ".config")
+    with contextlib.ExitStack() as stack:
+        if cfg_mod is not None and hasattr(cfg_mod, "_num_sms"):  # split factors as on that GPU
+            saved = cfg_mod._num_sms
+            cfg_mod._num_sms = lambda device: dev.sms
+            stack.callback(setattr, cfg_mod, "_num_sms", saved)
+        for case, entry in todo:
+            spec = table.ops[case.op]
+            full = case.full_shape()
+            res = table.resolve(case.op, dev, **full)
+            cfg = {**res.defaults, **entry} if entry is not None else res.config
+            source = "shipped" if entry is not None else res.source
+            ck = Check(dev.slug, case.op, case.key, source, cfg)
+            why = spec.invalid(cfg)
+            if why:
+                ck.problems.append(f"invalid: {why}")
+                checks.append(ck)
+                continue
+            cm, how = capture(target)
+            try:
+                with cm as launches, store.override("cpu", case.key, cfg):
+                    _launch(backend, spec.stage_of(case.op), case)
+            except Exception as e:
+                ck.problems.append(f"does not compile: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+                checks.append(ck)
+                continue
+            for ln in launches:
+                if spec.kernels and ln.kernel not in spec.kernels:
+                    continue  # another op's kernel, launched at its own config (checked as that op)
+                ptx = ln.asm("ptx")
+                kid = (arch, ln.kernel, ptx)
+                if kid not in seen_kernels:
+                    usage = _ptxas_usage(ptx, int(dev.arch), arch, ln)
+                    res_ = next(iter(usage.values())) if usage else None
+                    seen_kernels[kid] = res_
+                res_ = seen_kernels[kid]
+                regs = res_.registers if res_ else 0
+                spills = res_.spills if res_ else 0
+                occ = sass.occupancy(regs, ln.shared, ln.num_warps * 32, int(dev.arch)) if res_ else 0
+                k = {"kernel": ln.kernel, "shared": ln.shared, "registers": regs, "spills": spills, "ctas_per_sm": occ,
+                     "num_warps": ln.num_warps}  # fmt: skip
+                ck.kernels.append(k)
+                if ln.shared > dev.smem_kib * 1024:
+                    ck.problems.append(f"{ln.kernel}: {ln.shared} B of shared memory > {dev.smem_kib} KiB")
+                if res_ is None:
+                    ck.problems.append(f"{ln.kernel}: ptxas -v reported nothing")
+                elif spills:
+                    ck.problems.append(
+                        f"{ln.kernel}: spills {res_.spill_stores} B stored / {res_.spill_loads} B loaded"
+                    )
+                if res_ is not None and occ < 1:
+                    ck.problems.append(f"{ln.kernel}: no CTA fits an SM ({regs} registers x {ln.num_warps} warps)")
+            checks.append(ck)
+    return checks, how
+
+
+def table_markdown(rows: list[dict]) -> str:
+    out = ["| device | target | configs | compiled kernels | max shared KiB (limit) | max registers | spills | "
+           "problems | configs shipped |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for r in rows:
+        out.append(f"| {r['device']} | {r['target']} | {r['configs']} | {r['kernels']} | "
+                   f"{r['max_shared'] / 1024:.1f} ({r['smem_kib']}) | {r['max_registers']} | {r['spills']} | "
+                   f"{r['problems']} | {r['kind']} |")  # fmt: skip
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = "python -m ttqkern.tune --compile-check"
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    p.add_argument("--devices", default="all", help="catalog slugs, comma list, or all NVIDIA ones (default)")
+    p.add_argument("--backend", default="triton", help="backend whose configs to compile (default triton)")
+    p.add_argument("--shapes", default=SHAPES, help=f"layers whose default configs are compiled (default {SHAPES})")
+    p.add_argument("--report", default=None, help="write PREFIX.json / PREFIX.md")
+    a = p.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print(f"{prog}: error: unset TRITON_INTERPRET (the kernels must be compiled, not interpreted)", file=sys.stderr)
+        return 2
+    from .. import backends
+    from ..records import command_line, run_record, write_report
+    from ..tuning import devices
+    from .shapes import parse_shapes
+
+    if a.backend != "triton":
+        print(f"{prog}: error: compile checks exist for the triton backend only so far", file=sys.stderr)
+        return 2
+    nvidia = [d for d in devices.CATALOG if d.vendor == "nvidia"]
+    wanted = nvidia if a.devices == "all" else [devices.BY_SLUG.get(s.strip()) for s in a.devices.split(",")]
+    if any(d is None or d.vendor != "nvidia" for d in wanted):
+        print(
+            f"{prog}: error: --devices: NVIDIA catalog slugs are {', '.join(d.slug for d in nvidia)}", file=sys.stderr
+        )
+        return 2
+    backend = backends.get(a.backend)
+    if backend is None:
+        print(f"{prog}: error: {backends.availability(a.backend)[1]}", file=sys.stderr)
+        return 2
+    shapes = parse_shapes(a.shapes, list(TOKENS))
+    t0 = time.perf_counter()
+    rows, failed, details = [], [], []
+    for dev in wanted:
+        checks, how = check_device(dev, backend, shapes)
+        ks = [k for c in checks for k in c.kernels]
+        probs = [f"{c.key} ({c.source}): {pr}" for c in checks for pr in c.problems]
+        failed += [f"{dev.slug}: {pr}" for pr in probs]
+        rows.append({"device": dev.name, "slug": dev.slug, "target": dev.target, "configs": len(checks),
+                     "kernels": len(ks), "max_shared": max((k["shared"] for k in ks), default=0),
+                     "smem_kib": dev.smem_kib, "max_registers": max((k["registers"] for k in ks), default=0),
+                     "spills": sum(k["spills"] > 0 for k in ks), "problems": len(probs),
+                     "kind": devices.config_kind(dev.slug), "how": how})  # fmt: skip
+        details += [c.__dict__ for c in checks]
+        print(f"{dev.slug} ({dev.target}): {len(checks)} configs, {len(ks)} kernel launches compiled, "
+              f"{len(probs)} problems ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+    md = table_markdown(rows)
+    print("\n" + md)
+    for f in failed:
+        print(f"FAIL {f}")
+    print(
+        f"compiled with {rows[0]['how'] if rows else '-'}; {len(failed)} problems in {time.perf_counter() - t0:.0f} s"
+    )
+    if a.report:
+        rec = run_record(command_line(prog, argv), seconds=time.perf_counter() - t0)
+        write_report(a.report, {"run": rec, "rows": rows, "checks": details, "failures": failed}, md)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
