@@ -1,7 +1,7 @@
 """Argument types shared by the evaluation and tuning command lines.
 
 Each converts a flag's text and checks it with the library's own validation
-(`ttqkern._checks`: bits in `ttqkern.format.SUPPORTED_BITS`, group sizes, hyper-parameters), so a
+(`ttqkern.quant`: bits in `SUPPORTED_BITS`, group sizes, `ActScaling` for the hyper-parameters), so a
 CLI says what the library would say.  Errors are `argparse.ArgumentTypeError` naming
 the flag.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import _checks, backends, data
+from .. import backends, data, quant
 from .methods import parse_method
 
 
@@ -37,7 +37,7 @@ def bit_widths(s: str) -> list[int]:
     vals = int_list("--bits")(s)
     for v in vals:
         try:
-            _checks.check_bits(v)
+            quant.check_bits(v)
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"--bits: {e}") from None
     return vals
@@ -50,7 +50,7 @@ def group_sizes(s: str):
     vals = int_list("--group-size")(s)
     for v in vals:
         try:
-            _checks.check_group_size(v)
+            quant.check_group_size(v)
         except (TypeError, ValueError) as e:
             raise argparse.ArgumentTypeError(f"--group-size: {e}") from None
     return vals
@@ -86,7 +86,7 @@ def check_hparams(p: argparse.ArgumentParser, alpha, lam, pnorm) -> None:
     from .. import defaults
 
     try:
-        _checks.check_hparams(
+        quant.ActScaling(
             defaults.ALPHA if alpha is None else alpha,
             defaults.LAM if lam is None else lam,
             defaults.P if pnorm is None else pnorm,

@@ -172,7 +172,7 @@ def run(a: argparse.Namespace) -> dict:
         "bits": a.bits, "group_sizes": groups, "methods": a.methods, "calib_tokens": a.calib_tokens,
         "backend": a.backend,
         # what "auto" resolved to for the model's CPU tensors
-        "backend_used": backends.resolve(a.backend, torch.device("cpu")).__name__.rsplit(".", 1)[-1],
+        "backend_used": backends.resolve(a.backend, torch.device("cpu")).name,
         "ttq": {"alpha": a.alpha if a.alpha is not None else defaults.ALPHA,
                 "lam": a.lam if a.lam is not None else defaults.LAM, "p": a.p if a.p is not None else defaults.P,
                 "alpha_search": repr(opts["requantizer"]) if "requantizer" in opts else None},

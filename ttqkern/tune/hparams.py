@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -128,10 +129,15 @@ def open_storage(optuna, spec: str):
 
 def set_hparams(model: torch.nn.Module, **hp) -> None:
     """Set alpha/lam/p/beta on every `TTQLinear` and drop its packed weight (next window requantizes)."""
+    scaling = {k: v for k, v in hp.items() if k in ("alpha", "lam", "p")}
+    fmt = {k: v for k, v in hp.items() if k == "beta"}
+    if set(hp) - set(scaling) - set(fmt):
+        raise ValueError(f"set_hparams sets alpha, lam, p and beta, got {sorted(hp)}")
     for m in model.modules():
         if isinstance(m, TTQLinear):
-            for k, v in hp.items():
-                setattr(m, k, v)
+            # the layer's frozen ActScaling / QuantFormat, rebuilt (and so validated) with the new values
+            m.scaling = replace(m.scaling, **scaling)
+            m.fmt = replace(m.fmt, **fmt)
             m.reset()
 
 
