@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -137,6 +138,8 @@ def run(a) -> dict | None:
     # re-run with more --windows evaluates only the new ones.
     saved: dict[str, dict[int, float]] = {}
     speed: dict[str, float] = {}
+    # what the saved windows cost, over every run that computed them (a report may only read them)
+    cost = {"window_seconds": 0.0, "quantize_seconds": 0.0, "windows": 0, "threads": set(), "load_1min": []}
     if cells_path.is_file():
         for line in cells_path.read_text().splitlines():
             c = json.loads(line)
@@ -144,6 +147,7 @@ def run(a) -> dict | None:
                 k = _key(c["model"], c["test"])
                 saved.setdefault(k, {}).update(zip(c["starts"], c["window_nll"], strict=True))
                 speed[k] = c["tokens_per_s"]
+                _add_cost(cost, c)
     todo = [m for m in models(a, groups) if m["method"] in a.methods]
     n_cells, n_done = len(todo) * len(a.domains), 0
     for m in todo:
@@ -151,25 +155,33 @@ def run(a) -> dict | None:
         if not any(missing.values()):
             n_done += len(a.domains)
             continue
+        t_q = time.perf_counter()
         if m["method"] == "fp":
             q = model
         else:
             calib = calibs[m["calib"]] if m["method"] == "awq" else None
             q = quantized_copy(model, m["method"], bits=m["bits"], group_size=m["group_size"], r=m["r"],
                                calib=calib, backend=a.backend)  # fmt: skip
+        quantize_s = time.perf_counter() - t_q  # booked on the model's first new cell
         for d in a.domains:
             n_done += 1
             if not missing[d]:
                 continue
+            t_w = time.perf_counter()
             res = perplexity(q, [tests[d][i] for i in missing[d]], desc=f"{model_label(m)} b{m['bits']} on {d}",
                              progress=not a.no_progress)  # fmt: skip
             k = _key(m, d)
             saved.setdefault(k, {}).update(zip(missing[d], res.window_nll, strict=True))
             speed[k] = res.tokens_per_s
+            line = {"settings_key": _settings_key(settings), "model": m, "test": d, "starts": missing[d],
+                    "window_nll": res.window_nll, "tokens_per_s": res.tokens_per_s,
+                    "seconds": time.perf_counter() - t_w, "quantize_seconds": quantize_s,
+                    "threads": torch.get_num_threads(), "load_1min": os.getloadavg()[0]}  # fmt: skip
+            quantize_s = 0.0
+            _add_cost(cost, line)
+            # one write per line, appended: processes sharing the file (--methods / --bits splits) do not interleave
             with open(cells_path, "a") as f:
-                f.write(json.dumps({"settings_key": _settings_key(settings), "model": m, "test": d,
-                                    "starts": missing[d], "window_nll": res.window_nll,
-                                    "tokens_per_s": res.tokens_per_s}) + "\n")  # fmt: skip
+                f.write(json.dumps(line) + "\n")
             print(f"[{n_done}/{n_cells}] {model_label(m):>16} b{m['bits']} g{m['group_size']} on {d:<6}: "
                   f"{len(missing[d])} windows, {res.tokens_per_s:5.0f} tok/s  ({time.perf_counter() - t_start:.0f} s)",
                   flush=True)  # fmt: skip
@@ -184,10 +196,22 @@ def run(a) -> dict | None:
             mean = sum(nll) / len(nll)
             cells.append({"model": m, "test": d, "ppl": exp_nll(mean), "nll": mean, "window_nll": nll,
                           "window_starts": starts[d], "tokens_per_s": speed[_key(m, d)]})  # fmt: skip
-    result = {"settings": settings, "cells": cells}
+    cost["threads"] = sorted(cost["threads"])
+    cost["load_1min"] = [min(cost["load_1min"]), max(cost["load_1min"])] if cost["load_1min"] else None
+    result = {"settings": settings, "cells": cells, "cost": cost}
     result["comparisons"] = comparisons(result)
     result["run"] = records.run_record(records.command_line(PROG, a.argv), seconds=time.perf_counter() - t_start)
     return result
+
+
+def _add_cost(cost: dict, line: dict) -> None:
+    """Add a saved cell line's compute time to the running totals (lines from before timing was kept add 0)."""
+    cost["window_seconds"] += line.get("seconds", 0.0)
+    cost["quantize_seconds"] += line.get("quantize_seconds", 0.0)
+    cost["windows"] += len(line["starts"])
+    if "threads" in line:
+        cost["threads"].add(line["threads"])
+        cost["load_1min"].append(line["load_1min"])
 
 
 def _settings_key(settings: dict) -> str:
@@ -264,6 +288,20 @@ def findings(result: dict) -> list[str]:
     return lines
 
 
+def _cost_line(result: dict) -> str:
+    c, s = result.get("cost"), result["settings"]
+    tokens = sum(len(x["window_nll"]) for x in result["cells"]) * s["seqlen"]
+    if not c:
+        return f"Cells: {len(result['cells'])}, {tokens:,} tokens evaluated."
+    load = "" if not c["load_1min"] else f", 1-minute load average {c['load_1min'][0]:.1f}-{c['load_1min'][1]:.1f}"
+    return (
+        f"Cost: {len(result['cells'])} cells, {tokens:,} tokens evaluated; the windows took "
+        f"{c['window_seconds']:,.0f} s and quantizing / calibrating {c['quantize_seconds']:,.0f} s of wall time "
+        f"summed over the processes that computed them (torch threads {c['threads']}{load}; a shared 2-core "
+        "machine, so these are not speeds). The record at the end is this report's run, which reads saved cells."
+    )
+
+
 def markdown(result: dict) -> str:
     s = result["settings"]
     doms = list(s["domains"])
@@ -285,6 +323,8 @@ def markdown(result: dict) -> str:
             if s["group_sizes_skipped"]
             else ""
         ),
+        "",
+        _cost_line(result),
         "",
         "## Findings",
         "",
