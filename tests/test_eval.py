@@ -297,6 +297,9 @@ def test_shift_cli_on_a_tiny_slice(tiny_model_dir, tmp_path, capsys):
     md = out.with_suffix(".md").read_text()
     assert "TTQ r=0 vs AWQ: in-domain" in md and "(in)" in md
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    cost = res["cost"]  # what the windows cost, summed from the saved cells
+    assert cost["windows"] == 5 * 2 * 2 and cost["window_seconds"] > 0 and cost["threads"] == [2]
+    assert "10 cells, 640 tokens evaluated" in md  # 10 cells x 2 windows x 32 tokens
     # a second run with the same settings reuses every saved window; with twice the windows it adds only the new
     capsys.readouterr()
     assert main(argv) == 0 and " windows, " not in capsys.readouterr().out
