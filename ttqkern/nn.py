@@ -39,6 +39,11 @@ class TTQLinear(nn.Module):
     the current packed weight and D keep their own dtypes (fp32 scales, uint8 codes)
     and only follow the device, so a packed weight stays exactly what it was
     quantized as; the next requantization quantizes the moved weight.
+
+    ``requantizer`` (prompt and dynamic modes): None computes D from x with the
+    layer's alpha; otherwise a callable ``(layer, x) -> (alpha, D, PackedWeight)``
+    that chooses them per prompt, e.g. `ttqkern.alpha_search.AlphaSearch`; the
+    alpha it chose is kept in ``last_alpha``.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class TTQLinear(nn.Module):
         mode: str = "dynamic",
         min_tokens: int = 2,
         search_alpha: bool = False,
+        requantizer=None,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -72,9 +78,12 @@ class TTQLinear(nn.Module):
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if not isinstance(min_tokens, int) or min_tokens < 1:
             raise ValueError(f"min_tokens must be an int >= 1, got {min_tokens!r}")
+        if requantizer is not None and not callable(requantizer):
+            raise TypeError(f"requantizer must be None or a callable (layer, x) -> (alpha, D, pw), got {requantizer!r}")
         self.in_features, self.out_features, self.r = in_features, out_features, r
         self.mode, self.min_tokens, self.search_alpha = mode, min_tokens, search_alpha
         self.backend = backend
+        self.requantizer, self.last_alpha = requantizer, None
         kw = dict(device=device, dtype=dtype)
         self.register_buffer("weight", torch.empty(out_features, in_features, **kw))
         self.register_buffer("lowrank_A", torch.empty(r, in_features, **kw) if r else None)
@@ -119,7 +128,7 @@ class TTQLinear(nn.Module):
         """Build from an `nn.Linear` (weight ``[N, K]``): SVD split once, weights copied.
 
         Other keywords (alpha, lam, p, sym, zero, beta, min_tokens, search_alpha,
-        backend) are as in the constructor.
+        requantizer, backend) are as in the constructor.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -169,11 +178,17 @@ class TTQLinear(nn.Module):
     def _act_scale(self, x: torch.Tensor) -> torch.Tensor:
         return ops.run_act_scale(ops._tokens(x), self.scaling, self.backend)
 
+    def _from_activations(self, x: torch.Tensor) -> tuple[PackedWeight, torch.Tensor]:
+        if self.requantizer is not None:
+            self.last_alpha, D, pw = self.requantizer(self, x)
+            return pw, D
+        D = self._act_scale(x)
+        return self._quantize(D), D
+
     def requantize(self, x: torch.Tensor) -> None:
         """Quantize the weight from the activations x ``[..., K]`` and keep it."""
         self._check_x(x)
-        D = self._act_scale(x)
-        self._store(self._quantize(D), D)
+        self._store(*self._from_activations(x))
 
     def reset(self) -> None:
         """Drop the packed weight (and calibration), e.g. before a new prompt."""
@@ -251,9 +266,9 @@ class TTQLinear(nn.Module):
             self._stats.update(x)
             return self.full_precision(x)
         if self.mode == "dynamic":
-            D = self._act_scale(x)
+            pw, D = self._from_activations(x)
             self._quantize_count += 1
-            return self._matmul(x, self._quantize(D), D)
+            return self._matmul(x, pw, D)
         if self.mode == "prompt":
             seq = x.shape[-2] if x.dim() >= 2 else 1
             # the length test first: a prompt then never reads the state, so torch.compile
