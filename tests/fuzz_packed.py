@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ttqkern import ops  # noqa: E402
-from ttqkern.format import PLANE_FIELDS  # noqa: E402
+from ttqkern.backends.cpu_layouts import NUMBA_CPU  # noqa: E402
+from ttqkern.format import PLANE_FIELDS, get_layout  # noqa: E402
 
 FORMS = [(False, "float"), (False, "int"), (True, "float")]
 # (N, K, group_size): fast layouts (whole words), a ragged last group, odd groups, one group per row
@@ -49,24 +50,39 @@ def base_weight(i: int):
     return ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, backend="torch"), D
 
 
+def in_layout(pw, i: int):
+    """Every other case (alternating per base as well) in the CPU decode layout ``numba_cpu``
+    (blocked, lut or plain kinds: `ttqkern.backends.cpu_layouts`), the rest canonical."""
+    if (i // len(BASES) + i) % 2 == 0:
+        return pw
+    return get_layout(NUMBA_CPU).from_canonical(pw)
+
+
 # --- perturbations: each returns (field name, new value) ---------------------------------
 
 
 def _tensor_variants(t: torch.Tensor, rng: random.Random):
-    """Wrong versions of one tensor field: shapes, dtypes, types, devices, layouts."""
-    R, C = t.shape
+    """Wrong versions of one tensor field (any rank): shapes, dtypes, types, devices, layouts."""
+    shp = tuple(t.shape)
+    R, C = shp[0], shp[-1]
+    mid = shp[1:-1]
+
+    def sized(r, c):
+        return torch.zeros(r, *mid, c, dtype=t.dtype)
+
     other_int = [d for d in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8) if d != t.dtype]
     other_float = [d for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64) if d != t.dtype]
     return [
-        lambda: torch.zeros(R + 1, C, dtype=t.dtype),
-        lambda: torch.zeros(max(R - 1, 0), C, dtype=t.dtype),
-        lambda: torch.zeros(R * 8, C, dtype=t.dtype),
-        lambda: torch.zeros(R, C + 1, dtype=t.dtype),
-        lambda: torch.zeros(R, max(C - 1, 0), dtype=t.dtype),
-        lambda: torch.zeros(R, 2 * C + 1, dtype=t.dtype),
-        lambda: torch.zeros(R, max(C // 2, 1) if C > 1 else 3, dtype=t.dtype),
-        lambda: torch.zeros(R * C, dtype=t.dtype),
-        lambda: torch.zeros(1, R, C, dtype=t.dtype),
+        lambda: sized(R + 1, C),
+        lambda: sized(max(R - 1, 0), C),
+        lambda: sized(R * 8, C),
+        lambda: sized(R, C + 1),
+        lambda: sized(R, max(C - 1, 0)),
+        lambda: sized(R, 2 * C + 1),
+        lambda: sized(R, max(C // 2, 1) if C > 1 else 3),
+        lambda: torch.zeros(t.numel(), dtype=t.dtype),
+        lambda: torch.zeros(1, *shp, dtype=t.dtype),
+        lambda: torch.zeros(*shp[:-2], shp[-1], shp[-2], dtype=t.dtype) if mid else torch.zeros(R, C, 1, dtype=t.dtype),
         lambda: torch.zeros(1, 1, dtype=t.dtype),
         lambda: torch.zeros(0, 0, dtype=t.dtype),
         lambda: t.to(rng.choice(other_int)),
@@ -79,13 +95,13 @@ def _tensor_variants(t: torch.Tensor, rng: random.Random):
         lambda: "scales",
         lambda: t.to("meta"),
         t.to_sparse,
-        lambda: t.T.contiguous() if R != C else torch.zeros(R, C + 2, dtype=t.dtype),
+        lambda: t.mT.contiguous() if shp[-2] != C else sized(R, C + 2),
     ]
 
 
 def _present_when_absent(pw, field: str):
     """A plausible tensor for a field that must be None (what another form would hold)."""
-    N, G = pw.scales.shape
+    N, G = pw.N, pw.num_groups
     return {
         "qweight_hi": torch.zeros(N, max(pw.qweight.shape[1] // 2, 1), dtype=torch.uint8),
         "mins": torch.zeros(N, G),
@@ -154,6 +170,7 @@ def _close(y, ref) -> bool:
 def case_packed(i: int, backend: str):
     rng = random.Random(i)
     pw, D = base_weight(i)
+    pw = in_layout(pw, i)
     desc, field, value, names = perturb(pw, rng)
     changes = {field: value}
     if rng.random() < 0.25:  # two perturbations at once (made from the consistent weight)
@@ -165,7 +182,7 @@ def case_packed(i: int, backend: str):
     K = _k_of(bad, pw.K)
     x = torch.randn(rng.choice([1, 3, 17]), K)
     Dk = D if K == pw.K else None
-    desc = f"{desc} (base bits={pw.bits} g={pw.group_size} {pw.form.name} shape={pw.shape})"
+    desc = f"{desc} (base bits={pw.bits} g={pw.group_size} {pw.form.name} shape={pw.shape} {pw.layout})"
     return desc, names, lambda: (ops.qmatmul(x, bad, Dk, backend=backend), lambda: reference_y(x, bad, Dk))
 
 
@@ -232,11 +249,12 @@ def case_valid(i: int, backend: str):
         if pw.zeros is not None:
             fields["zeros"] = torch.randint(-300, 300, pw.zeros.shape, dtype=torch.int32)
         pw = dataclasses.replace(pw, **fields)
+    pw = in_layout(pw, i)  # values perturbed in the canonical form: the conversion keeps them consistent
     r = rng.choice([0, 2])
     lowrank = (torch.randn(r, pw.K), torch.randn(pw.N, r)) if r else None
     bias = torch.randn(pw.N) if rng.random() < 0.5 else None
-    path = rng.choice(["default", "buffered"]) if backend == "numba" else "default"
-    desc = f"valid bits={pw.bits} g={pw.group_size} {pw.form.name} shape={pw.shape} T={T} r={r} path={path}"
+    path = rng.choice(["default", "buffered", "prefill"]) if backend == "numba" else "default"
+    desc = f"valid bits={pw.bits} g={pw.group_size} {pw.form.name} shape={pw.shape} {pw.layout} T={T} r={r} path={path}"
 
     def run():
         W = torch.randn(pw.N, pw.K)
@@ -251,7 +269,7 @@ def case_valid(i: int, backend: str):
 
 def _path(backend: str, path: str, pw, T: int):
     """Force the Numba kernel path through a tuned-config override (the buffered GEMM is not
-    reached by the defaults)."""
+    reached by the defaults; ``prefill``: dequantize + BLAS for every family)."""
     import contextlib
 
     if path == "default":
@@ -260,6 +278,8 @@ def _path(backend: str, path: str, pw, T: int):
     from ttqkern.tuning import store
 
     key = config.key("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
+    if path == "prefill":
+        return store.override("cpu", key, {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1})
     return store.override("cpu", key, {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20})
 
 

@@ -8,15 +8,13 @@ what that does and does not check).  Tolerances are the conformance suite's (spe
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import pytest
 import torch
 from conformance import ConformanceSuite
 from helpers import QUANT_FORMS, assert_output_close, assert_packed_match, random_case
 
-from ttqkern import backends, reference
-from ttqkern.backends.cupy import CupyBackend, config, host
+from ttqkern import reference
+from ttqkern.backends.cupy import config, host
 from ttqkern.backends.cupy import layout as L
 from ttqkern.format import dequantize
 from ttqkern.tuning import store
@@ -39,30 +37,16 @@ SHAPES = [  # (T, N, K, g): T = 1, odd sizes, K not a multiple of g, one group p
 ]
 
 
-class EmulatedCupy(CupyBackend):
-    """The CuPy backend with its launches executed by the host emulator, on CPU tensors."""
-
-    name = "cupy-emulated"
-    device_types: ClassVar[tuple[str, ...]] = ("cpu",)
-    preference: ClassVar[dict[str, int]] = {}  # never chosen by backend="auto"
-    run = staticmethod(emulator.run)
-
-    def available(self):
-        return True, ""
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _built():
-    emulator.build()
-    backends.register(EmulatedCupy.name, EmulatedCupy())
-    yield
-    backends.unregister(EmulatedCupy.name)
+    with emulator.registered():
+        yield
 
 
 class TestEmulatedConformance(ConformanceSuite):
     """The shared conformance suite (the one GPU backends run under marker gpu), on the emulator."""
 
-    backend = EmulatedCupy.name
+    backend = emulator.EmulatedCupy.name
     device = "cpu"
 
 
@@ -94,9 +78,11 @@ def test_quantize_writes_the_reference_in_cupy_mma(bits, sym, zero, T, N, K, g):
     L.check(pw)
     ref = reference.quantize(W, D, bits, g, sym, zero, 1.0)
     assert_packed_match(L.to_canonical(pw), ref)
-    # same IEEE operations as the reference: scales and offsets bit for bit, padding included
-    # (rows past N are zero, as layout.from_canonical pads)
+    # same IEEE operations as the reference: scales, offsets, zero codes and centred offsets
+    # (PackedWeight.centred) bit for bit, padding included (rows past N are zero, as
+    # layout.from_canonical pads)
     exact = L.from_canonical(ref)
+    assert torch.equal(L.zero_codes(pw), ref.centred()[0])
     for name in ("scales", "mins", "zeros"):
         if getattr(exact, name) is not None:
             torch.testing.assert_close(getattr(pw, name), getattr(exact, name), rtol=0, atol=0, equal_nan=True)
@@ -157,20 +143,20 @@ def test_qmatmul_fallback_paths(case):
     assert_output_close(qmatmul(x, mma, D, *lowrank, bias), reference.qmatmul(x, pw, D, *lowrank, bias))
 
 
-def _uncentred_dequantize(pw) -> torch.Tensor:
-    """``s * u + m`` rounded as written (the kernel's formula; `format.dequantize` now centres
-    the codes on each group's zero code first, docs/numerics.md rule Q1, which rounds differently)."""
-    u = pw.codes().to(torch.float32)
-    cols = torch.arange(pw.K) // pw.group_size
-    return u * pw.scales[:, cols] + pw.offsets()[:, cols]
-
-
 def test_dequantize_equals_the_reference_bit_for_bit():
-    for bits, (sym, zero) in [(2, QUANT_FORMS[0]), (3, QUANT_FORMS[1]), (4, QUANT_FORMS[2]), (8, QUANT_FORMS[0])]:
-        pw = reference.quantize(torch.randn(19, 150), None, bits, 50, sym, zero, 1.0)
+    """The prefill path's weight is `format.dequantize`'s: s * (u - c) + m0, bit for bit (rule Q1),
+    including groups whose zero code is clamped (all-positive / all-negative groups, integer
+    zero-points outside the codes) and a D = 1e8 outlier column."""
+    for bits, (sym, zero) in [(2, QUANT_FORMS[0]), (3, QUANT_FORMS[1]), (4, QUANT_FORMS[2]), (8, QUANT_FORMS[0]),
+                              (4, QUANT_FORMS[0]), (8, QUANT_FORMS[1])]:  # fmt: skip
+        W = torch.randn(19, 150)
+        W[3] = W[3].abs() + 5.0  # 0 outside the group's range: c = 0, m0 = the group minimum
+        W[4] = -W[4].abs() - 5.0
+        D = torch.ones(150)
+        D[7] = 1e8
+        pw = reference.quantize(W, D, bits, 50, sym, zero, 1.0)
         Wd = host.dequantize(L.from_canonical(pw), torch.float32, emulator.run)
-        assert torch.equal(Wd, _uncentred_dequantize(pw))
-        torch.testing.assert_close(Wd, dequantize(pw), rtol=1e-6, atol=1e-6)
+        assert torch.equal(Wd, dequantize(pw))
 
 
 @pytest.mark.parametrize("cfg", [{"RT": 1, "WR": 1, "WK": 1}, {"RT": 2, "WR": 2, "WK": 4}, {"RT": 2, "WR": 8, "WK": 1},
@@ -186,3 +172,55 @@ def test_decode_configs_of_the_search_space(cfg, bits, g):
     with store.override("cpu", config.key("decode", bits=bits, group=g, T=T, N=N, K=K), cfg):
         y = qmatmul(x, L.from_canonical(pw), D, *lowrank, bias)
     assert_output_close(y, reference.qmatmul(x, pw, D, *lowrank, bias))
+
+
+def _flags(x, pw, D) -> torch.Tensor:
+    """The prologue's flags ``[TP / 16, KB]`` (bit t: token 16 y + t takes the exact path)."""
+    pro, _ = host.decode_launches(x, pw, D, None, None, None, x.new_empty(x.shape[0], pw.N))
+    emulator.run([pro])
+    return pro.args[7].view(-1, pro.grid[0]).to(torch.int64) & 0xFFFF
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_prologue_flags_only_the_tokens_the_mma_operands_cannot_carry(dtype):
+    """docs/numerics.md rule Q2: ordinary activations keep the tensor-core path (so the numerics
+    tests' extreme-D cases test it); huge, sub-normal-range, and fp16-overflowing x / D do not."""
+    x, W, _, _ = random_case(20, 24, 520, dtype=dtype)
+    W[:, 300] *= 1e-3  # keeps fp16 outputs finite next to x / D ~ 7e4
+    D = reference.act_scale(x, 2.0, 1.0, 0.25)
+    pw = L.from_canonical(reference.quantize(W, D, 4, 64, False, "float", 1.0))
+    assert not _flags(x, pw, D).any()
+    xe = x.clone()
+    big = {torch.float32: 1e30, torch.bfloat16: 1e30, torch.float16: 70.0}[dtype]
+    xe[3, 300], xe[17, 5] = big, 1e-38 if dtype != torch.float16 else 1.0
+    D2 = D.clone()
+    D2[300] = 1e-3  # x / D far above fp16's 65504, 2^64 for the bf16 modes
+    f = _flags(xe, pw, D2)
+    assert f[0, 1] == 1 << 3 and f[0].sum() == 1 << 3  # token 3, codes 256..511 only
+    assert f[1, 0] == (1 << 1 if dtype != torch.float16 else 0) and f[1, 1:].sum() == 0  # token 17: below 2^-100
+    y = qmatmul(xe, pw, D2, None, None, None)
+    assert torch.isfinite(y).all()
+    ref = reference.qmatmul(xe, L.to_canonical(pw), D2, None, None, None)
+    assert_output_close(y, ref)
+
+
+@pytest.mark.parametrize("cfg", [{"RT": 1, "WR": 1, "WK": 1}, {"RT": 2, "WR": 2, "WK": 4}, {"RT": 1, "WR": 1, "WK": 8}])
+@pytest.mark.parametrize("bits,g", [(4, 64), (2, 32), (8, 16), (3, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_exact_path_in_every_configuration(cfg, bits, g, dtype):
+    """Flagged tokens (x ~ 1e36 next to ordinary ones) through the exact path: K split across
+    warps, row tiles per warp, 8 and 16 tokens per block, ragged groups."""
+    T, N, K = 11, 40, 520
+    x, W, lowrank, bias = random_case(T, N, K, r=3, bias=True, dtype=dtype)
+    D = reference.act_scale(x, 2.0, 1.0, 0.25)
+    x[[0, 9]] = x[[0, 9]] * 1e36
+    pw = reference.quantize(W, D, bits, g, False, "int", 1.0)
+    mma = L.from_canonical(pw)
+    cfg = {**cfg, "RT": min(cfg["RT"], config.RT_MAX[bits])}
+    with store.override("cpu", config.key("decode", bits=bits, group=g, T=T, N=N, K=K), cfg):
+        assert _flags(x, mma, D).any()
+        y = qmatmul(x, mma, D, *lowrank, bias)
+    ref = reference.qmatmul(x, pw, D, *lowrank, bias)
+    assert torch.isfinite(y).all()
+    for rows in ([0, 9], [1, 2, 3, 4, 5, 6, 7, 8, 10]):  # the huge tokens and the ordinary ones, each to spec
+        assert_output_close(y[rows], ref[rows])

@@ -7,6 +7,7 @@ the host emulator (skipped without a C++20 compiler).
 from __future__ import annotations
 
 import random
+import struct
 
 import pytest
 import torch
@@ -55,8 +56,28 @@ def test_geometry_pads_rows_and_chunks():
     geo = L.Geometry(N=17, K=130, bits=3, g=48)
     assert (geo.G, geo.Kp, geo.NT, geo.KCH, geo.KPAD, geo.KC, geo.V) == (3, 144, 2, 256, 256, 1, 3)
     mma = L.from_canonical(_pw(17, 130, 3, 48, False, "int"))
-    assert tuple(mma.qweight.shape) == (2, 1, 3, 32, 4) and tuple(mma.zeros.shape) == (2, 3, 8, 2)
+    # codes (1 chunk x 3 vectors x 128 words), then 1 word of zero codes per row (3 groups)
+    assert tuple(mma.qweight.shape) == (2, 3 * 128 + 16) and tuple(mma.zeros.shape) == (2, 3, 8, 2)
+    assert tuple(mma.scales.shape) == (2, 3, 8, 4)  # s and m0 of rows r, r + 8
     assert not mma.scales[1, :, 1:, :].any() and not mma.zeros[1, :, 1:, :].any()  # rows 17.. are zero
+    assert not mma.qweight[1, 3 * 128 + 2 :].any()  # their zero codes too
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym,zero", FORMS)
+def test_zero_codes_and_centred_offsets_are_the_canonical_definition(bits, sym, zero):
+    W = torch.randn(21, 300)
+    W[2] = W[2].abs() + 3.0  # groups without 0: clamped zero codes
+    pw = reference.quantize(W, None, bits, 32, sym, zero, 1.0)
+    if zero == "int" and not sym:
+        pw.zeros[5, 1] = -40  # zero-points outside the codes (ops.pack allows them)
+        pw.zeros[6, 2] = 1000
+    mma = L.from_canonical(pw)
+    c, m0 = pw.centred()
+    assert torch.equal(L.zero_codes(mma), c) and torch.equal(L.centred_offsets(mma), m0)
+    assert pw.num_groups == 10  # the last zero-code word holds groups 8, 9 and two zero bytes
+    tail = mma.qweight[:, -16:].to(torch.int64) & 0xFFFFFFFF
+    assert not (tail >> 16).any()
 
 
 def test_check_rejects_wrong_shapes_and_dtypes():
@@ -99,15 +120,16 @@ def emu():
 def _half(reg: int, h: int, bf16: bool) -> float:
     bits16 = (reg >> (16 * h)) & 0xFFFF
     if bf16:
-        return torch.tensor([bits16 << 16], dtype=torch.int32).view(torch.float32).item()
-    return torch.tensor([bits16], dtype=torch.int16).view(torch.float16).item()
+        return struct.unpack("<f", struct.pack("<I", bits16 << 16))[0]
+    return struct.unpack("<e", struct.pack("<H", bits16))[0]
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_bit_trick_dequantization_gives_the_codes_of_field_pos(emu, bits, bf16):
     """codes_to_afrag (LOP3 / PRMT + HFMA2) yields, in register i >> 1, half i & 1, the code of
-    fragment element i -- where layout.field_pos says each field's code goes."""
+    fragment element i -- where layout.field_pos says each field's code goes -- minus the zero
+    code of its row (rule Q1: the HFMA2's bias carries it), exactly, for every zero code."""
     rng = random.Random(bits * 2 + bf16)
     kch, V = L.chunk_size(bits), L.vectors(bits)
     for lane in (0, 5, 31):
@@ -122,11 +144,14 @@ def test_bit_trick_dequantization_gives_the_codes_of_field_pos(emu, bits, bf16):
                         c = int(codes.view(-1)[int(index[vv, lane, w, f])])
                         val = (c >> 2) & 1 if (bits == 3 and width == 1) else (c & 3 if bits == 3 else c)
                         words[4 * (v0 + vv) + w] |= val << int(shift[vv, lane, w, f])
+        top = (1 << bits) - 1
         for j in range(kch // 16):
-            regs = emu.afrag(bits, bf16, words, j)
-            for i in range(8):
-                r, kk = L.element_rc(lane, j, i)
-                assert _half(regs[i >> 1], i & 1, bf16) == float(codes[r, kk]), (lane, j, i)
+            for centres in ((0, 0), (top, 0), (rng.randrange(top + 1), rng.randrange(top + 1)), (0, top)):
+                regs = emu.afrag(bits, bf16, words, j, centres)
+                for i in range(8):
+                    r, kk = L.element_rc(lane, j, i)
+                    want = float(codes[r, kk]) - centres[(i >> 1) & 1]  # registers 0, 2: row gID; 1, 3: gID + 8
+                    assert _half(regs[i >> 1], i & 1, bf16) == want, (lane, j, i, centres)
 
 
 def test_fastdiv_is_exact(emu):

@@ -119,6 +119,7 @@ def _boundscheck_cache(request) -> str:
 def test_every_numba_path_stays_in_bounds_under_boundscheck(request):
     _available("numba")
     env = {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": _boundscheck_cache(request)}
-    results = run_cases("numba", [("valid", 0, N_VALID_BOUNDSCHECK)], env=env, timeout=900)
+    # cold, every kernel family and tile is compiled bounds-checked first (minutes; cached afterwards)
+    results = run_cases("numba", [("valid", 0, N_VALID_BOUNDSCHECK)], env=env, timeout=1800)
     failed = [f"{i} ({d}): {o.get('traceback', o)}" for (_, i), (d, o) in results.items() if not o.get("match")]
     assert not failed, "under NUMBA_BOUNDSCHECK=1:\n" + "\n".join(failed[:10])

@@ -1,9 +1,11 @@
 """Numba backend: what the shared conformance suite does not reach.
 
 `test_conformance.py` already runs every stage of this backend against the
-reference.  Here: each kernel path (fused decode GEMV, buffered small-T GEMM,
-generic odd-group kernel, dequantize + BLAS) forced through tuned configs and
-compared with the torch backend on the *same* `PackedWeight` (spec §6), exact ties,
+reference.  Here: each kernel path (AVX-512 blocked and lut decode kernels, the
+portable forms, the word-plane fused decode GEMV, buffered small-T GEMM, generic
+odd-group kernel, dequantize + BLAS) forced through tuned configs, the ISA switch
+and the family switch, and compared with the torch backend on the *same*
+`PackedWeight` (spec §6), exact ties,
 constant and non-finite groups in quantize, act_scale's norms, dtypes, the config
 plumbing, and ``auto`` choosing numba for CPU tensors.
 
@@ -12,6 +14,8 @@ packed integer planes), so only a handful of specialisations exist per kernel.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -29,14 +33,33 @@ if not _ok:
     pytest.skip(f"numba backend unavailable: {_why}", allow_module_level=True)
 
 from ttqkern.backends import numba as nbk
-from ttqkern.backends.numba import _common, config
+from ttqkern.backends.numba import _common, config, host, isa
 
 # kernel path -> qmatmul config forcing it (with T = 1..64 in these tests)
 PATHS = {
     "fused": {"FUSED_MAX_T": 1 << 20, "DEQUANT_MIN_T": 1 << 20},
     "buffered": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20},
-    "dequant": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1},
+    "dequant": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1, "PACKED_MAX_T": 0},  # prefill: dequantize + BLAS
+    "packed": {"PACKED_MAX_T": 1 << 30},  # the decode families (blocked / lut) for every T
+    "packed-portable": {"PACKED_MAX_T": 1 << 30, "DEQUANT_MIN_T": 1 << 20},
+    "lut": {"PACKED_MAX_T": 1 << 30},
 }
+# path -> (kernel family forced, ISA forced); None: what the backend picks
+FAMILY = {
+    "fused": ("words", None),
+    "buffered": ("words", None),
+    "dequant": (None, None),
+    "packed": (None, None),
+    "packed-portable": (None, "portable"),
+    "lut": ("lut", None),
+}
+
+
+@contextlib.contextmanager
+def forcing(path):
+    fam, which = FAMILY[path]
+    with host.forced_family(fam), isa.forced(which) if which else contextlib.nullcontext():
+        yield
 
 
 def _case(T, N, K, r=0, bias=False, dtype=torch.float32):
@@ -59,14 +82,15 @@ def tuned(tmp_path, monkeypatch):
     def write(op, entry, check=True, **shape):
         store.save("cpu", {config.key(op, **shape): entry}, tmp_path)
         if check:
-            assert config.params(op, **shape) == {**config.DEFAULTS[op], **entry}
+            assert config.params(op, **shape) == {**config.defaults(op, **shape), **entry}
 
     yield write
     store.load.cache_clear()
 
 
-def _compare(x, pw, D, lowrank, bias):
-    y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
+def _compare(x, pw, D, lowrank, bias, path=None):
+    with forcing(path) if path else contextlib.nullcontext():
+        y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
     y_ref = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch")
     assert_output_close(y, y_ref)
     return y
@@ -96,7 +120,7 @@ def test_qmatmul_paths_match_torch(tuned, path, bits, sym, zero, T, N, K, g):
     tuned("qmatmul", PATHS[path], bits=bits, group=K if g == -1 else g, T=T, N=N, K=K)
     D = reference.act_scale(x, 2.0, 1.0, 0.25)
     pw = reference.quantize(W, D, bits, g, sym, zero, 1.0)
-    _compare(x, pw, D, lowrank, bias)
+    _compare(x, pw, D, lowrank, bias, path)
 
 
 @pytest.mark.parametrize("bits,g", [(4, 37), (3, 40), (2, 24), (8, 5), (3, 8)])
@@ -150,7 +174,7 @@ def test_random_shapes_every_path(T, N, K, g, bits, form, path, r, seed):
     assert_packed_match(pw, reference.quantize(W, D, bits, g_res, *form, 1.0))
     y_ref = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch")
     key = config.key("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=N, K=K)
-    with store.override("cpu", key, PATHS[path]):  # hypothesis examples cannot use function-scoped fixtures
+    with store.override("cpu", key, PATHS[path]), forcing(path):  # hypothesis examples cannot use fixtures
         y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="numba")
     assert_output_close(y, y_ref)
 
@@ -162,12 +186,14 @@ def test_nan_and_inf_propagate_through_every_path(tuned):
     pw = ops.quantize(W, None, bits=4, group_size=32, backend="numba")
     for path, entry in PATHS.items():
         tuned("qmatmul", entry, bits=4, group=32, T=3, N=6, K=64)
-        y = ops.qmatmul(x, pw, None, backend="numba")
+        with forcing(path):
+            y = ops.qmatmul(x, pw, None, backend="numba")
         assert torch.isnan(y[:, 2]).all() and not torch.isfinite(y[:, 4]).any(), path
         assert torch.isfinite(y[:, [0, 1, 3, 5]]).all(), path
         xn = x.clone()
         xn[1, 7] = float("nan")
-        y = ops.qmatmul(xn, pw, None, backend="numba")
+        with forcing(path):
+            y = ops.qmatmul(xn, pw, None, backend="numba")
         assert torch.isnan(y[1]).all() and torch.isfinite(y[0, [0, 1, 3, 5]]).all(), path
 
 
@@ -185,6 +211,7 @@ def test_quantize_ties_and_constant_groups_are_exact(sym, zero):
     pw = ops.quantize(W, None, bits=4, group_size=16, sym=sym, zero=zero, backend="numba")
     ref = reference.quantize(W, None, 4, 16, sym, zero, 1.0)
     assert torch.equal(ops.unpack(pw), ops.unpack(ref))
+    pw = pw.canonical()  # the backend writes its decode layout; compare in the canonical one
     for name, t in ref.tensors().items():
         assert torch.equal(getattr(pw, name), t), name
 
@@ -201,7 +228,7 @@ def test_quantize_matches_reference(tuned, bits, sym, zero, N, K, g, beta):
     pw = ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, beta=beta, backend="numba")
     pw_ref = reference.quantize(W, D, bits, K if g == -1 else g, sym, zero, beta)
     assert_packed_match(pw, pw_ref)
-    assert all(t.shape == getattr(pw_ref, n).shape for n, t in pw.tensors().items())
+    assert all(t.shape == getattr(pw_ref, n).shape for n, t in pw.canonical().tensors().items())
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -262,10 +289,21 @@ def test_serial_and_parallel_runs_agree(tuned):
 def test_kernels_are_cached_on_disk():
     import sys
 
-    from ttqkern.backends.numba import gemv
+    from ttqkern.backends.numba import gemm, gemv_blocked, gemv_lut, gemv_words, generic
 
     quantize_mod = sys.modules["ttqkern.backends.numba.quantize"]  # the package exports the function
-    for kernel in (gemv.fused, gemv.buffered, gemv.generic, gemv.dequantize, quantize_mod._quantize_kernel):
+    for kernel in (
+        gemv_words.fused,
+        gemm.buffered,
+        generic.generic,
+        generic.dequantize,
+        quantize_mod._quantize_kernel,
+        gemv_blocked.gemv4,
+        gemv_blocked.gemv8,
+        gemv_blocked.gemv4_portable,
+        gemv_lut.gemv1,
+        gemv_lut.gemv2,
+    ):
         assert kernel._cache.__class__.__name__ == "FunctionCache", kernel
 
 

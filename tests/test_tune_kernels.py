@@ -58,7 +58,7 @@ def test_short_cpu_run_writes_a_store_the_next_call_uses(config_dir, tmp_path, c
     store.load.cache_clear()
     got = lookup("qmatmul", SHAPE, device="cpu")
     assert got.source == "user" and got.path == config_dir / "cpu.json" and got.key == key
-    assert got.config == {**nconfig.DEFAULTS["qmatmul"], **data["entries"][key]}
+    assert got.config == {**nconfig.defaults("qmatmul", **SHAPE), **data["entries"][key]}  # defaults per shape
     assert got.provenance["study"].endswith(key)
     assert nconfig.params("qmatmul", **SHAPE) == got.config  # what the kernel launch reads
     rep = json.loads((tmp_path / "rep.json").read_text())
@@ -77,7 +77,7 @@ def test_lookup_without_a_tuned_entry_says_default(config_dir):
     got = lookup("qmatmul", (1, 4096, 4096), bits=3, device="cpu", backend="numba")
     assert got.source == "default" and got.path is None and got.entry is None
     assert got.key == "numba/qmatmul/bits=3/group=128/T=1/N=4096/K=4096"
-    assert got.config == nconfig.DEFAULTS["qmatmul"]
+    assert got.config == nconfig.defaults("qmatmul", bits=3, group=128, T=1, N=4096, K=4096)
     with pytest.raises(ValueError, match="no op 'frob'"):
         lookup("frob", SHAPE, device="cpu", backend="numba")
     with pytest.raises(ValueError, match="positive ints"):
@@ -87,7 +87,8 @@ def test_lookup_without_a_tuned_entry_says_default(config_dir):
 def test_lookup_reports_an_invalid_entry(config_dir):
     store.save("cpu", {nconfig.key("qmatmul", **SHAPE): {"BLOCK_N": -1}})
     got = lookup("qmatmul", SHAPE, device="cpu", backend="numba")
-    assert got.source == "default" and "invalid values" in got.note and got.config == nconfig.DEFAULTS["qmatmul"]
+    assert got.source == "default" and "invalid values" in got.note
+    assert got.config == nconfig.defaults("qmatmul", **SHAPE)
 
 
 def test_canonical_thresholds_make_one_choice_per_bucket():

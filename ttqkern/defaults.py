@@ -1,16 +1,33 @@
-"""Default TTQ hyper-parameters: one home for alpha, lam and p.
+"""Default TTQ hyper-parameters: alpha, lam and p, read from the shipped data file ``defaults.json``.
 
-The values below are the best trial of the 3-bit Optuna study written to
-``results/hparams/ttq_hparams_b3.json`` (key ``"best"``, copied exactly): TTQ with
-r = 16 on SmolLM2-135M, group 64, objective = perplexity on the first 4 windows of
-512 tokens of the WikiText-2 *validation* split, 47 trials
-in two runs of ``python -m ttqkern.tune --hparams --bits 3 --max-windows 4`` (exact
-commands in that file and in ``ttq_hparams_b3.run1.json``, the first run's summary).  Validation perplexity 33.081 against
-36.143 for the spec's starting values (alpha = 0.25, lam = 1.0,
-p = 2).  3 bits is the informative width on this model (its weights already sit on
-a 4-bit grid).  AWQ does not use these: it keeps p = 2, lam = 0 and searches alpha.
+The file is written by ``python -m ttqkern.tune --hparams ... --ship-defaults`` from the
+best trial of an Optuna study, never typed by hand, and says which study produced the
+values (`PROVENANCE`: study name, commands, objective, trial, date, commit; the
+study's report is the ``results`` file it names).  AWQ does not use these: it keeps
+p = 2, lam = 0 and searches alpha per layer.
 """
 
-ALPHA = 0.24232075800745867
-LAM = 0.0033144368617962555
-P = 2.6784408609938994
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.json")
+
+
+def load(path: Path = DEFAULTS_FILE) -> dict:
+    """The data file as a dict: ``{"alpha", "lam", "p", "provenance"}``."""
+    d = json.loads(path.read_text(encoding="utf-8"))
+    missing = {"alpha", "lam", "p", "provenance"} - set(d)
+    if missing:
+        raise ValueError(
+            f"{path} lacks {sorted(missing)}: rewrite it with python -m ttqkern.tune --hparams --ship-defaults"
+        )
+    return d
+
+
+_DATA = load()
+ALPHA: float = float(_DATA["alpha"])
+LAM: float = float(_DATA["lam"])
+P: float = float(_DATA["p"])
+PROVENANCE: dict = _DATA["provenance"]

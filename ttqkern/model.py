@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -25,6 +25,8 @@ class QuantConfig:
     r: rank of the full-precision low-rank part; None means 16 for ttq, 0 otherwise.
     lam, p: None means `ttqkern.defaults` LAM / P for ttq, and AWQ's classic 0 / 2 otherwise.
     skip: names (last component) of linear layers to leave alone.
+    requantizer: for ttq, None (D from the fixed alpha) or a per-prompt chooser such
+    as `ttqkern.alpha_search.AlphaSearch` (see `TTQLinear`).
     """
 
     method: str = "ttq"
@@ -42,12 +44,15 @@ class QuantConfig:
     backend: str = "auto"
     skip: tuple[str, ...] = ("lm_head",)
     calib_max_tokens: int = 512
+    requantizer: Callable | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.method == "ttq" and self.mode == "static":
             raise ValueError("method='ttq' quantizes from each prompt: mode must be 'prompt' or 'dynamic'")
+        if self.method != "ttq" and self.requantizer is not None:
+            raise ValueError(f"requantizer chooses D per prompt: it needs method='ttq', got {self.method!r}")
         kw = self.layer_kwargs()
         # every value error now, before any layer is swapped (the layers build the same objects)
         QuantFormat(kw["bits"], kw["group_size"], kw["sym"], kw["zero"], kw["beta"])
@@ -69,7 +74,7 @@ class QuantConfig:
             # AWQ keeps its classic l2 statistic whatever TTQ's tuned p is.
             p=(defaults.P if ttq else 2.0) if self.p is None else self.p, sym=self.sym, zero=self.zero, beta=self.beta,
             mode=self.mode if ttq else "static", min_tokens=self.min_tokens,
-            search_alpha=self.method == "awq", backend=self.backend,
+            search_alpha=self.method == "awq", requantizer=self.requantizer, backend=self.backend,
         )  # fmt: skip
 
 
@@ -111,7 +116,8 @@ def quantize_model(
     (tensors, or dicts of keyword arguments) run once through the model to gather
     activation statistics; with none, AWQ reduces to RTN.
     """
-    config = QuantConfig(**{**(asdict(config) if config else {}), **overrides})
+    # replace, not asdict: asdict would turn a dataclass field (a requantizer) into a dict
+    config = replace(config, **overrides) if config else QuantConfig(**overrides)
     kwargs = config.layer_kwargs()
     targets = list(linear_layers(model, config.skip, filter))
     if not targets:

@@ -39,6 +39,11 @@ class TTQLinear(nn.Module):
     the current packed weight and D keep their own dtypes (fp32 scales, uint8 codes)
     and only follow the device, so a packed weight stays exactly what it was
     quantized as; the next requantization quantizes the moved weight.
+
+    ``requantizer`` (prompt and dynamic modes): None computes D from x with the
+    layer's alpha; otherwise a callable ``(layer, x) -> (alpha, D, PackedWeight)``
+    that chooses them per prompt, e.g. `ttqkern.alpha_search.AlphaSearch`; the
+    alpha it chose is kept in ``last_alpha``.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class TTQLinear(nn.Module):
         mode: str = "dynamic",
         min_tokens: int = 2,
         search_alpha: bool = False,
+        requantizer=None,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -72,9 +78,12 @@ class TTQLinear(nn.Module):
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if not isinstance(min_tokens, int) or min_tokens < 1:
             raise ValueError(f"min_tokens must be an int >= 1, got {min_tokens!r}")
+        if requantizer is not None and not callable(requantizer):
+            raise TypeError(f"requantizer must be None or a callable (layer, x) -> (alpha, D, pw), got {requantizer!r}")
         self.in_features, self.out_features, self.r = in_features, out_features, r
         self.mode, self.min_tokens, self.search_alpha = mode, min_tokens, search_alpha
         self.backend = backend
+        self.requantizer, self.last_alpha = requantizer, None
         kw = dict(device=device, dtype=dtype)
         self.register_buffer("weight", torch.empty(out_features, in_features, **kw))
         self.register_buffer("lowrank_A", torch.empty(r, in_features, **kw) if r else None)
@@ -119,7 +128,7 @@ class TTQLinear(nn.Module):
         """Build from an `nn.Linear` (weight ``[N, K]``): SVD split once, weights copied.
 
         Other keywords (alpha, lam, p, sym, zero, beta, min_tokens, search_alpha,
-        backend) are as in the constructor.
+        requantizer, backend) are as in the constructor.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
@@ -169,11 +178,17 @@ class TTQLinear(nn.Module):
     def _act_scale(self, x: torch.Tensor) -> torch.Tensor:
         return ops.run_act_scale(ops._tokens(x), self.scaling, self.backend)
 
+    def _from_activations(self, x: torch.Tensor) -> tuple[PackedWeight, torch.Tensor]:
+        if self.requantizer is not None:
+            self.last_alpha, D, pw = self.requantizer(self, x)
+            return pw, D
+        D = self._act_scale(x)
+        return self._quantize(D), D
+
     def requantize(self, x: torch.Tensor) -> None:
         """Quantize the weight from the activations x ``[..., K]`` and keep it."""
         self._check_x(x)
-        D = self._act_scale(x)
-        self._store(self._quantize(D), D)
+        self._store(*self._from_activations(x))
 
     def reset(self) -> None:
         """Drop the packed weight (and calibration), e.g. before a new prompt."""
@@ -244,13 +259,16 @@ class TTQLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x ``[..., K]`` fp32/fp16/bf16 -> ``[..., N]`` in x's dtype."""
         self._check_x(x)
+        y = self._decode_step(x)
+        if y is not None:
+            return y
         if self._stats is not None:
             self._stats.update(x)
             return self.full_precision(x)
         if self.mode == "dynamic":
-            D = self._act_scale(x)
+            pw, D = self._from_activations(x)
             self._quantize_count += 1
-            return self._matmul(x, self._quantize(D), D)
+            return self._matmul(x, pw, D)
         if self.mode == "prompt":
             seq = x.shape[-2] if x.dim() >= 2 else 1
             # the length test first: a prompt then never reads the state, so torch.compile
@@ -274,13 +292,45 @@ class TTQLinear(nn.Module):
             y = ops.run_qmatmul(x2, pw, D, A, B, bias, self.backend)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def _decode_step(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The eager decode step on the prepared callable, or None when the full path must run.
+
+        Same result as the rest of `forward` for a call that reuses the packed weight
+        (prompt mode below ``min_tokens``, static mode) with unchanged operands; it only
+        skips the attribute lookups and stamp building that cost a few microseconds
+        per call on layers whose kernel takes ten.
+        """
+        run = self._run
+        if run is None or self._stats is not None or self.mode == "dynamic":
+            return None
+        if self.mode == "prompt" and (x.shape[-2] if x.dim() >= 2 else 1) >= self.min_tokens:
+            return None
+        buf = self._buffers
+        qweight, D, operands = run[2]
+        if buf["qweight"] is not qweight or buf["D"] is not D or torch.compiler.is_compiling():
+            return None
+        for t, v in operands:
+            if t is not None and t._version != v:
+                return None
+        if self.r and (buf["lowrank_A"] is not operands[0][0] or buf["lowrank_B"] is not operands[1][0]):
+            return None
+        if buf["bias"] is not operands[2][0] or not _dispatch.direct(x):
+            return None
+        x2 = x.reshape(-1, self.in_features)
+        if not x2.is_contiguous():
+            x2 = x2.contiguous()
+        return run[1](x2).view(*x.shape[:-1], self.out_features)
+
     def _prepared(self, pw, D, A, B, bias):
         """The backend's prepared qmatmul for the current operands (rebuilt when any of them changed)."""
         stamp = (id(pw), id(D), *(None if t is None else (id(t), t._version) for t in (A, B, bias)))
         if self._run is None or self._run[0] != stamp:
             be = backends.resolve(self.backend, self.weight.device)
             tensors = [None if t is None else t.contiguous() for t in (D, A, B, bias)]
-            self._run = (stamp, be.prepare(_dispatch.readable(pw, be), *tensors))
+            fn = be.prepare(_dispatch.readable(pw, be), *tensors)
+            # what `_decode_step` checks before reusing fn: the stored weight, D and the operands' versions
+            self._run = (stamp, fn, (self._buffers["qweight"], D, tuple((t, None if t is None else t._version)
+                                                                       for t in (A, B, bias))))  # fmt: skip
         return self._run[1]
 
     def extra_repr(self) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 # Packages whose versions change numbers (kernels, tokenizers, samplers); absent ones are None.
-VERSIONED = ("ttqkern", "torch", "numpy", "numba", "triton", "transformers", "optuna", "cupy-cuda12x")
+VERSIONED = ("ttqkern", "torch", "numpy", "numba", "triton", "transformers", "optuna", "cupy-cuda13x", "cupy-cuda12x")
 
 
 def command_line(prog: str, argv: Sequence[str]) -> str:

@@ -158,6 +158,7 @@ def qmatmul(
     """
     pw = pw.canonical()  # any layout: the reference reads the canonical one
     T, K = x.shape
+    pw = pw.canonical()  # any layout: the math reads the canonical fields
     N, g, G = pw.N, pw.group_size, pw.num_groups
     f64 = torch.float64
     xs = x.to(torch.float32) if D is None else x.to(torch.float32) / D  # x~ = x / D, fp32 as in every kernel

@@ -14,6 +14,7 @@ import threading
 
 import torch
 
+from . import cpu_layouts  # noqa: F401  (registers the numba_cpu packed layout; imports only torch)
 from .base import Backend, Tolerances
 
 # name -> the module exporting BACKEND, or a Backend instance registered at run time

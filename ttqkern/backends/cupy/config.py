@@ -11,7 +11,7 @@ Fields
 ------
 decode.RT       row tiles (16 rows each) per warp: the A fragments of RT tiles share one
                 load of x / D's B fragments (a template parameter of the kernel; capped
-                by `rt_cap` where more would exceed 128 registers).
+                by `rt_cap` where more would exceed 127 registers).
 decode.WR       warps per block that own different row tiles (same K slice: x / D hits L1).
 decode.WK       warps per block that split K (partials reduced in shared memory after the
                 loop, no atomics); 0: enough to give every SM about 16 warps.
@@ -52,9 +52,11 @@ RT_MAX = {8: 2, 4: 2, 2: 2, 3: 1}
 
 def rt_cap(bits: int, xm: int, nt: int) -> int:
     """Largest RT the decode kernel takes for bits, activation mode (0 fp16, 1 bf16, 2 fp32)
-    and n8 token tiles: two row tiles of 16 tokens need > 128 registers for fp32 activations
-    (two B planes) and for bf16 8-bit codes (fp32 conversion path)."""
-    if nt == 2 and (xm == 2 or (bits == 8 and xm == 1)):
+    and n8 token tiles: two row tiles of 16 tokens need > 127 registers for 8-bit codes
+    (8 words per row tile, double-buffered, plus the zero codes' bias operands; bf16 also
+    converts through fp32).  fp32 activations always run 8 tokens per block (three B planes,
+    `host.decode_setup`)."""
+    if nt == 2 and (xm == 2 or bits == 8):
         return 1
     return RT_MAX[bits]
 

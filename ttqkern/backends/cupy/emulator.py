@@ -5,11 +5,14 @@ host warp of 32 lanes (see that file for what this does and does not check) -- i
 shared library with g++ (cached under ``$TTQKERN_EMU_CACHE`` or the system temp dir,
 keyed by a hash of the sources), and `run` executes `host.Launch` records on CPU
 tensors through ctypes.  With it, ``host.act_scale / quantize / qmatmul`` run end to end
-on any machine with a C++20 compiler: ``emulated(op)`` binds one of them.
+on any machine with a C++20 compiler: ``emulated(op)`` binds one of them, and
+`EmulatedCupy` is the whole backend on CPU tensors (``registered()`` puts it in the
+registry for a test's duration: the conformance and numerics suites run on it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -17,12 +20,14 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from . import host
+from .. import register, unregister
+from . import CupyBackend, host
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("host_emulator.cpp", "ttq_common.cuh", "ttq_decode.cuh", "ttq_prologue.cuh", "ttq_requant.cuh")
@@ -100,12 +105,40 @@ def emulated(op: str):
     return functools.partial(fn, run=run)
 
 
-def afrag(bits: int, bf16: bool, words: Sequence[int], j: int) -> list[int]:
-    """The 4 A-fragment registers ``codes_to_afrag`` makes of a lane's chunk words, tile j."""
+class EmulatedCupy(CupyBackend):
+    """The CuPy backend with its launches executed by the host emulator, on CPU tensors (tests only)."""
+
+    name = "cupy-emulated"
+    device_types: ClassVar[tuple[str, ...]] = ("cpu",)
+    preference: ClassVar[dict[str, int]] = {}  # never chosen by backend="auto"
+    run = staticmethod(run)
+
+    def available(self):
+        if compiler() is None:
+            return False, "the CuPy kernel emulator needs a C++20 compiler (g++ or $CXX)"
+        return True, ""
+
+
+@contextlib.contextmanager
+def registered() -> Iterator[EmulatedCupy]:
+    """`EmulatedCupy` registered as ``cupy-emulated`` (built first), unregistered on exit."""
+    build()
+    be = EmulatedCupy()
+    register(be.name, be)
+    try:
+        yield be
+    finally:
+        unregister(be.name)
+
+
+def afrag(bits: int, bf16: bool, words: Sequence[int], j: int, centres: tuple[int, int] = (0, 0)) -> list[int]:
+    """The 4 A-fragment registers ``codes_to_afrag`` makes of a lane's chunk words, tile j, with
+    the codes centred on ``centres`` (zero codes of rows gID and gID + 8)."""
     w = (ctypes.c_uint * len(words))(*[int(v) & 0xFFFFFFFF for v in words])
     out = (ctypes.c_uint * 4)()
     lib = build()
-    assert lib.ttq_emu_afrag(bits, int(bf16), w, j, out) == 0
+    c0, c1 = (ctypes.c_uint(c) for c in centres)
+    assert lib.ttq_emu_afrag(bits, int(bf16), w, j, c0, c1, out) == 0
     return list(out)
 
 

@@ -26,15 +26,15 @@ from . import layout as L
 
 # kernel -> argument kinds in signature order: p pointer, i int32, u uint32, f float32
 SIGNATURES = {
-    "decode": "pppppppppp" + "i" * 15,
-    "prologue": "ppppppp" + "i" * 8,
-    "colnorm": "pp" + "iiii" + "f",
+    "decode": "p" * 12 + "i" * 17,
+    "prologue": "pppppppp" + "i" * 8,
+    "colnorm": "pp" + "iiiii" + "f",
     "scale": "pp" + "iii" + "fff",
     "quantize": "ppppp" + "i" * 9 + "f" + "uuu",
-    "dequant": "pppp" + "iiiii" + "uuu",
+    "dequant": "ppp" + "iiii" + "uuu",
 }
 ELEM = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
-XMODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # fp32 x: bf16 hi + lo operands
+XMODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # fp32 x: bf16 hi + mid + lo operands
 FORM_FLOAT, FORM_INT, FORM_SYM = 0, 1, 2
 P_GENERIC, P_ONE, P_TWO, P_INF = 0, 1, 2, 3
 
@@ -112,12 +112,12 @@ def act_scale(x: torch.Tensor, p: float, lam: float, alpha: float, run: Runner) 
     tsplit = cfg["TSPLIT"] or max(1, min(cdiv(2 * config.num_sms(x.device), kblocks), cdiv(T, 64)))
     t_per = cdiv(T, tsplit)
     tsplit = cdiv(T, t_per)
-    part = torch.empty(tsplit, K, dtype=torch.float32, device=x.device)
+    part = torch.empty(2, tsplit, K, dtype=torch.float32, device=x.device)  # column max, sum (|x| / max)^p
     D = torch.empty(K, dtype=torch.float32, device=x.device)
     _check(x, T * K, x.dtype, "x")
     p_arg = 1.0 if pmode == P_INF else float(p)
     run([
-        Launch("colnorm", (ELEM[x.dtype],), (kblocks, tsplit, 1), 256, 0, (x, part, T, K, t_per, pmode, p_arg)),
+        Launch("colnorm", (ELEM[x.dtype],), (kblocks, tsplit, 1), 256, 0, (x, part, T, K, t_per, tsplit, pmode, p_arg)),
         Launch("scale", (), (1, 1, 1), 1024, 0, (part, D, K, tsplit, pmode, p_arg, float(lam), float(alpha))),
     ])  # fmt: skip
     return D
@@ -159,18 +159,23 @@ def quantize(
 
 
 # ---- qmatmul -------------------------------------------------------------------------------
-def _offsets(pw: PackedWeight) -> torch.Tensor | None:
-    return pw.mins if pw.mins is not None else pw.zeros
+def _check_weight(pw: PackedWeight, geo: L.Geometry) -> None:
+    """The buffers the decode and dequantize kernels read of a ``cupy_mma`` weight."""
+    _check(pw.qweight, geo.NT * (geo.CODE_WORDS + geo.GQ * 16), torch.int32, "qweight", align=16)
+    _check(pw.scales, geo.NT * geo.G * 32, torch.float32, "scales", align=16)
+    # the decode kernel addresses the zero codes with 32-bit offsets (fewer registers in its K loop)
+    assert pw.qweight.numel() < 2**31, f"qweight: {pw.qweight.numel()} words, the kernels address fewer than 2^31"
 
 
 def dequantize(pw: PackedWeight, dtype: torch.dtype, run: Runner) -> torch.Tensor:
-    """``s * u + m`` of a ``cupy_mma`` weight as a dense ``[N, K]`` tensor of ``dtype``."""
+    """``s * (u - c) + m0`` of a ``cupy_mma`` weight (bit for bit `format.dequantize`) as a dense
+    ``[N, K]`` tensor of ``dtype``."""
     geo = L.Geometry(pw.N, pw.K, pw.bits, pw.group_size)
     out = torch.empty(pw.N, pw.K, dtype=dtype, device=pw.device)
+    _check_weight(pw, geo)
     run([
         Launch("dequant", (pw.bits, ELEM[dtype]), (geo.NT, geo.KC, 1), 128, 0,
-               (pw.qweight, pw.scales, _offsets(pw), out, pw.N, pw.K, geo.KC, geo.G, form_of(pw.sym, pw.zero),
-                *fastdiv(pw.group_size))),
+               (pw.qweight, pw.scales, out, pw.N, pw.K, geo.KC, geo.G, *fastdiv(pw.group_size))),
     ])  # fmt: skip
     return out
 
@@ -201,8 +206,9 @@ class DecodeSetup:
 
 def decode_setup(pw: PackedWeight, T: int, dtype: torch.dtype, device) -> DecodeSetup:
     cfg = config.params("decode", device, bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
+    nt = 1 if T <= 8 or dtype == torch.float32 else 2  # fp32: three B planes, 8 tokens per block
     return DecodeSetup(
-        RT=min(cfg["RT"], config.rt_cap(pw.bits, XMODE[dtype], 1 if T <= 8 else 2)), WR=cfg["WR"], NT=1 if T <= 8 else 2,
+        RT=min(cfg["RT"], config.rt_cap(pw.bits, XMODE[dtype], nt)), WR=cfg["WR"], NT=nt,
         tg=int(pw.group_size % 64 != 0), xm=XMODE[dtype], xe=ELEM[dtype], KX=cfg["KX"], WK=cfg["WK"],
     )  # fmt: skip
 
@@ -218,11 +224,12 @@ def decode_launches(x, pw, D, A, B, bias, y) -> list[Launch]:
     RT, WR, NT = st.RT, st.WR, st.NT
     TS, TP = 8 * NT, cdiv(T, 16) * 16
     KB = cdiv(geo.KPAD, 256)
-    UW = 4 if x.dtype == torch.float32 else 2
+    UW = 6 if x.dtype == torch.float32 else 2
     NBX = cdiv(K, st.KX) if R else 0
     ws = _workspace(dev, {
         "xb": (KB * TP * 4 * 16 * UW, torch.int32), "xs1": (KB * 16 * TP, torch.float32),
         "xs4": (KB * 4 * TP, torch.float32), "xa": (NBX * TP * R, torch.float32),
+        "fl": (KB * TP // 16, torch.int32),
     })  # fmt: skip
     gx, gz = cdiv(geo.NT, WR * RT), cdiv(T, TS)
     wk = st.WK
@@ -233,22 +240,18 @@ def decode_launches(x, pw, D, A, B, bias, y) -> list[Launch]:
     cps = cdiv(geo.KC, wk)
     wk = cdiv(geo.KC, cps)
     smem = (wk * WR * RT * NT * 128 + TS * R) * 4
-    form = form_of(pw.sym, pw.zero)
     for t, n, dt, name in ((x, T * K, x.dtype, "x"), (D, K, torch.float32, "D"), (A, R * K, x.dtype, "A"),
                            (B, N * R, x.dtype, "B"), (bias, N, x.dtype, "bias"), (y, T * N, x.dtype, "y")):  # fmt: skip
         _check(t, n, dt, name)
-    _check(pw.qweight, geo.NT * geo.KC * geo.V * 128, torch.int32, "qweight", align=16)
-    _check(pw.scales, geo.NT * geo.G * 16, torch.float32, "scales", align=8)
-    _check(_offsets(pw), geo.NT * geo.G * 16, torch.float32 if form == FORM_FLOAT else torch.int32,
-           "mins/zeros", align=8)  # fmt: skip
+    _check_weight(pw, geo)
     return [
         Launch("prologue", (st.xm, st.xe), (KB + NBX, TP // 16, 1), 256, 0,
-               (x, D, A, ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None, T, K, TP, KB, R, st.KX, NBX,
-                int(D is not None))),
+               (x, D, A, ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None, ws["fl"], T, K, TP, KB, R, st.KX,
+                NBX, int(D is not None))),
         Launch("decode", (bits, st.xm, NT, st.tg, RT), (gx, 1, gz), 32 * WR * wk, smem,
-               (pw.qweight, pw.scales, pw.scales if pw.sym else _offsets(pw), ws["xb"], ws["xs1"], ws["xs4"],
-                ws["xa"] if R else None, B, bias, y, N, geo.NT, geo.KC, geo.G, g, T, TP, R, NBX, form, int(R > 0), int(bias is not None),
-                WR, wk, cps)),
+               (pw.qweight, pw.scales, ws["xb"], ws["xs1"], ws["xs4"], ws["xa"] if R else None, ws["fl"], x, D, B,
+                bias, y, N, geo.NT, geo.KC, geo.G, g, T, TP, K, KB, R, NBX, int(D is not None), int(R > 0),
+                int(bias is not None), WR, wk, cps)),
     ]  # fmt: skip
 
 
@@ -258,7 +261,7 @@ def all_kernel_names() -> list[tuple[str, str]]:
     out = []
     for bits in (2, 3, 4, 8):
         for xm in range(3):
-            for nt in (1, 2):
+            for nt in (1, 2) if xm != XMODE[torch.float32] else (1,):
                 for tg in (0, 1):
                     for rt in range(1, config.rt_cap(bits, xm, nt) + 1):
                         out.append(("decode", f"ttq_decode<{bits}, {xm}, {nt}, {tg}, {rt}>"))

@@ -19,13 +19,21 @@ Shapes (N rows, K columns, group size g, G = ceil(K / g) groups, Kp = G * g):
 - K is padded to ``KPAD = roundup(Kp, KCH)`` and cut into ``KC = KPAD / KCH`` chunks
   of ``KCH`` codes (64 for 8 and 4 bits, 128 for 2 bits, 256 for 3 bits); codes past
   K are 0 (as in the canonical layout).
-- ``qweight``: int32 ``[NT, KC, V, 32, 4]``: per row tile and chunk, ``V`` vectors of
-  32 lanes x 4 words (one 128-bit load per lane per vector, a warp's vector is 512
-  contiguous bytes).  V = 2 for 8 bits, 1 for 4 and 2 bits, 3 for 3 bits (two vectors
-  of the 2-bit ``lo`` plane, one of the 1-bit ``hi`` plane).
-- ``scales``: fp32 ``[NT, G, 8, 2]``: ``scales[nt, j, r, h]`` is the scale of row
-  ``16 nt + r + 8 h``, group j (a lane reads its two rows with one 64-bit load).
-- ``mins`` (fp32) / ``zeros`` (int32): ``[NT, G, 8, 2]``, same order; symmetric: none.
+- ``qweight``: int32 ``[NT, KC * V * 128 + GQ * 16]``, per row tile its codes, then its
+  groups' zero codes.  Codes: ``[KC, V, 32, 4]`` -- per chunk, ``V`` vectors of 32 lanes x
+  4 words (one 128-bit load per lane per vector, a warp's vector is 512 contiguous
+  bytes); V = 2 for 8 bits, 1 for 4 and 2 bits, 3 for 3 bits (two vectors of the 2-bit
+  ``lo`` plane, one of the 1-bit ``hi`` plane).  Zero codes: ``[GQ, 8, 2]`` words,
+  ``GQ = ceil(G / 4)``; byte ``j % 4`` of word ``[j // 4, r, h]`` is the zero code c of row
+  ``16 nt + r + 8 h``, group j (`PackedWeight.centred`; bytes past G are 0).
+- ``scales``: fp32 ``[NT, G, 8, 4]``: ``scales[nt, j, r, h]`` is the scale s of row
+  ``16 nt + r + 8 h``, group j, and ``scales[nt, j, r, 2 + h]`` the value of its zero code,
+  ``m0 = s c + m`` (`PackedWeight.centred`): a lane reads s and m0 of its two rows with
+  one 128-bit load, and the kernels compute ``w = s (u - c) + m0`` for every form
+  (docs/numerics.md, rule Q1).
+- ``mins`` (fp32) / ``zeros`` (int32): ``[NT, G, 8, 2]``, same row order; symmetric: none.
+  Read only by `to_canonical`: the zero codes and m0 are derived from them and the
+  scales (by `from_canonical` and the quantize kernel), so the conversions stay exact.
 
 Inside a chunk, field f of word w of vector v holds the code of tile j (16 codes of
 K, ``j = 0 .. KCH / 16 - 1``), A-fragment element e (`field_pos`); element e of lane
@@ -103,9 +111,19 @@ class Geometry:
     def KC(self) -> int:
         return self.KPAD // self.KCH
 
+    @property
+    def GQ(self) -> int:
+        """32-bit words of zero codes per row and row tile (4 groups per word)."""
+        return -(-self.G // 4)
+
+    @property
+    def CODE_WORDS(self) -> int:
+        """int32 words of codes per row tile (the zero codes follow them)."""
+        return self.KC * self.V * LANES * WORDS
+
     def shapes(self, sym: bool, zero: str) -> dict[str, tuple]:
         """Shape of every tensor field (dtype: qweight int32, scales/mins fp32, zeros int32)."""
-        shapes = {"qweight": (self.NT, self.KC, self.V, LANES, WORDS), "scales": (self.NT, self.G, 8, 2)}
+        shapes = {"qweight": (self.NT, self.CODE_WORDS + self.GQ * 16), "scales": (self.NT, self.G, 8, 4)}
         if not sym:
             shapes["zeros" if zero == "int" else "mins"] = (self.NT, self.G, 8, 2)
         return shapes
@@ -208,6 +226,28 @@ def _from_tiles(t: torch.Tensor, geo: Geometry) -> torch.Tensor:
     return t.permute(0, 3, 2, 1).reshape(geo.NT * TILE_ROWS, -1)[: geo.N].contiguous()
 
 
+def _pack_centres(c: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """Zero codes int ``[N, G]`` -> int32 words ``[NT, GQ * 16]`` (4 groups per word, bytes past G zero)."""
+    t = _to_tiles(c.to(torch.int64), geo)  # [NT, G, 8, 2]
+    t = torch.nn.functional.pad(t, (0, 0, 0, 0, 0, geo.GQ * 4 - geo.G)).view(geo.NT, geo.GQ, 4, 8, 2)
+    words = sum(t[:, :, i] << (8 * i) for i in range(4))  # [NT, GQ, 8, 2]
+    return (words - ((words >> 31) << 32)).to(torch.int32).reshape(geo.NT, -1)
+
+
+def zero_codes(pw: PackedWeight) -> torch.Tensor:
+    """The zero codes a ``cupy_mma`` weight holds: int32 ``[N, G]``."""
+    geo = Geometry(pw.N, pw.K, pw.bits, pw.group_size)
+    words = pw.qweight[:, geo.CODE_WORDS :].to(torch.int64).view(geo.NT, geo.GQ, 1, 8, 2) & 0xFFFFFFFF
+    fields = (words >> (8 * torch.arange(4, device=words.device).view(1, 1, 4, 1, 1))) & 0xFF
+    return _from_tiles(fields.reshape(geo.NT, geo.GQ * 4, 8, 2)[:, : geo.G], geo).to(torch.int32)
+
+
+def centred_offsets(pw: PackedWeight) -> torch.Tensor:
+    """m0 = s c + m of a ``cupy_mma`` weight: fp32 ``[N, G]``."""
+    geo = Geometry(pw.N, pw.K, pw.bits, pw.group_size)
+    return _from_tiles(pw.scales[..., 2:], geo)
+
+
 def from_canonical(pw: PackedWeight) -> PackedWeight:
     """The canonical `PackedWeight` ``pw`` in the ``cupy_mma`` layout (exact, any device)."""
     if pw.layout == NAME:
@@ -224,6 +264,9 @@ def from_canonical(pw: PackedWeight) -> PackedWeight:
         words.append((fields << shift).sum(-1))  # fields are disjoint: sum == or
     words = torch.cat(words, dim=2)  # [NT, KC, V, 32, 4]
     qweight = (words - ((words >> 31) << 32)).to(torch.int32)  # two's complement of the uint32 word
+    c, m0 = pw.centred()  # the one definition of the zero codes and their values
+    qweight = torch.cat([qweight.reshape(geo.NT, -1), _pack_centres(c, geo)], dim=1)
+    scales = torch.cat([_to_tiles(pw.scales, geo), _to_tiles(m0, geo)], dim=-1)  # [NT, G, 8, 4]
     extra = {}
     if pw.mins is not None:
         extra["mins"] = _to_tiles(pw.mins, geo)
@@ -231,7 +274,7 @@ def from_canonical(pw: PackedWeight) -> PackedWeight:
         extra["zeros"] = _to_tiles(pw.zeros, geo)
     return PackedWeight(
         qweight=qweight.contiguous(),
-        scales=_to_tiles(pw.scales, geo),
+        scales=scales.contiguous(),
         bits=pw.bits,
         group_size=pw.group_size,
         shape=pw.shape,
@@ -245,7 +288,7 @@ def from_canonical(pw: PackedWeight) -> PackedWeight:
 def unpack_codes(pw: PackedWeight) -> torch.Tensor:
     """Unsigned codes of a ``cupy_mma`` weight: uint8 ``[N, K]`` (exact inverse of the packing)."""
     geo = Geometry(pw.N, pw.K, pw.bits, pw.group_size)
-    words = pw.qweight.to(torch.int64) & 0xFFFFFFFF  # [NT, KC, V, 32, 4]
+    words = pw.qweight[:, : geo.CODE_WORDS].to(torch.int64).view(geo.NT, geo.KC, geo.V, LANES, WORDS) & 0xFFFFFFFF
     flat = torch.zeros(geo.NT, geo.KC, TILE_ROWS * geo.KCH, dtype=torch.int64, device=words.device)
     for v0, v1, width, index_cpu, shift_cpu in _maps(pw.bits):
         index, shift = index_cpu.to(words.device), shift_cpu.to(words.device)
@@ -270,7 +313,7 @@ def to_canonical(pw: PackedWeight) -> PackedWeight:
     return PackedWeight(
         qweight=qweight,
         qweight_hi=hi,
-        scales=_from_tiles(pw.scales, geo),
+        scales=_from_tiles(pw.scales[..., :2], geo),
         mins=None if pw.mins is None else _from_tiles(pw.mins, geo),
         zeros=None if pw.zeros is None else _from_tiles(pw.zeros, geo),
         bits=pw.bits,
@@ -318,6 +361,7 @@ __all__ = [
     "NAME",
     "CupyMmaLayout",
     "Geometry",
+    "centred_offsets",
     "check",
     "chunk_size",
     "element_rc",
@@ -327,4 +371,5 @@ __all__ = [
     "to_canonical",
     "unpack_codes",
     "vectors",
+    "zero_codes",
 ]

@@ -19,6 +19,12 @@ import torch
 
 STRICT = {"cache": True, "nogil": True}
 REASSOC = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract"}}
+# Helpers called in hot loops are inlined at Numba-IR level: a call with array arguments
+# costs an atomic refcount increment and decrement per array (NRT), tens of cycles each,
+# and inlining lets the refcount pruning pass drop them.  Inlined code takes the
+# *caller's* fastmath flags, so a helper is only inlined into callers with the same.
+STRICT_INLINE = {**STRICT, "inline": "always"}
+REASSOC_INLINE = {**REASSOC, "inline": "always"}
 
 
 def as_f32(t: torch.Tensor | None) -> np.ndarray:

@@ -11,6 +11,7 @@
 #include <barrier>
 #include <cstdio>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "ttq_decode.cuh"
@@ -82,6 +83,18 @@ using namespace ttq;
 
 #define TTQ_GRID int gx, int gy, int gz, int threads, long long smem
 
+// f(std::integral_constant<int, BITS>) for the code widths the kernels are instantiated for
+template <class F>
+static int by_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+  }
+  return -1;
+}
+
 // ---- decode ---------------------------------------------------------------------------------
 template <int BITS, int XM, int NT, int TG, int RT>
 static void decode_inst(const DecodeArgs& a, int gx, int gy, int gz, int threads, long long smem) {
@@ -98,6 +111,7 @@ static int decode_rt(int rt, const DecodeArgs& a, TTQ_GRID) {
 }
 template <int BITS, int XM>
 static int decode_nt(int nt, int tg, int rt, const DecodeArgs& a, TTQ_GRID) {
+  if (XM == XM_BF16X2 && nt != 1) return -1;  // fp32 activations: 8 tokens per block (host.decode_setup)
   if (nt == 1) return tg ? decode_rt<BITS, XM, 1, 1>(rt, a, gx, gy, gz, threads, smem)
                          : decode_rt<BITS, XM, 1, 0>(rt, a, gx, gy, gz, threads, smem);
   if (nt == 2) return tg ? decode_rt<BITS, XM, 2, 1>(rt, a, gx, gy, gz, threads, smem)
@@ -115,18 +129,13 @@ static int decode_xm(int xm, int nt, int tg, int rt, const DecodeArgs& a, TTQ_GR
 }
 
 extern "C" int ttq_emu_decode(int bits, int xm, int nt, int tg, int rt, TTQ_GRID, const unsigned* qw, const float* sc,
-                   const unsigned* zp, const unsigned* xb, const float* xs1, const float* xs4, const float* xa,
-                   const void* lrB, const void* bias, void* y, int N, int ntiles, int KC, int G, int g, int T, int TP,
-                   int R, int NBX, int form, int has_lr, int has_bias, int wr, int wk, int cps) {
-  const DecodeArgs a{qw, sc, zp, xb, xs1, xs4, xa, lrB, bias, y, N, ntiles, KC, G, g, T, TP, R, NBX,
-                     form, has_lr, has_bias, wr, wk, cps};
-  switch (bits) {
-    case 2: return decode_xm<2>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-    case 3: return decode_xm<3>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-    case 4: return decode_xm<4>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-    case 8: return decode_xm<8>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem);
-  }
-  return -1;
+                              const unsigned* xb, const float* xs1, const float* xs4, const float* xa,
+                              const unsigned* fl, const void* x, const float* D, const void* lrB, const void* bias,
+                              void* y, int N, int ntiles, int KC, int G, int g, int T, int TP, int K, int KB, int R,
+                              int NBX, int has_D, int has_lr, int has_bias, int wr, int wk, int cps) {
+  const DecodeArgs a{qw, sc, xb, xs1, xs4, xa, fl, x, D, lrB, bias, y, N, ntiles, KC, G, g, T, TP, K, KB, R,
+                     NBX, has_D, has_lr, has_bias, wr, wk, cps};
+  return by_bits(bits, [&](auto B) { return decode_xm<B.value>(xm, nt, tg, rt, a, gx, gy, gz, threads, smem); });
 }
 
 // ---- prologue -------------------------------------------------------------------------------
@@ -137,9 +146,9 @@ static void prologue_inst(const PrologueArgs& a, TTQ_GRID) {
 
 // xe: element type of x and A (0 fp16, 1 bf16, 2 fp32); xm follows from it
 extern "C" int ttq_emu_prologue(int xm, int xe, TTQ_GRID, const void* x, const float* D, const void* A, unsigned* xb,
-                     float* xs1, float* xs4, float* xa, int T, int K, int TP, int KB, int R, int KX, int NBX,
-                     int has_D) {
-  const PrologueArgs a{x, D, A, xb, xs1, xs4, xa, T, K, TP, KB, R, KX, NBX, has_D};
+                                float* xs1, float* xs4, float* xa, unsigned* fl, int T, int K, int TP, int KB, int R,
+                                int KX, int NBX, int has_D) {
+  const PrologueArgs a{x, D, A, xb, xs1, xs4, xa, fl, T, K, TP, KB, R, KX, NBX, has_D};
   if (xm == XM_F16 && xe == 0) return prologue_inst<XM_F16, F16>(a, gx, gy, gz, threads, smem), 0;
   if (xm == XM_BF16 && xe == 1) return prologue_inst<XM_BF16, BF16>(a, gx, gy, gz, threads, smem), 0;
   if (xm == XM_BF16X2 && xe == 2) return prologue_inst<XM_BF16X2, F32>(a, gx, gy, gz, threads, smem), 0;
@@ -147,8 +156,9 @@ extern "C" int ttq_emu_prologue(int xm, int xe, TTQ_GRID, const void* x, const f
 }
 
 // ---- act_scale ------------------------------------------------------------------------------
-extern "C" int ttq_emu_colnorm(int xe, TTQ_GRID, const void* x, float* part, int T, int K, int t_per, int pmode, float p) {
-  const ColNormArgs a{x, part, T, K, t_per, pmode, p};
+extern "C" int ttq_emu_colnorm(int xe, TTQ_GRID, const void* x, float* part, int T, int K, int t_per, int tsplit,
+                               int pmode, float p) {
+  const ColNormArgs a{x, part, T, K, t_per, tsplit, pmode, p};
   if (xe == 0) return run_grid(gx, gy, gz, threads, smem, [&](HostWarp& w) { ColNorm<F16>::run(a, w); }), 0;
   if (xe == 1) return run_grid(gx, gy, gz, threads, smem, [&](HostWarp& w) { ColNorm<BF16>::run(a, w); }), 0;
   if (xe == 2) return run_grid(gx, gy, gz, threads, smem, [&](HostWarp& w) { ColNorm<F32>::run(a, w); }), 0;
@@ -175,13 +185,7 @@ extern "C" int ttq_emu_quantize(int bits, int we, TTQ_GRID, const void* W, const
                      int N, int K, int KC, int G, int g, int UC, int UG, int form, int has_D, float beta, unsigned gd,
                      unsigned gm, unsigned gl) {
   const QuantArgs a{W, D, qw, sc, zp, N, K, KC, G, g, UC, UG, form, has_D, beta, {gd, gm, gl}};
-  switch (bits) {
-    case 2: return quantize_we<2>(we, a, gx, gy, gz, threads, smem);
-    case 3: return quantize_we<3>(we, a, gx, gy, gz, threads, smem);
-    case 4: return quantize_we<4>(we, a, gx, gy, gz, threads, smem);
-    case 8: return quantize_we<8>(we, a, gx, gy, gz, threads, smem);
-  }
-  return -1;
+  return by_bits(bits, [&](auto B) { return quantize_we<B.value>(we, a, gx, gy, gz, threads, smem); });
 }
 
 template <int BITS>
@@ -193,28 +197,27 @@ static int dequant_oe(int oe, const DequantArgs& a, TTQ_GRID) {
   return -1;
 }
 
-extern "C" int ttq_emu_dequant(int bits, int oe, TTQ_GRID, const unsigned* qw, const float* sc, const unsigned* zp, void* out,
-                    int N, int K, int KC, int G, int form, unsigned gd, unsigned gm, unsigned gl) {
-  const DequantArgs a{qw, sc, zp, out, N, K, KC, G, form, {gd, gm, gl}};
-  switch (bits) {
-    case 2: return dequant_oe<2>(oe, a, gx, gy, gz, threads, smem);
-    case 3: return dequant_oe<3>(oe, a, gx, gy, gz, threads, smem);
-    case 4: return dequant_oe<4>(oe, a, gx, gy, gz, threads, smem);
-    case 8: return dequant_oe<8>(oe, a, gx, gy, gz, threads, smem);
-  }
-  return -1;
+extern "C" int ttq_emu_dequant(int bits, int oe, TTQ_GRID, const unsigned* qw, const float* sc, void* out, int N, int K,
+                               int KC, int G, unsigned gd, unsigned gm, unsigned gl) {
+  const DequantArgs a{qw, sc, out, N, K, KC, G, {gd, gm, gl}};
+  return by_bits(bits, [&](auto B) { return dequant_oe<B.value>(oe, a, gx, gy, gz, threads, smem); });
 }
 
 // ---- unit checks of the building blocks -----------------------------------------------------
-// A fragment of tile j from a lane's chunk words, through the bit tricks: 4 registers
-extern "C" int ttq_emu_afrag(int bits, int bf, const unsigned* words, int j, unsigned* out) {
+// A fragment of tile j from a lane's chunk words, through the bit tricks, centred on the zero
+// codes c0 (row gID) and c1 (row gID + 8): 4 registers
+extern "C" int ttq_emu_afrag(int bits, int bf, const unsigned* words, int j, unsigned c0, unsigned c1, unsigned* out) {
   u32 a[4];
 #define AF(B)                                        \
   if (bits == B) {                                   \
-    if (bf)                                          \
-      codes_to_afrag<B, true>(words, j, a);          \
-    else                                             \
-      codes_to_afrag<B, false>(words, j, a);         \
+    u32 bz[Centre<B>::NB];                           \
+    if (bf) {                                        \
+      make_bias<B, true>(c0, c1, bz);                \
+      codes_to_afrag<B, true>(words, j, bz, a);      \
+    } else {                                         \
+      make_bias<B, false>(c0, c1, bz);               \
+      codes_to_afrag<B, false>(words, j, bz, a);     \
+    }                                                \
     for (int i = 0; i < 4; ++i) out[i] = a[i];       \
     return 0;                                        \
   }

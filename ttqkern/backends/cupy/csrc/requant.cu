@@ -3,9 +3,9 @@
 #include "ttq_requant.cuh"
 
 template <class XE>
-__global__ void __launch_bounds__(256) ttq_colnorm(const void* x, float* part, int T, int K, int t_per, int pmode,
-                                                   float p) {
-  const ttq::ColNormArgs a{x, part, T, K, t_per, pmode, p};
+__global__ void __launch_bounds__(256) ttq_colnorm(const void* x, float* part, int T, int K, int t_per, int tsplit,
+                                                   int pmode, float p) {
+  const ttq::ColNormArgs a{x, part, T, K, t_per, tsplit, pmode, p};
   ttq::DevWarp w(nullptr);
   ttq::ColNorm<XE>::run(a, w);
 }
@@ -30,11 +30,10 @@ __global__ void __launch_bounds__(256) ttq_quantize(const void* W, const float* 
 }
 
 template <int BITS, class OE>
-__global__ void __launch_bounds__(128) ttq_dequant(const unsigned* qw, const float* sc, const unsigned* zp, void* out,
-                                                   int N, int K, int KC, int G, int form, unsigned gd, unsigned gm,
-                                                   unsigned gl) {
+__global__ void __launch_bounds__(128) ttq_dequant(const unsigned* qw, const float* sc, void* out, int N, int K, int KC,
+                                                   int G, unsigned gd, unsigned gm, unsigned gl) {
   __shared__ float ttq_smem[ttq::Dequant<BITS, OE>::SMEM_FLOATS];
-  const ttq::DequantArgs a{qw, sc, zp, out, N, K, KC, G, form, {gd, gm, gl}};
+  const ttq::DequantArgs a{qw, sc, out, N, K, KC, G, {gd, gm, gl}};
   ttq::DevWarp w(ttq_smem);
   ttq::Dequant<BITS, OE>::run(a, w);
 }

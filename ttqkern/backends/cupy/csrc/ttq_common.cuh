@@ -32,7 +32,8 @@ typedef unsigned long long u64;
 
 #define FOR_LANES(li) for (int li = 0; li < W::N; ++li)
 
-// quantization forms (ttqkern.quant.Form): w = s * u + m with m per group
+// quantization forms (ttqkern.quant.Form): w = s * u + m with m per group; every kernel
+// computes it centred, w = s * (u - c) + m0 (docs/numerics.md, rule Q1)
 enum Form { FORM_FLOAT = 0, FORM_INT = 1, FORM_SYM = 2 };
 // activation modes of the MMA kernels: B operand (x / D) and A operand (codes) types
 enum XMode { XM_F16 = 0, XM_BF16 = 1, XM_BF16X2 = 2 };
@@ -62,6 +63,7 @@ TTQ_FN float add_rn(float a, float b) { return __fadd_rn(a, b); }
 TTQ_FN float sub_rn(float a, float b) { return __fsub_rn(a, b); }
 TTQ_FN float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 TTQ_FN float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+TTQ_FN float fma_rn(float a, float b, float c) { return __fmaf_rn(a, b, c); }
 TTQ_FN float rint_f(float a) { return rintf(a); }
 TTQ_FN float abs_f(float a) { return fabsf(a); }
 TTQ_FN float pow_f(float a, float b) { return powf(a, b); }
@@ -75,6 +77,7 @@ TTQ_FN float add_rn(float a, float b) { return a + b; }
 TTQ_FN float sub_rn(float a, float b) { return a - b; }
 TTQ_FN float mul_rn(float a, float b) { return a * b; }
 TTQ_FN float div_rn(float a, float b) { return a / b; }
+TTQ_FN float fma_rn(float a, float b, float c) { return std::fma(a, b, c); }
 TTQ_FN float rint_f(float a) { return std::rint(a); }
 TTQ_FN float abs_f(float a) { return std::fabs(a); }
 TTQ_FN float pow_f(float a, float b) { return std::pow(a, b); }
@@ -217,6 +220,16 @@ struct Lay<3> {
   static constexpr int KCH = 256, V = 3, WIDTH = 2;  // lo plane 2 bits in vectors 0, 1; hi in 2
 };
 
+// A row tile's int32 words in qweight: its codes (KC V 128), then its groups' zero codes
+// ([GQ][8][2] words, byte j % 4 of word [j / 4][r][h] for row r + 8 h, group j)
+TTQ_FN int centre_words(int G) { return ((G + 3) >> 2) * 16; }
+TTQ_FN i64 tile_stride(int KC, int V, int G) { return (i64)KC * V * 128 + centre_words(G); }
+// the zero code of group j in the word that holds it (masked: any stored byte gives a code)
+template <int BITS>
+TTQ_FN u32 centre_of(u32 word, int j) {
+  return (word >> (8 * (j & 3))) & ((1u << BITS) - 1);
+}
+
 // (tile j, fragment element e) of field f of word w of vector v (3 bits: lo plane)
 template <int BITS>
 TTQ_FN void field_pos(int v, int w, int f, int& j, int& e) {
@@ -263,58 +276,94 @@ TTQ_FN u32 and_or(u32 a, u32 c) {
 // ---- codes -> MMA A fragments by bit tricks ----------------------------------------------
 // The magic constant's exponent makes the mantissa's low bits an integer: fp16 0x6400 is
 // 1024 (ulp 1 up to 2047), bf16 0x4300 is 128 (ulp 1 up to 255).  OR-ing a code field
-// into it (one LOP3 for two codes) gives 1024 + c * 4^p; one HFMA2 by (4^-p, -1024 4^-p)
-// returns the code itself, exactly.  No I2F, no shuffle.  wv: the lane's words of one
-// chunk (4 V), j: tile within the chunk (a constant after unrolling), a: 4 registers
-// (a0 a1) (a2 a3) (a4 a5) (a6 a7) of the m16n8k16 A fragment.
+// into it (one LOP3 for two codes) gives 1024 + u * 4^p; one HFMA2 by (4^-p, -1024 4^-p - c)
+// returns u - c, the code centred on its group's zero code c (docs/numerics.md, rule Q1):
+// an integer in [-255, 255], exact in fp16 and bf16, and the bias is exact too (c is a
+// small integer in the bias's mantissa).  No I2F, no shuffle, and centring costs the
+// inner loop nothing: only the bias operands change, once per group.  wv: the lane's
+// words of one chunk (4 V), j: tile within the chunk (a constant after unrolling), bz:
+// the bias operands of the lane's two rows (make_bias), a: 4 registers (a0 a1) (a2 a3)
+// (a4 a5) (a6 a7) of the m16n8k16 A fragment (registers 0 and 2 hold row gID, 1 and 3
+// row gID + 8).
 #define TTQ_F16(x) ((u32)(x) * 0x10001u)
+
+// bias operands per lane and row tile: 2 (4 and 8 bits), 4 (2 and 3 bits: one per field position)
+template <int BITS>
+struct Centre {
+  static constexpr int NB = (BITS == 2 || BITS == 3) ? 4 : 2;
+};
+
+// The HFMA2 bias operands for zero codes c0 (row gID) and c1 (row gID + 8), c0, c1 <= 2^BITS - 1.
+// fp16 -(1024 4^-p + c) = bits (0xE400, 0xDC00, 0xD400, 0xCC00)[p] + c 4^p (c 4^p stays in the
+// mantissa); bf16 -(128 4^-p + c) = (0xC300, 0xC200, 0xC100)[p] + c 4^p.  8-bit bf16 goes
+// through fp32: 2^23 + c.
+template <int BITS, bool BF>
+TTQ_FN void make_bias(u32 c0, u32 c1, u32 (&bz)[Centre<BITS>::NB]) {
+  if (BITS == 8 && BF) {
+    bz[0] = 0x4B000000u | c0;
+    bz[1] = 0x4B000000u | c1;
+  } else if (BITS == 8 || BITS == 4) {
+    const u32 base = BF ? TTQ_F16(0xC300) : TTQ_F16(0xE400);
+    bz[0] = base + c0 * 0x10001u;
+    // 4-bit fp16: the odd nibbles sit at 1024 + 16 u, undone by (1/16, -64 - c)
+    bz[1] = (BITS == 4 && !BF) ? TTQ_F16(0xD400) + c1 * (0x10001u << 4) : base + c1 * 0x10001u;
+  } else {
+    const u32 BI[4] = {BF ? TTQ_F16(0xC300) : TTQ_F16(0xE400), BF ? TTQ_F16(0xC200) : TTQ_F16(0xDC00),
+                       BF ? TTQ_F16(0xC100) : TTQ_F16(0xD400), TTQ_F16(0xCC00)};
+#pragma unroll
+    for (int P = 0; P < 4; ++P) {  // field position P is register P: row P & 1 (bf16 shifts P = 3 to 0)
+      const int Q = (BF && P == 3) ? 0 : P;
+      bz[P % Centre<BITS>::NB] = BI[Q] + ((P & 1) ? c1 : c0) * (0x10001u << (2 * Q));
+    }
+  }
+}
+
 // Codes of fields (P, P + 8) of a 2-bit word as a half2 / bfloat162 pair: the fields sit at
 // bits 2P and 2P + 16, so "magic | field" is magic + c 4^P (3 bits: bit 2 of the code comes
 // from the rotated hi word at 2P + 2).  fp16 holds 1024 + 7 4^P for P <= 3; bf16 holds
 // 128 + 7 4^P only for P <= 2, so bf16 shifts P = 3 down first.
 template <int BITS, bool BF, int P>
-TTQ_FN u32 pair2(u32 ls, u32 hs, u32 magic, const u32 (&sc)[4], const u32 (&bi)[4]) {
+TTQ_FN u32 pair2(u32 ls, u32 hs, u32 magic, const u32 (&sc)[4], u32 bias) {
   constexpr int S = (BF && P == 3) ? 6 : 0;  // bits shifted out first
   constexpr int Q = P - S / 2;               // field position after the shift
   u32 v = and_or<0x00030003u << (2 * Q)>(ls >> S, magic);
   if (BITS == 3) v = and_or<0x00040004u << (2 * Q)>(hs >> S, v);
-  return BF ? hfma2_bf16(v, sc[Q], bi[Q]) : hfma2_f16(v, sc[Q], bi[Q]);
+  return BF ? hfma2_bf16(v, sc[Q], bias) : hfma2_f16(v, sc[Q], bias);
 }
 
 template <int BITS, bool BF>
-TTQ_FN void codes_to_afrag(const u32* wv, int j, u32 (&a)[4]) {
+TTQ_FN void codes_to_afrag(const u32* wv, int j, const u32 (&bz)[Centre<BITS>::NB], u32 (&a)[4]) {
   const u32 MAGIC = BF ? 0x43004300u : 0x64006400u;
-  // scale / bias of the HFMA2 that undoes "magic + c * 4^p" for p = 0..3
+  // scales of the HFMA2 that undoes "magic + c * 4^p" for p = 0..3
   const u32 SC[4] = {BF ? TTQ_F16(0x3F80) : TTQ_F16(0x3C00), BF ? TTQ_F16(0x3E80) : TTQ_F16(0x3400),
                      BF ? TTQ_F16(0x3D80) : TTQ_F16(0x2C00), BF ? TTQ_F16(0x3C80) : TTQ_F16(0x2400)};
-  const u32 BI[4] = {BF ? TTQ_F16(0xC300) : TTQ_F16(0xE400), BF ? TTQ_F16(0xC200) : TTQ_F16(0xDC00),
-                     BF ? TTQ_F16(0xC100) : TTQ_F16(0xD400), BF ? TTQ_F16(0xC000) : TTQ_F16(0xCC00)};
   if (BITS == 4) {
     const u32 w = wv[j];
     if (!BF) {  // nibbles (0,4) and (2,6) at 1024 + c, (1,5) and (3,7) at 1024 + 16 c
       const u32 w8 = w >> 8;
-      a[0] = hfma2_f16(and_or<0x000F000Fu>(w, MAGIC), SC[0], BI[0]);
-      a[1] = hfma2_f16(and_or<0x00F000F0u>(w, MAGIC), SC[2], BI[2]);
-      a[2] = hfma2_f16(and_or<0x000F000Fu>(w8, MAGIC), SC[0], BI[0]);
-      a[3] = hfma2_f16(and_or<0x00F000F0u>(w8, MAGIC), SC[2], BI[2]);
+      a[0] = hfma2_f16(and_or<0x000F000Fu>(w, MAGIC), SC[0], bz[0]);
+      a[1] = hfma2_f16(and_or<0x00F000F0u>(w, MAGIC), SC[2], bz[1]);
+      a[2] = hfma2_f16(and_or<0x000F000Fu>(w8, MAGIC), SC[0], bz[0]);
+      a[3] = hfma2_f16(and_or<0x00F000F0u>(w8, MAGIC), SC[2], bz[1]);
     } else {  // bf16 has room for 128 + c only: shift each pair down
 #pragma unroll
-      for (int p = 0; p < 4; ++p) a[p] = hfma2_bf16(and_or<0x000F000Fu>(w >> (4 * p), MAGIC), SC[0], BI[0]);
+      for (int p = 0; p < 4; ++p) a[p] = hfma2_bf16(and_or<0x000F000Fu>(w >> (4 * p), MAGIC), SC[0], bz[p & 1]);
     }
   } else if (BITS == 8) {
     const u32 w0 = wv[2 * j], w1 = wv[2 * j + 1];
     if (!BF) {  // bytes into the low mantissa of 1024: [b, 0x64, b', 0x64]
-      a[0] = hfma2_f16(byte_perm(w0, 0x64646464u, 0x4140u), SC[0], BI[0]);
-      a[1] = hfma2_f16(byte_perm(w0, 0x64646464u, 0x4342u), SC[0], BI[0]);
-      a[2] = hfma2_f16(byte_perm(w1, 0x64646464u, 0x4140u), SC[0], BI[0]);
-      a[3] = hfma2_f16(byte_perm(w1, 0x64646464u, 0x4342u), SC[0], BI[0]);
-    } else {  // 8-bit codes overflow bf16's 128 + c: go through fp32 2^23 + c (exact)
+      a[0] = hfma2_f16(byte_perm(w0, 0x64646464u, 0x4140u), SC[0], bz[0]);
+      a[1] = hfma2_f16(byte_perm(w0, 0x64646464u, 0x4342u), SC[0], bz[1]);
+      a[2] = hfma2_f16(byte_perm(w1, 0x64646464u, 0x4140u), SC[0], bz[0]);
+      a[3] = hfma2_f16(byte_perm(w1, 0x64646464u, 0x4342u), SC[0], bz[1]);
+    } else {  // 8-bit codes overflow bf16's 128 + c: go through fp32 (2^23 + u) - (2^23 + c), exact
 #pragma unroll
       for (int p = 0; p < 4; ++p) {
         const u32 w = p < 2 ? w0 : w1;
         const int b = 2 * (p & 1);
-        const float lo = as_f32(byte_perm(w, 0x4B000000u, 0x7540u | b)) - 8388608.0f;
-        const float hi = as_f32(byte_perm(w, 0x4B000000u, 0x7540u | (b + 1))) - 8388608.0f;
+        const float cb = as_f32(bz[p & 1]);
+        const float lo = as_f32(byte_perm(w, 0x4B000000u, 0x7540u | b)) - cb;
+        const float hi = as_f32(byte_perm(w, 0x4B000000u, 0x7540u | (b + 1))) - cb;
         a[p] = f32x2_to_bf16x2(lo, hi);
       }
     }
@@ -323,11 +372,18 @@ TTQ_FN void codes_to_afrag(const u32* wv, int j, u32 (&a)[4]) {
     const u32 ls = (j & 1) ? lw >> 8 : lw;  // second field group of the word
     u32 hs = 0;
     if (BITS == 3) hs = rotr(wv[8 + (j >> 2)], hi_shift(2 * ((j >> 1) & 1) + (j & 1)));
-    a[0] = pair2<BITS, BF, 0>(ls, hs, MAGIC, SC, BI);
-    a[1] = pair2<BITS, BF, 1>(ls, hs, MAGIC, SC, BI);
-    a[2] = pair2<BITS, BF, 2>(ls, hs, MAGIC, SC, BI);
-    a[3] = pair2<BITS, BF, 3>(ls, hs, MAGIC, SC, BI);
+    a[0] = pair2<BITS, BF, 0>(ls, hs, MAGIC, SC, bz[0]);
+    a[1] = pair2<BITS, BF, 1>(ls, hs, MAGIC, SC, bz[1 % Centre<BITS>::NB]);
+    a[2] = pair2<BITS, BF, 2>(ls, hs, MAGIC, SC, bz[2 % Centre<BITS>::NB]);
+    a[3] = pair2<BITS, BF, 3>(ls, hs, MAGIC, SC, bz[3 % Centre<BITS>::NB]);
   }
+}
+
+// the value of half h of a fragment register (an fp16 / bf16 pair) as fp32
+template <bool BF>
+TTQ_FN float half_value(u32 reg, int h) {
+  const u32 b = (reg >> (16 * h)) & 0xFFFFu;
+  return BF ? bf16_to_f32(b) : f16_to_f32(b);
 }
 
 // ---- one element of a code field from the packed words (dequantize / emulation) --------

@@ -7,18 +7,26 @@ namespace ttq {
 TTQ_FN float f32_nan() { return as_f32(0x7FC00000u); }
 
 // ---- act_scale: D = clamp(c + lam mean(c), tiny, max)^alpha, c = ||x[:, k]||_p^2 ------------
+// No raw power |x|^p is ever formed (docs/numerics.md, rule A1): |x|^p overflows fp32 for
+// p = 100 at |x| > 2.4.  Each column keeps its running maximum a and the sum of (|x| / a)^p
+// <= T; when a grows the sum is rescaled by (a_old / a_new)^p.  Every power is at most 1.
 enum PMode { P_GENERIC = 0, P_ONE = 1, P_TWO = 2, P_INF = 3 };
+
+// r^p for a ratio r in [0, 1]
+TTQ_FN float pow_ratio(float r, int pmode, float p) {
+  return pmode == P_ONE ? r : (pmode == P_TWO ? mul_rn(r, r) : pow_f(r, p));
+}
 
 struct ColNormArgs {
   const void* x;  // [T][K]
-  float* part;    // [TSPLIT][K] sum |x|^p (max |x| for p = inf) over a slice of tokens
-  int T, K, t_per, pmode;
+  float* part;    // [2][tsplit][K]: max |x| (nan sticky, inf kept) and sum (|x| / max)^p per token slice
+  int T, K, t_per, tsplit, pmode;
   float p;
 };
 
-// Grid (ceil(K / 256), TSPLIT), block 256: thread k of block (x, y) reduces column
+// Grid (ceil(K / 256), tsplit), block 256: thread k of block (x, y) reduces column
 // k = 256 x + thread over tokens [y t_per, + t_per) in order.  Reads x once (coalesced
-// along K, 2-4 B per element), writes 4 B per column and slice.
+// along K, 2-4 B per element), writes 8 B per column and slice.
 template <class XE>
 struct ColNorm {
   template <class W>
@@ -28,19 +36,20 @@ struct ColNorm {
       const int k = w.bx * 256 + w.warp * 32 + w.lane(li);
       if (k >= a.K) continue;
       const int t0 = w.by * a.t_per, t1 = imin(a.T, t0 + a.t_per);
-      float acc = 0.0f;
+      float amax = 0.0f, sum = 0.0f;  // sum of (|x| / amax)^p while amax is finite and > 0
       for (int t = t0; t < t1; ++t) {
         const float v = abs_f(XE::load(x, (i64)t * a.K + k));
-        if (a.pmode == P_INF)
-          acc = (is_nan(v) || v > acc) ? v : acc;  // nan sticks: torch's max propagates it
-        else if (a.pmode == P_TWO)
-          acc += v * v;
-        else if (a.pmode == P_ONE)
-          acc += v;
-        else
-          acc += pow_f(v, a.p);
+        if (is_nan(v)) {
+          amax = v;  // nan sticks: every comparison with it is false from here on
+        } else if (v > amax) {  // a new maximum (false once amax is nan)
+          if (a.pmode != P_INF && is_finite(v)) sum = add_rn(mul_rn(sum, pow_ratio(div_rn(amax, v), a.pmode, a.p)), 1.0f);
+          amax = v;  // inf: the norm is inf, the sum no longer matters
+        } else if (a.pmode != P_INF && v > 0.0f && is_finite(amax)) {
+          sum = add_rn(sum, pow_ratio(div_rn(v, amax), a.pmode, a.p));
+        }
       }
-      a.part[(i64)w.by * a.K + k] = acc;
+      a.part[(i64)w.by * a.K + k] = amax;
+      a.part[(i64)(a.tsplit + w.by) * a.K + k] = sum;
     }
   }
 };
@@ -52,9 +61,9 @@ struct ScaleArgs {
   float p, lam, alpha;
 };
 
-// Grid (1), block 1024: the mean needs every column.  Pass 1: c_k from the slices' partial
-// sums (as the reference: n = S^(1/p), c = n * n), kept in D, and the block's fixed-order
-// tree sum of c; pass 2: D.  Bytes: 4 TSPLIT + 8 per column.
+// Grid (1), block 1024: the mean needs every column.  Pass 1: the slices' (max, sum) pairs
+// merged (sums rescaled to the column max, in order), n = a S^(1/p), c = n * n kept in D,
+// and the block's fixed-order tree sum of c; pass 2: D.  Bytes: 8 tsplit + 8 per column.
 struct Scale {
   static constexpr int SMEM_FLOATS = 1024;  // static shared memory: the tree reduction
   template <class W>
@@ -64,18 +73,22 @@ struct Scale {
       const int tid = w.warp * 32 + w.lane(li);
       float s = 0.0f;
       for (int k = tid; k < a.K; k += w.nwarps * 32) {
-        float S = a.part[k];
+        float amax = a.part[k];
         for (int q = 1; q < a.tsplit; ++q) {
           const float o = a.part[(i64)q * a.K + k];
-          S = a.pmode == P_INF ? ((is_nan(o) || o > S) ? o : S) : S + o;
+          amax = (is_nan(o) || o > amax) ? o : amax;  // nan sticky
         }
-        float n;
-        if (a.pmode == P_TWO)
-          n = sqrt_f(S);
-        else if (a.pmode == P_ONE || a.pmode == P_INF)
-          n = S;
-        else
-          n = pow_f(S, div_rn(1.0f, a.p));
+        float n = amax;  // p = inf; and nan / inf / 0 columns for every p
+        if (a.pmode != P_INF && is_finite(amax) && amax > 0.0f) {
+          float S = 0.0f;
+#pragma unroll 1  // unrolled, each division's slow-path call spills the live sums (sm_80, sm_90)
+          for (int q = 0; q < a.tsplit; ++q) {
+            const float aq = a.part[(i64)q * a.K + k];
+            if (aq > 0.0f) S = add_rn(S, mul_rn(a.part[(i64)(a.tsplit + q) * a.K + k], pow_ratio(div_rn(aq, amax), a.pmode, a.p)));
+          }
+          const float root = a.pmode == P_ONE ? S : (a.pmode == P_TWO ? sqrt_f(S) : pow_f(S, div_rn(1.0f, a.p)));
+          n = mul_rn(amax, root);
+        }
         const float c = mul_rn(n, n);
         a.D[k] = c;
         s += c;
@@ -110,8 +123,8 @@ struct Scale {
 struct QuantArgs {
   const void* W;   // [N][K]
   const float* D;  // [K] or null
-  u32* qw;         // [NT][KC][V][32][4]
-  float* sc;       // [NT][G][8][2]
+  u32* qw;         // [NT][KC V 128 + GQ 16]: codes [KC][V][32][4], then zero codes [GQ][8][2]
+  float* sc;       // [NT][G][8][4]: scales of rows (r, r + 8), then their centred offsets m0
   u32* zp;         // mins (fp32) or zeros (int32), [NT][G][8][2]; null for FORM_SYM
   int N, K, KC, G, g, UC, UG, form, has_D;
   float beta;
@@ -124,8 +137,9 @@ struct QuantArgs {
 // Pass 1: one warp per (row, group): W' = W * D (IEEE multiply), min / max / max|.| and
 // nan / inf flags over the group (lanes stride K, shuffle tree), then lane 0 derives the
 // scale and offset operation by operation as reference.quantize (IEEE division,
-// round-half-even, no contraction), writes them in cupy_mma order and to shared memory
-// (16 UG x 2 floats).  Pass 2: one thread per 32-bit word of the unit's chunks: each
+// round-half-even, no contraction), and from the stored values the group's zero code c
+// and m0 = s c + m exactly as PackedWeight.centred (one rounding, through fp64), writes
+// them in cupy_mma order and the scale and offset to shared memory (16 UG x 2 floats).  Pass 2: one thread per 32-bit word of the unit's chunks: each
 // field's code from W' (second read, from L1 / L2) and its group's parameters, packed.
 // Bytes per weight: one read of W (2-4 B) + D from cache, b / 8 written; 8 B per group.
 template <int BITS, class WE>
@@ -181,14 +195,19 @@ struct Quantize {
       FOR_LANES(li) {
         if (w.lane(li) != 0) continue;
         const i64 at = (((i64)mt * a.G + j) * 8 + (r & 7)) * 2 + (r >> 3);
+        const i64 rec = (((i64)mt * a.G + j) * 8 + (r & 7)) * 4 + (r >> 3);
+        if (j == a.G - 1)  // the zero-code bytes past the last group are 0, as layout.from_canonical pads
+          for (int jp = a.G; jp < 4 * ((a.G + 3) >> 2); ++jp) centre_byte(a, mt, r, jp) = 0;
         if (n >= a.N) {  // padding rows: zero, as layout.from_canonical pads
-          a.sc[at] = 0.0f;
+          a.sc[rec] = a.sc[rec + 2] = 0.0f;
+          centre_byte(a, mt, r, j) = 0;
           if (a.form != FORM_SYM) a.zp[at] = 0u;
           continue;
         }
         float lo = mn[li], hi = mx[li], amax = am[li];
         if (bad[li] & 1u) lo = hi = amax = f32_nan();  // torch.amin / amax propagate nan
         float s, zf = 0.0f;
+        i32 zi = 0;
         if (a.form == FORM_SYM) {
           const float ab = mul_rn(amax, a.beta);
           s = ab > 0.0f ? div_rn(ab, QPOS) : 1.0f;
@@ -206,12 +225,27 @@ struct Quantize {
             s = s > 0.0f ? s : (lo != 0.0f ? abs_f(lo) : 1.0f);
             zf = rint_f(div_rn(-lo, s));
             // torch: nan_to_num(z).to(int32); out of range gives INT32_MIN as on x86
-            i32 zi = 0;
             if (!is_nan(zf)) zi = (zf >= 2147483648.0f || zf < -2147483648.0f) ? (i32)0x80000000u : (i32)zf;
             a.zp[at] = (u32)zi;
           }
         }
-        a.sc[at] = (bad[li] & 2u) ? f32_nan() : s;  // a non-finite group never gives a finite output
+        const float s_out = (bad[li] & 2u) ? f32_nan() : s;  // a non-finite group never gives a finite output
+        // the zero code and its value, from the stored s and offset (format.PackedWeight.centred)
+        u32 c = (u32)HALF;
+        double m0 = 0.0;
+        if (a.form == FORM_FLOAT) {
+          const bool ok = is_finite(s_out) && s_out != 0.0f && is_finite(lo);
+          float q = ok ? rint_f(div_rn(-lo, s_out)) : 0.0f;
+          q = q < 0.0f ? 0.0f : (q > LEVELS ? LEVELS : q);
+          c = (u32)q;
+          m0 = (double)lo + (double)s_out * (double)c;  // exact in fp64, rounded once below
+        } else if (a.form == FORM_INT) {
+          c = (u32)(zi < 0 ? 0 : (zi > (i32)LEVELS ? (i32)LEVELS : zi));
+          m0 = (double)s_out * ((double)c - (double)zi);
+        }
+        a.sc[rec] = s_out;
+        a.sc[rec + 2] = (float)m0;
+        centre_byte(a, mt, r, j) = (u8)c;
         prm[(r * a.UG + jl) * 2] = s;
         prm[(r * a.UG + jl) * 2 + 1] = zf;
       }
@@ -239,10 +273,16 @@ struct Quantize {
               word |= (code(a, Wt, prm, mt, u, r, c * KCH + kk) & ((1u << WIDTH) - 1)) << (f * WIDTH);
             }
           }
-          a.qw[(((i64)mt * a.KC + c) * V + v) * 128 + ln * 4 + wd] = word;
+          a.qw[tile_stride(a.KC, V, a.G) * mt + ((i64)c * V + v) * 128 + ln * 4 + wd] = word;
         }
       }
     }
+  }
+
+  // the byte of the zero code of row 16 mt + r, group j (layout.py: 4 groups per word, little-endian)
+  static TTQ_FN u8& centre_byte(const QuantArgs& a, int mt, int r, int j) {
+    u32* words = a.qw + tile_stride(a.KC, V, a.G) * mt + (i64)a.KC * V * 128;
+    return reinterpret_cast<u8*>(words + ((j >> 2) * 8 + (r & 7)) * 2 + (r >> 3))[j & 3];
   }
 
   // the stored (unsigned) code of row 16 mt + r, column k: the reference's expressions
@@ -267,30 +307,29 @@ struct Quantize {
 
 // ---- dequantize cupy_mma -> dense [N][K] (prefill through cuBLAS, odd group sizes) ---------
 struct DequantArgs {
-  const u32* qw;
-  const float* sc;
-  const u32* zp;
-  void* out;  // [N][K]
-  int N, K, KC, G, form;
+  const u32* qw;    // codes, then zero codes (layout.py)
+  const float* sc;  // [NT][G][8][4]: s, then m0
+  void* out;        // [N][K]
+  int N, K, KC, G;
   FastDiv gdiv;
 };
 
 // Grid (NT, KC), block 128: one row tile x one chunk.  Phase 1: each thread unpacks one
 // word (per vector) into shared memory (16 x KCH codes, bytes); phase 2: each thread
-// writes outputs along K (coalesced): s * u + m in fp32 (two roundings, as
-// format.dequantize), stored in the output dtype.  Bytes per weight: b / 8 read,
-// 2-4 written; scales / offsets from cache.
+// writes outputs along K (coalesced): w = s (u - c) + m0 in fp32 (u - c exact, then two
+// roundings: bit for bit format.dequantize, docs/numerics.md rule Q1), stored in the
+// output dtype.  Bytes per weight: b / 8 read, 2-4 written; group records from cache.
 template <int BITS, class OE>
 struct Dequant {
   static constexpr int KCH = Lay<BITS>::KCH, V = Lay<BITS>::V, WIDTH = Lay<BITS>::WIDTH, FPW = 32 / WIDTH;
-  static constexpr float HALF = (float)(1 << (BITS - 1));
   static constexpr int SMEM_FLOATS = 16 * 256 / 4;  // static shared memory: 16 x KCH code bytes
 
   template <class W>
   static TTQ_FN void run(const DequantArgs& a, W& w) {
     u8* codes = reinterpret_cast<u8*>(w.smem);  // [16][KCH]
     const int mt = w.bx, c = w.by, nthreads = w.nwarps * 32;
-    const u32* base = a.qw + ((i64)mt * a.KC + c) * (V * 128);
+    const u32* tile = a.qw + tile_stride(a.KC, V, a.G) * mt;
+    const u32* base = tile + (i64)c * (V * 128);
     const int VL = BITS == 3 ? 2 : V;
     FOR_LANES(li) {
       for (int idx = w.warp * 32 + w.lane(li); idx < VL * 128; idx += nthreads) {
@@ -326,12 +365,10 @@ struct Dequant {
         const int r = idx / KCH, kk = idx - r * KCH, n = mt * 16 + r, k = c * KCH + kk;
         if (n >= a.N || k >= a.K) continue;
         const int j = (int)fastdiv((u32)k, a.gdiv);
-        const i64 at = (((i64)mt * a.G + j) * 8 + (r & 7)) * 2 + (r >> 3);
-        const float s = a.sc[at];
-        const float m = a.form == FORM_FLOAT ? as_f32(a.zp[at])
-                        : a.form == FORM_INT ? mul_rn(-s, (float)(i32)a.zp[at])
-                                             : mul_rn(-s, HALF);
-        OE::store(static_cast<typename OE::T*>(a.out), (i64)n * a.K + k, add_rn(mul_rn((float)codes[idx], s), m));
+        const i64 rec = (((i64)mt * a.G + j) * 8 + (r & 7)) * 4 + (r >> 3);
+        const u32 cw = tile[(i64)a.KC * V * 128 + ((j >> 2) * 8 + (r & 7)) * 2 + (r >> 3)];
+        const float u = (float)((i32)codes[idx] - (i32)centre_of<BITS>(cw, j));  // exact
+        OE::store(static_cast<typename OE::T*>(a.out), (i64)n * a.K + k, add_rn(mul_rn(u, a.sc[rec]), a.sc[rec + 2]));
       }
     }
   }
