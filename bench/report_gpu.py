@@ -3,11 +3,11 @@
     python bench/report_gpu.py results/bench/triton_h200.json [> table.md]
     python bench/report_gpu.py results/tune/h200.json          # python -m ttqkern.tune --gpu --report
 
-Decode: per layer, bit width and T, the fused TTQ kernel, the same math as separate
-torch ops around the packed GEMM, and cuBLAS fp16 ``F.linear``: microseconds, % of
-the device's HBM roofline (catalog bandwidth) and speed relative to fp16 (fp16 us /
-ours, > 1 means faster than fp16).  Then requantization per 512-token prompt and
-prefill TFLOP/s against fp16.
+Decode: per layer, bit width and T, TTQ fused (D, rank-16 low rank, bias), the packed
+GEMM alone, the same math as separate torch ops, and cuBLAS fp16 ``F.linear``:
+microseconds, % of the device's HBM roofline (catalog bandwidth) and speed relative to
+fp16 (fp16 us / ours, > 1 means faster), CUDA-graph replay first.  Then requantization
+per prompt and prefill TFLOP/s of both prefill paths against fp16.
 """
 
 from __future__ import annotations
@@ -34,69 +34,57 @@ def report(path: str) -> str:
         return report_markdown(data)
     rows = data["rows"]
     by = defaultdict(dict)  # (layer, bits, T) -> kernel -> row
-    fp16 = {}  # (layer, T) -> row
+    fp16 = {}  # (layer, T, kernel) -> row
     for r in rows:
-        if r["kernel"] == "fp16-F.linear":
-            fp16[(r["layer"], r["T"])] = r
-        elif r["kernel"] == "fp16-F.linear-graph":
-            fp16[(r["layer"], r["T"] + 0.5)] = r  # the graph-replay twin of the row above
+        if r["kernel"].startswith("fp16-F.linear"):
+            fp16[(r["layer"], r["T"], r["kernel"])] = r
         else:
             by[(r["layer"], r["bits"], r["T"])][r["kernel"]] = r
     cat = data.get("catalog") or {}
-    header = [
-        "| layer | N x K | bits | T | TTQ fused us | % HBM | torch-ops TTQ us | fused speed-up | fp16 us | % HBM | fp16 / fused |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
     out = [
         f"GPU benchmark on **{data['device']}** ({data['date']}; torch {data['versions']['torch']}, "
         f"triton {data['versions']['triton']}); {data['method']}; group {data['group_size']}, "
-        f"low-rank r={data['rank']} + bias in the decode rows.  Roofline: {cat.get('hbm_gbps', '?')} GB/s HBM, "
-        f"{cat.get('fp16_tflops', '?')} TFLOP/s fp16 (catalog).",
-        "",
-        "Decode (cold L2), called eagerly from Python:",
-        "",
-        *header,
+        f"low-rank r={data['rank']} + bias in the fused decode rows.  Roofline: {cat.get('hbm_gbps', '?')} GB/s HBM, "
+        f"{cat.get('fp16_tflops', '?')} TFLOP/s fp16 (catalog).  vs fp16 = cuBLAS fp16 time / ours (> 1: faster).",
     ]
-    graph_rows = []
-    for (layer, bits, T), ks in by.items():
-        fused, unf = ks.get("ttq-fused"), ks.get("ttq-unfused-torch-ops")
-        if fused is None:
-            continue
-        ref = fp16.get((layer, T))
-        out.append(
-            f"| {layer} | {fused['N']} x {fused['K']} | {bits} | {T} | {_f(fused['us'])} | "
-            f"{_f(fused.get('pct_hbm_roofline'))} | {_f(unf and unf['us'])} | "
-            f"{_f(unf and unf['us'] / fused['us'], '.2f')}x | {_f(ref and ref['us'])} | "
-            f"{_f(ref and ref.get('pct_hbm_roofline'))} | {_f(ref and ref['us'] / fused['us'], '.2f')}x |"
-        )
-        fg, ug, rg = ks.get("ttq-fused-graph"), ks.get("ttq-unfused-torch-ops-graph"), fp16.get((layer, T + 0.5))
-        if fg is not None:
-            graph_rows.append(
-                f"| {layer} | {fg['N']} x {fg['K']} | {bits} | {T} | {_f(fg['us'])} | {_f(fg.get('pct_hbm_roofline'))} | "
-                f"{_f(ug and ug['us'])} | {_f(ug and ug['us'] / fg['us'], '.2f')}x | {_f(rg and rg['us'])} | "
-                f"{_f(rg and rg.get('pct_hbm_roofline'))} | {_f(rg and rg['us'] / fg['us'], '.2f')}x |"
-            )
-    if graph_rows:
-        out += ["", "Decode replayed from CUDA graphs (GPU time, no host launch overhead):", "", *header]
-        out += graph_rows
-    out += ["", "Requantization per prompt (act_scale over 512 tokens + quantize of the fp16 weight):", "",
-            "| layer | bits | us | GB/s | % HBM |", "|---|---|---|---|---|"]  # fmt: skip
+    for mode, suffix in (("replayed from CUDA graphs (GPU time)", "-graph"), ("called eagerly from Python", "")):
+        out += ["", f"Decode (cold L2), {mode}:", "",
+                "| layer | N x K | bits | T | TTQ fused us | % HBM | vs fp16 | plain us | r16 extras | torch-ops us | "
+                "fp16 us | % HBM |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for (layer, bits, T), ks in by.items():
+            fused = ks.get("ttq-fused" + suffix)
+            if fused is None:
+                continue
+            plain, unf = ks.get("ttq-plain" + suffix), ks.get("ttq-unfused-torch-ops" + suffix)
+            ref = fp16.get((layer, T, "fp16-F.linear" + suffix))
+            extras = None if plain is None else 100 * (fused["us"] / plain["us"] - 1)
+            out.append(
+                f"| {layer} | {fused['N']} x {fused['K']} | {bits} | {T} | {_f(fused['us'])} | "
+                f"{_f(fused.get('pct_hbm_roofline'))} | {_f(fused.get('vs_fp16'), '.2f')}x | {_f(plain and plain['us'])} | "
+                f"{_f(extras)} % | {_f(unf and unf['us'])} | {_f(ref and ref['us'])} | "
+                f"{_f(ref and ref.get('pct_hbm_roofline'))} |"
+            )  # fmt: skip
+    out += ["", "Requantization per prompt (act_scale over the prompt + quantize of the fp16 weight):", "",
+            "| layer | bits | us | GB/s | % HBM | break-even decode tokens (T=1) |", "|---|---|---|---|---|---|"]  # fmt: skip
     for (layer, bits, _T), ks in by.items():
         r = ks.get("ttq-requantize")
         if r:
-            out.append(
-                f"| {layer} | {bits} | {_f(r['us'])} | {_f(r['GBps'], '.0f')} | {_f(r.get('pct_hbm_roofline'))} |"
-            )
-    out += ["", "Prefill:", "", "| layer | T | bits | TTQ us | TFLOP/s | % fp16 peak | fp16 us | fp16 TFLOP/s |",
-            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            be = by.get((layer, bits, 1), {}).get("ttq-break-even", {}).get("break_even_tokens")
+            out.append(f"| {layer} | {bits} | {_f(r['us'])} | {_f(r['GBps'], '.0f')} | "
+                       f"{_f(r.get('pct_hbm_roofline'))} | {_f(be)} |")  # fmt: skip
+    out += ["", "Prefill (TFLOP/s; vs fp16 = cuBLAS fp16 time / ours):", "",
+            "| layer | T | bits | default path | default vs fp16 | kernel TFLOP/s | kernel vs fp16 | dequant+cuBLAS "
+            "TFLOP/s | dequant vs fp16 | fp16 TFLOP/s | % fp16 peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (layer, bits, T), ks in by.items():
-        r = ks.get("ttq-gemm")
-        if r:
-            ref = fp16.get((layer, T))
-            out.append(
-                f"| {layer} | {T} | {bits} | {_f(r['us'])} | {_f(r['TFLOPs'])} | {_f(r.get('pct_fp16_peak'))} | "
-                f"{_f(ref and ref['us'])} | {_f(ref and ref['TFLOPs'])} |"
-            )
+        d, k, q = ks.get("ttq-prefill"), ks.get("ttq-prefill-kernel"), ks.get("ttq-prefill-dequant")
+        if d is None:
+            continue
+        ref = fp16.get((layer, T, "fp16-F.linear"))
+        out.append(
+            f"| {layer} | {T} | {bits} | {d.get('path')} | {_f(d.get('vs_fp16'), '.2f')}x | {_f(k and k['TFLOPs'])} | "
+            f"{_f(k and k.get('vs_fp16'), '.2f')}x | {_f(q and q['TFLOPs'])} | {_f(q and q.get('vs_fp16'), '.2f')}x | "
+            f"{_f(ref and ref['TFLOPs'])} | {_f(ref and ref.get('pct_fp16_peak'))} |"
+        )  # fmt: skip
     if data.get("unavailable"):
         out += ["", "Peers not measured: " + "; ".join(f"{k} ({v})" for k, v in data["unavailable"].items())]
     return "\n".join(out) + "\n"

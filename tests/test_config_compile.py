@@ -2,7 +2,11 @@
 
 ``python -m ttqkern.tune --compile-check`` (sm_80 A100, sm_86 A40 / RTX 3090, sm_89
 L40 / RTX 4090, sm_90 H100 / H200): no GPU needed, but the kernels must be compiled,
-not interpreted, so it runs in a subprocess without TRITON_INTERPRET.
+not interpreted, so it runs in a subprocess without TRITON_INTERPRET.  It covers every
+Triton op at T = 1 (`_gemv_kernel`), 16 (`_qdot_kernel` decode), 128 (`_qdot_kernel`
+prefill) and 512 (`_dequant_kernel`) on the Qwen3-8B layers; tests/test_gates.py
+compiles many of the same kernels for sm_90 and sm_80 and finds them in Triton's
+cache and the ``ptxas -v`` cache (`ttqkern.backends.sass.ptxas_usage`).
 """
 
 from __future__ import annotations

@@ -123,6 +123,19 @@ def test_resource_usage_and_ptxas_verbose(cubin):
 
 
 @needs_tools
+def test_ptxas_usage_is_cached_on_disk_per_ptx_and_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTQKERN_PTXAS_CACHE", str(tmp_path))
+    first = sass.ptxas_usage(PTX, "sm_80")
+    assert len(list(tmp_path.glob("*.txt"))) == 1
+    monkeypatch.setattr(sass, "_run", lambda *a, **k: pytest.fail("assembled again"))
+    assert sass.ptxas_usage(PTX, "sm_80") == first
+    monkeypatch.undo()
+    monkeypatch.setenv("TTQKERN_PTXAS_CACHE", str(tmp_path))
+    sass.ptxas_usage(PTX, "sm_80", ("--regAllocOptLevel=2",))  # other flags: another report
+    assert len(list(tmp_path.glob("*.txt"))) == 2
+
+
+@needs_tools
 def test_inspect_cubin_in_one_call(cubin):
     rep = sass.inspect_cubin(cubin)["probe_loop"]
     assert rep.main is not None and rep.main.loads("LDG") == {128: 1, 8: 1} and len(rep.loops) == 1

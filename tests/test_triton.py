@@ -35,7 +35,7 @@ import triton.language as tl  # noqa: E402
 from ttqkern.backends import triton as tb  # noqa: E402
 from ttqkern.backends.triton import config  # noqa: E402
 from ttqkern.backends.triton.quantize import rint  # noqa: E402
-from ttqkern.backends.triton.tiles import round_to  # noqa: E402
+from ttqkern.backends.triton.unpack import round_to  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = [d for d in ("cpu",) if d in tb.BACKEND.device_types] + [pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -47,8 +47,8 @@ def splits(monkeypatch):
     seen = []
     real = config.auto_split
 
-    def spy(*args):
-        seen.append(real(*args))
+    def spy(*args, **kw):
+        seen.append(real(*args, **kw))
         return seen[-1]
 
     monkeypatch.setattr(config, "auto_split", spy)
@@ -129,9 +129,10 @@ def test_kernels_compile_for_nvidia_and_amd_targets():
         env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    kernels = "_colpow_kernel, _gemm_kernel, _gemv_kernel, _quantize_kernel, _scale_kernel, _xa_kernel"
-    assert f"compiled 13 kernels for cuda:90: {kernels}" in out.stdout
-    assert f"compiled 13 kernels for hip:gfx942: {kernels}" in out.stdout
+    kernels = "_colpow_kernel, _dequant_kernel, _gemv_kernel, _prologue_kernel, _qdot_kernel, _quantize_kernel, "
+    kernels += "_scale_kernel"
+    assert f"compiled 19 kernels for cuda:90: {kernels}" in out.stdout
+    assert f"compiled 19 kernels for hip:gfx942: {kernels}" in out.stdout
 
 
 # --- portable rounding helpers ------------------------------------------------------
@@ -218,19 +219,31 @@ def test_quantize_many_programs_and_tiles_per_chunk(device, tuned, bits, sym, ze
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("T", [1, 5])
-@pytest.mark.parametrize("use_dot", [0, 1])
-@pytest.mark.parametrize("g", [32, 48, 37])  # tile in one group, tile shrunk to 16 to fit, tiles spanning groups
-def test_gemv_split_k_and_lowrank_prepass(device, tuned, splits, T, use_dot, g):
-    x, W, lowrank, bias = random_case(T, 40, 200, r=20, bias=True, dtype=torch.float16, device=device)
+@pytest.mark.parametrize("rows,warps,prefetch", [(1, 2, 0), (2, 4, 1), (4, 1, 1)])
+@pytest.mark.parametrize("bits,g", [(4, 32), (4, 48), (3, 64), (2, 37), (8, 128)])
+def test_one_token_gemv_many_programs_and_steps(device, tuned, rows, warps, prefetch, bits, g):
+    # K = 1100: 4 and 8 bits take several 32-chunk steps and a partial last one; N = 37: a partial last program;
+    # g = 48 / 37 take the padded word layout, the others read the canonical bytes in place
+    x, W, lowrank, bias = random_case(1, 37, 1100, r=20, bias=True, dtype=torch.float16, device=device)
+    D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
+    pw = reference.quantize(W.cpu(), D, bits, g, False, "float", 1.0)
+    tuned(device, "decode1", {"ROWS": rows, "num_warps": warps, "PREFETCH": prefetch}, bits=bits, group=g, N=37, K=1100)
+    y = ops.qmatmul(x, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
+    lr = [t.cpu() for t in lowrank]
+    assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw, D, *lr, bias.cpu()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("T,swap,split,dtype", [(2, 0, 1, torch.float16), (5, 1, 1, torch.bfloat16),
+                                                 (16, 1, 4, torch.float16), (7, 0, 2, torch.bfloat16)])  # fmt: skip
+@pytest.mark.parametrize("g", [32, 96, 37])  # chunks of 32 (= g), of 32 (3 per group), padded groups
+def test_decode_tensor_core_path_small_tiles(device, tuned, T, swap, split, g, dtype):
+    x, W, lowrank, bias = random_case(T, 40, 200, r=20, bias=True, dtype=dtype, device=device)
     D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
     pw = reference.quantize(W.cpu(), D, 4, g, False, "float", 1.0)
-    gemv = {"BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 3, "USE_DOT": use_dot, "BLOCK_R": 16}
-    tuned(device, "gemv", gemv, bits=4, group=g, T=T, N=40, K=200)
-    tuned(device, "lowrank", {"BLOCK_T": 4, "BLOCK_R": 16, "BLOCK_K": 32, "SPLIT_K": 3, "USE_DOT": use_dot},
-          T=T, K=200)  # fmt: skip
+    cfg = {"BLOCK_N": 16, "CHUNK": 32, "SWAP": swap, "SPLIT_K": split}
+    tuned(device, "decode", cfg, bits=4, group=g, T=T, N=40, K=200)
     y = ops.qmatmul(x, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
-    assert splits == [3, 3]  # pre-pass and GEMV each split K in three
     lr = [t.cpu() for t in lowrank]
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw, D, *lr, bias.cpu()))
 
@@ -238,14 +251,37 @@ def test_gemv_split_k_and_lowrank_prepass(device, tuned, splits, T, use_dot, g):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bits,g,form", [(4, 32, (False, "float")), (3, 37, (True, "float")), (2, 48, (False, "int"))])
-def test_gemm_many_tiles(device, tuned, dtype, bits, g, form):
+def test_prefill_many_tiles(device, tuned, dtype, bits, g, form):
     x, W, lowrank, bias = random_case(40, 40, 160, r=20, bias=True, dtype=dtype, device=device)
     D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
     pw = reference.quantize(W.cpu(), D, bits, g, *form, 1.0)
-    gemm = {"BLOCK_T": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_T": 2, "BLOCK_R": 16}
-    tuned(device, "gemm", gemm, bits=bits, group=g, T=40, N=40, K=160)
+    prefill = {"BLOCK_T": 16, "BLOCK_N": 16, "CHUNK": 32, "GROUP_T": 2, "DEQUANT_MIN_T": 1 << 30}
+    tuned(device, "prefill", prefill, bits=bits, group=g, T=40, N=40, K=160)
     y = ops.qmatmul(x, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
     lr = [t.cpu() for t in lowrank]
+    assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw, D, *lr, bias.cpu()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits,g,form", [(4, 128, (False, "float")), (3, 37, (False, "int")), (8, 48, (True, "float"))])
+@pytest.mark.parametrize("with_lowrank", [False, True])
+def test_prefill_threshold_takes_the_dequantize_and_linear_path(device, tuned, monkeypatch, dtype, bits, g, form,
+                                                                 with_lowrank):  # fmt: skip
+    import importlib
+
+    qm = importlib.import_module("ttqkern.backends.triton.qmatmul")  # the module, not the function it exports
+    taken = []
+    real = qm._dequant_linear
+    monkeypatch.setattr(qm, "_dequant_linear", lambda *a: taken.append(1) or real(*a))
+    x, W, lowrank, bias = random_case(33, 24, 300, r=5 if with_lowrank else 0, bias=True, dtype=dtype, device=device)
+    D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
+    pw = reference.quantize(W.cpu(), D, bits, g, *form, 1.0)
+    tuned(device, "prefill", {"DEQUANT_MIN_T": 32}, bits=bits, group=g, T=33, N=24, K=300)
+    tuned(device, "dequant", {"BLOCK_N": 16, "CHUNK": 64}, bits=bits, group=g, N=24, K=300)
+    y = ops.qmatmul(x, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
+    assert taken == [1]
+    lr = [None, None] if lowrank is None else [t.cpu() for t in lowrank]
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw, D, *lr, bias.cpu()))
 
 
@@ -262,16 +298,18 @@ def test_sampled_search_space_configs_are_correct(device, tuned):
         pick = {op: {k: rng.choice(v) for k, v in space.items()} for op, space in config.SPACE.items()}
         for T in (3, 20):
             tuned(device, "act_scale", pick["act_scale"], T=T, K=160)
-            tuned(device, "lowrank", pick["lowrank"], T=T, K=160)
         tuned(device, "quantize", pick["quantize"], bits=4, group=32, N=24, K=160)
-        tuned(device, "gemv", pick["gemv"], bits=4, group=32, T=3, N=24, K=160)
-        tuned(device, "gemm", pick["gemm"], bits=4, group=32, T=20, N=24, K=160)
+        tuned(device, "decode1", pick["decode1"], bits=4, group=32, N=24, K=160)
+        tuned(device, "decode", pick["decode"], bits=4, group=32, T=3, N=24, K=160)
+        pick["prefill"]["DEQUANT_MIN_T"] = rng.choice([16, 1 << 30])  # both prefill paths at T = 20
+        tuned(device, "prefill", pick["prefill"], bits=4, group=32, T=20, N=24, K=160)
+        tuned(device, "dequant", pick["dequant"], bits=4, group=32, N=24, K=160)
         # the spec's values, explicitly: ttqkern.defaults holds the tuned ones
         D_tr = ops.act_scale(x, p=2.0, lam=1.0, alpha=0.25, backend="triton")
         torch.testing.assert_close(D_tr.cpu(), D, rtol=1e-5, atol=0)
         q = ops.quantize(W, D.to(device), bits=4, group_size=32, backend="triton")
         assert_packed_match(q.to("cpu"), pw)
-        for xx in (xs, x):
+        for xx in (x[:1].contiguous(), xs, x):
             y = ops.qmatmul(xx, pw.to(device), D.to(device), lowrank=lowrank, bias=bias, backend="triton")
             assert_output_close(y.cpu(), reference.qmatmul(xx.cpu(), pw, D, *lr, bias.cpu()))
 
@@ -283,10 +321,29 @@ def test_sampled_search_space_configs_are_correct(device, tuned):
 def test_invalid_tuned_entry_warns_and_uses_defaults(device, tuned):
     x, W, _, _ = random_case(2, 8, 64, device=device)
     pw = reference.quantize(W.cpu(), None, 4, 32, False, "float", 1.0)
-    tuned(device, "gemv", {"BLOCK_N": 48}, check=False, bits=4, group=32, T=2, N=8, K=64)
-    with pytest.warns(UserWarning, match=r"tuned config triton/gemv/bits=4/group=32/T=2/N=8/K=64 .* invalid values"):
+    tuned(device, "decode", {"BLOCK_N": 48}, check=False, bits=4, group=32, T=2, N=8, K=64)
+    with pytest.warns(UserWarning, match=r"tuned config triton/decode/bits=4/group=32/T=2/N=8/K=64 .* invalid values"):
         y = ops.qmatmul(x, pw.to(device), backend="triton")
     assert_output_close(y.cpu(), reference.qmatmul(x.cpu(), pw))
+
+
+def test_shipped_entries_name_the_current_ops_and_validate():
+    """Every shipped Triton entry is keyed for an op this version launches and passes its `ConfigTable`
+    check: entries tuned for the kernels issue 13 replaced (ops gemv / gemm / lowrank) would never be
+    looked up again, and the compile check would skip them silently."""
+    shipped = {p.stem: store._read(p) for p in sorted(store.PACKAGE_DIR.glob("*.json"))}
+    checked = 0
+    for slug, entries in shipped.items():
+        for key, entry in entries.items():
+            backend, op = key.split("/")[:2]
+            if backend != "triton":
+                continue
+            assert op in config.TABLE.ops, f"{slug}: {key} is keyed for an op the Triton backend does not have"
+            assert config.TABLE.ops[op].invalid(entry) == "", (slug, key, entry)
+            fields = dict(p.split("=") for p in key.split("/")[2:])
+            assert set(fields) == set(config.KEY_FIELDS[op]), (slug, key)
+            checked += 1
+    assert checked >= 1  # h200.json ships the quantize entries
 
 
 def test_defaults_and_search_space_are_valid():
@@ -298,29 +355,57 @@ def test_defaults_and_search_space_are_valid():
                 assert set(base) == set(config.SPACE[op]) and spec.invalid(base) == ""
                 for field, values in config.SPACE[op].items():
                     assert all(spec.invalid({**base, field: v}) == "" for v in values), (op, field)
-    gemv = config.TABLE.ops["gemv"]
-    assert gemv.invalid({"BLOCK_N": 48}) and gemv.invalid({"num_warps": 3})
+    decode, decode1 = config.TABLE.ops["decode"], config.TABLE.ops["decode1"]
+    assert decode.invalid({"BLOCK_N": 48}) and decode1.invalid({"num_warps": 3})
+    assert decode1.invalid({"BLOCK_N": 16})  # a field of another op
 
 
 def test_key_buckets_dimensions():
-    assert config.key("gemv", bits=3, group=64, T=5, N=4000, K=4096) == "triton/gemv/bits=3/group=64/T=8/N=4096/K=4096"
+    key = config.key("decode", bits=3, group=64, T=5, N=4000, K=4096)
+    assert key == "triton/decode/bits=3/group=64/T=8/N=4096/K=4096"
+    assert (
+        config.key("decode1", bits=4, group=128, T=1, N=4000, K=5120) == "triton/decode1/bits=4/group=128/N=4096/K=8192"
+    )
     assert config.key("act_scale", T=33, K=100) == "triton/act_scale/T=64/K=128"
 
 
 @pytest.mark.parametrize(
-    "block_k,g,K,min_block,expected",
+    "bits,g,cap,expected",
     [
-        (64, 128, 4096, 16, (64, True)),  # group a multiple of the tile
-        (64, 48, 4096, 16, (16, True)),  # shrink to the largest power of two dividing g
-        (128, 48, 4096, 16, (128, False)),  # ... unless that shrinks it more than 4x: per-column scales
-        (128, 16, 4096, 1, (128, False)),  # shrinking 8x is not worth it: gather scales per column
-        (64, 37, 37, 16, (64, False)),  # odd group (g = K = 37): per-column scales
-        (128, 64, 40, 16, (64, True)),  # tile capped at K's power of two
-        (16, 40, 40, 16, (16, False)),  # 40 = 8 * 5: 8 < the dot's minimum tile
+        (4, 128, 128, (128, 1, 1)),  # one tl.dot per group
+        (4, 128, 64, (64, 2, 2)),  # capped: two per group
+        (4, 5120, 128, (128, 40, 40)),  # g = -1 on a 5120-wide layer: 40 chunks of 128
+        (4, 96, 128, (32, 3, 3)),  # largest power of two dividing 96
+        (2, 37, 128, (64, 1, 1)),  # padded group (37 -> 64 codes): one chunk
+        (3, 64, 128, (64, 1, 1)),
     ],
 )
-def test_fit_block_k(block_k, g, K, min_block, expected):
-    assert config.fit_block_k(block_k, g, K, min_block) == expected
+def test_dot_chunk_is_a_power_of_two_inside_a_group(bits, g, cap, expected):
+    from ttqkern.backends import words
+    from ttqkern.backends.triton.qmatmul import _dot_chunk
+
+    pw = reference.quantize(torch.randn(3, g), None, bits, g, False, "float", 1.0)
+    assert _dot_chunk(words.word_plan(pw), cap) == expected
+
+
+def test_gpu_defaults_follow_the_sm_count():
+    # one token: >= 2 CTAs per SM with one row per warp and thread when N is small, more rows when large
+    assert config.defaults("decode1", False, N=1024, sms=132)["ROWS"] == 1
+    assert config.defaults("decode1", False, N=25600, sms=132)["ROWS"] == 8
+    assert config.defaults("decode1", False, N=4096, sms=108)["ROWS"] == 4
+    # tensor-core decode: 64-row tiles, split over K until there is a CTA per SM
+    assert config.defaults("decode", False, N=4096, sms=132)["SPLIT_K"] == 0
+    assert config.auto_split(0, 64, 8, torch.device("cpu"), per_sm=1) == 1  # the interpreter counts one SM
+    with config.device_override(devices.BY_SLUG["h200"]):
+        assert config.auto_split(0, 64, 8, torch.device("cpu"), per_sm=1) == 3  # 132 SMs
+    # a catalog GPU asked about from here gets its derived defaults (not the interpreter's)
+    from ttqkern.tuning import lookup
+
+    shape = {"bits": 4, "group": 128, "T": 1, "N": 25600, "K": 5120}
+    assert lookup("decode1", shape, device="h200", backend="triton").config["ROWS"] == 8
+    prefill = {**shape, "T": 512}
+    assert lookup("prefill", prefill, device="a100-80gb", backend="triton").config["BLOCK_T"] == 64
+    assert lookup("prefill", prefill, device="h200", backend="triton").config["BLOCK_T"] == 128
 
 
 def test_auto_split_fills_the_device_and_respects_limits():
@@ -375,10 +460,27 @@ def test_gpu_real_shape_matches_torch_backend_and_fp16_linear(T, bits):
     y = ops.qmatmul(x, pw, D, backend="triton")
     assert_output_close(y, ops.qmatmul(x, pw, D, backend="torch"))
     assert rel_err(y, x @ W.T) < (0.12 if bits == 4 else 0.25)
-    # auto is triton on CUDA tensors; not bitwise equal to y: split-K sums with fp32
-    # atomics, whose order varies from run to run (seen on an H200 at T = 16)
+    # auto is triton on CUDA tensors; split-K decode sums its partials in split order: bitwise repeatable
     assert backends.resolve("auto", x.device).name == "triton"
-    assert_output_close(ops.qmatmul(x, pw, D, backend="auto"), y)
+    assert torch.equal(ops.qmatmul(x, pw, D, backend="auto"), y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T,N,split", [(16, 256, 8), (4, 1000, 3), (2, 64, 16)])
+def test_gpu_split_k_decode_is_deterministic_and_resets_its_counters(tuned, T, N, split):
+    """The last program of a tile sums the partials after an acquire and resets the tile's counter: a race
+    or a counter left set would change some call's output (the interpreter runs programs one by one and
+    cannot show either)."""
+    x, W, lowrank, bias = random_case(T, N, 4096, r=16, bias=True, dtype=torch.float16, device="cuda")
+    D = ops.act_scale(x, backend="triton")
+    pw = ops.quantize(W, D, bits=4, group_size=128, backend="triton")
+    tuned("cuda", "decode", {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": split}, bits=4, group=128, T=T,
+          N=N, K=4096)  # fmt: skip
+    run = tb.BACKEND.prepare(pw, D, *lowrank, bias)
+    first = run(x)
+    assert_output_close(first, ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch"))
+    for _ in range(50):
+        assert torch.equal(run(x), first)
 
 
 @pytest.mark.gpu
@@ -398,3 +500,22 @@ def test_gpu_qmatmul_is_capturable_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert_output_close(y, eager)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("g", [64, 48])  # canonical bytes read in place / a padded copy, made once
+def test_prepare_makes_the_word_planes_once(device, monkeypatch, g):
+    from ttqkern.backends import words
+
+    x, W, lowrank, bias = random_case(1, 20, 96, r=3, bias=True, dtype=torch.float16, device=device)
+    D = reference.act_scale(x.cpu(), 2.0, 1.0, 0.25)
+    pw = reference.quantize(W.cpu(), D, 4, g, False, "float", 1.0).to(device)
+    made = []
+    real = words.word_plan
+    monkeypatch.setattr(words, "word_plan", lambda p: made.append(1) or real(p))
+    run = tb.BACKEND.prepare(pw, D.to(device), *lowrank, bias)
+    ys = [run(x), run(x)]
+    assert made == [1]
+    ref = reference.qmatmul(x.cpu(), pw.to("cpu"), D, *[t.cpu() for t in lowrank], bias.cpu())
+    for y in ys:
+        assert_output_close(y.cpu(), ref)

@@ -32,44 +32,45 @@ def test_cases_follow_each_ops_token_range_and_dedupe_buckets():
     cs = tuner.cases("triton", None, [(1, 48, 96), (1, 50, 100), (33, 48, 96)], [4, 3], [128])
     labels = [c.label() for c in cs]
     # 48x96 and 50x100 share the buckets N=64, K=128 and the group size: tuned once
-    assert "gemv bits=4 group=128 T=1 N=48 K=96" in labels and "gemm bits=3 group=128 T=33 N=48 K=96" in labels
+    assert "decode1 bits=4 group=128 N=48 K=96" in labels and "prefill bits=3 group=128 T=33 N=48 K=96" in labels
     assert not any("N=50" in lb for lb in labels)
-    assert not any(c.op == "gemv" and c.T > config.DECODE_MAX_T for c in cs)
-    assert not any(c.op == "gemm" and c.T <= config.DECODE_MAX_T for c in cs)
+    assert not any(c.op in ("decode1", "decode") and c.T > config.DECODE_MAX_T for c in cs)
+    assert not any(c.op == "decode1" and c.T > 1 for c in cs)
+    assert not any(c.op in ("prefill", "dequant") and c.T <= config.DECODE_MAX_T for c in cs)
     assert len(labels) == len(set(labels))
 
 
 def test_override_is_what_the_backend_launches_with():
-    key = config.key("gemv", **SHAPE)
+    key = config.key("decode1", **SHAPE)
     slug = devices.device_slug(torch.device(DEVICE))
-    entry = {"BLOCK_N": 16, "SPLIT_K": 2}
-    base = config.defaults("gemv", tb.INTERPRET, T=1)
+    entry = {"ROWS": 2, "PREFETCH": 0}
+    base = config.defaults("decode1", tb.INTERPRET, T=1)
     with store.override(slug, key, entry):
-        assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, **SHAPE) == {**base, **entry}
-        assert lookup("gemv", SHAPE, device=DEVICE, backend="triton").source == "override"
-    assert config.params("gemv", torch.device(DEVICE), tb.INTERPRET, **SHAPE) == base
+        assert config.params("decode1", torch.device(DEVICE), tb.INTERPRET, **SHAPE) == {**base, **entry}
+        assert lookup("decode1", SHAPE, device=DEVICE, backend="triton").source == "override"
+    assert config.params("decode1", torch.device(DEVICE), tb.INTERPRET, **SHAPE) == base
 
 
 def test_cli_writes_configs_the_backend_reads(config_dir, tmp_path, capsys):
-    argv = ["--device", DEVICE, "--shapes", "1x48x96", "--ops", "gemv,quantize", "--bits", "4", "--group-size", "96",
+    argv = ["--device", DEVICE, "--shapes", "1x48x96", "--ops", "decode1,quantize", "--bits", "4", "--group-size", "96",
             "--trials", "3", "--dtype", "float32", "--storage", f"journal:{tmp_path / 'j.journal'}", "--no-progress",
             "--report", str(tmp_path / "rep")]  # fmt: skip
     assert gpu.main(argv) == 0
     out = capsys.readouterr().out
-    assert "gemv bits=4 group=96 T=1 N=48 K=96" in out and "2 configs written" in out
+    assert "decode1 bits=4 group=96 N=48 K=96" in out and "2 configs written" in out
     slug = devices.device_slug(torch.device(DEVICE))
     data = json.loads((config_dir / f"{slug}.json").read_text())
-    key = config.key("gemv", **SHAPE)
+    key = config.key("decode1", **SHAPE)
     assert set(data["entries"]) == {key, config.key("quantize", bits=4, group=96, N=48, K=96)}
     store.load.cache_clear()
-    got = config.params("gemv", torch.device(DEVICE), tb.INTERPRET, **SHAPE)
-    assert got == {**config.defaults("gemv", tb.INTERPRET, T=1), **data["entries"][key]}
+    got = config.params("decode1", torch.device(DEVICE), tb.INTERPRET, **SHAPE)
+    assert got == {**config.defaults("decode1", tb.INTERPRET, T=1), **data["entries"][key]}
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert [r["case"] for r in rep["rows"]] == [
-        "gemv bits=4 group=96 T=1 N=48 K=96",
+        "decode1 bits=4 group=96 N=48 K=96",
         "quantize bits=4 group=96 N=48 K=96",
     ]
-    assert "| gemv bits=4 group=96 T=1 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
+    assert "| decode1 bits=4 group=96 N=48 K=96 |" in (tmp_path / "rep.md").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
@@ -80,10 +81,10 @@ def test_cli_without_gpu_says_so(capsys):
 
 def test_a_catalog_gpu_never_tuned_gets_derived_defaults_that_fit_it():
     shape = {"bits": 4, "group": 128, "T": 512, "N": 4096, "K": 4096}
-    a100 = lookup("gemm", shape, device="a100-80gb", backend="triton")
+    a100 = lookup("prefill", shape, device="a100-80gb", backend="triton")
     assert a100.source == "derived" and "A100" in a100.note and "108 SMs" in a100.note
-    assert a100.config["BLOCK_K"] == 32  # 64 x 128 x 64 spills below sm_90 (--compile-check)
-    assert lookup("gemm", shape, device="h100", backend="triton").config["BLOCK_K"] == 64
+    assert a100.config["BLOCK_T"] == 64  # 128 x 128 spills below sm_90 (both MMA operands in registers)
+    assert lookup("prefill", shape, device="h100", backend="triton").config["BLOCK_T"] == 128
     assert devices.config_kind("a100-80gb") == "derived" and devices.config_kind("h200") == "tuned"
     h200 = lookup("quantize", {"bits": 4, "group": 128, "N": 4096, "K": 4096}, device="h200", backend="triton")
     assert h200.source == "shipped" and h200.path == store.PACKAGE_DIR / "h200.json"
@@ -91,12 +92,20 @@ def test_a_catalog_gpu_never_tuned_gets_derived_defaults_that_fit_it():
 
 
 def test_constraint_rejects_configs_that_cannot_fit():
-    gemv, gemm = config.TABLE.ops["gemv"], config.TABLE.ops["gemm"]
-    base = config.defaults("gemv", False, T=16)
-    shape = {"bits": 4, "group": 128, "T": 16, "N": 4096, "K": 4096}
-    wide = {**base, "USE_DOT": 0, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 2}
-    assert "broadcast products per thread" in gemv.rejects(wide, "h200", **shape)
-    assert gemv.rejects({**base, "USE_DOT": 1}, "h200", **shape) == ""
-    big = {**config.defaults("gemm", False, T=512), "BLOCK_T": 128, "BLOCK_N": 256, "BLOCK_K": 128, "num_stages": 4}
-    assert "shared memory" in gemm.rejects(big, "rtx4090", **{**shape, "T": 512})
-    assert gemm.rejects(config.defaults("gemm", False, T=512), "rtx4090", **{**shape, "T": 512}) == ""
+    prefill = config.TABLE.ops["prefill"]
+    shape = {"bits": 4, "group": 128, "T": 512, "N": 4096, "K": 4096}
+    big = {**config.defaults("prefill", False, T=512), "BLOCK_T": 128, "BLOCK_N": 256, "CHUNK": 128, "num_stages": 4}
+    assert "shared memory" in prefill.rejects(big, "rtx4090", **shape)
+    assert prefill.rejects(config.defaults("prefill", False, T=512, cc=89), "rtx4090", **shape) == ""
+    hopper = config.defaults("prefill", False, T=512, cc=90)  # 128 x 128: fine on Hopper, spills on an A100
+    assert prefill.rejects(hopper, "h200", **shape) == ""
+    assert "spill before Hopper" in prefill.rejects(hopper, "a100-80gb", **shape)
+
+
+def test_prefill_threshold_is_stored_as_the_choice_it_makes():
+    canon = config.TABLE.ops["prefill"].canonicalize
+    base = config.defaults("prefill", False, T=512)
+    shape = {"bits": 4, "group": 128, "T": 512, "N": 4096, "K": 4096}
+    assert canon({**base, "DEQUANT_MIN_T": 256}, **shape)["DEQUANT_MIN_T"] == 16  # dequantize + cuBLAS
+    assert canon({**base, "DEQUANT_MIN_T": 1024}, **shape)["DEQUANT_MIN_T"] == 1 << 30  # the kernel
+    assert canon({**base, "DEQUANT_MIN_T": 512}, **shape) == canon({**base, "DEQUANT_MIN_T": 64}, **shape)

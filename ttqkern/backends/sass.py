@@ -23,6 +23,7 @@ Only the standard library is imported; the tools are run as subprocesses.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -337,22 +338,25 @@ def loop_stats(instrs: list[Instr], loop: Loop) -> LoopStats:
     return LoopStats(loop.start, loop.end, len(body), dict(mem), fams, dict(ops))
 
 
-def main_loop(instrs: list[Instr], require: tuple[str, ...] = ("LDG", "LDGSTS")) -> LoopStats | None:
+def main_loop(
+    instrs: list[Instr], require: tuple[str, ...] = ("LDG", "LDGSTS"), prefer: str | None = None
+) -> LoopStats | None:
     """The innermost loop that issues the most global loads (ties: more instructions), or None.
 
     A kernel that streams a weight spends its time in the loop that loads it;
-    ``require`` names the memory kinds that count as such loads.
+    ``require`` names the memory kinds that count as such loads.  ``prefer``: a
+    `FAMILIES` name (e.g. ``"MMA"``); when some such loop uses it, only those count
+    (a GEMM's main loop is the one with the tensor-core ops, not a copy loop beside it).
     """
-    best = None
+    cands = []
     for lp in innermost_loops(instrs):
         st = loop_stats(instrs, lp)
         n = sum(c for k, c in st.memory.items() if k.partition(".")[0] in require)
-        if n == 0:
-            continue
-        rank = (n, st.instructions)
-        if best is None or rank > best[0]:
-            best = (rank, st)
-    return None if best is None else best[1]
+        if n:
+            cands.append(((n, st.instructions), st))
+    if prefer is not None and any(st.families.get(prefer, 0) for _, st in cands):
+        cands = [c for c in cands if c[1].families.get(prefer, 0)]
+    return max(cands, key=lambda c: c[0])[1] if cands else None
 
 
 def kernel_stats(instrs: list[Instr]) -> dict:
@@ -433,12 +437,43 @@ def parse_ptxas_verbose(text: str) -> dict[str, Resources]:
     return {k: Resources(**{"registers": 0, **v}) for k, v in out.items()}
 
 
-def ptxas_usage(ptx: str, arch: str, extra: tuple[str, ...] = ()) -> dict[str, Resources]:
-    """Assemble ``ptx`` for ``arch`` (e.g. ``sm_90a``) with ``ptxas -v``: registers and spills per kernel."""
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "k.ptx"
-        src.write_text(ptx)
-        text = _run([require_tool("ptxas"), f"-arch={arch}", "-v", *extra, src, "-o", Path(d) / "k.cubin"])
+def _usage_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("TTQKERN_PTXAS_CACHE", Path(base) / "ttqkern" / "ptxas"))
+
+
+def ptxas_usage(
+    ptx: str, arch: str, extra: tuple[str, ...] = (), ptxas: str | Path | None = None
+) -> dict[str, Resources]:
+    """Assemble ``ptx`` for ``arch`` (e.g. ``sm_90a``) with ``ptxas -v``: registers and spills per kernel.
+
+    ``ptxas``: the assembler to run (default: `find_tool`); pass the one the compiler
+    used, with its flags in ``extra``, to see exactly its register allocation.
+    The report is cached on disk (``$TTQKERN_PTXAS_CACHE``, default
+    ``~/.cache/ttqkern/ptxas``) under a hash of the assembler (path, size, mtime), the
+    arguments and the PTX: the static gates and the compile check assemble the same
+    kernels, and a second run assembles nothing.
+    """
+    import hashlib
+
+    tool = Path(ptxas) if ptxas is not None else require_tool("ptxas")
+    st = tool.stat()
+    key = hashlib.sha256(
+        "\0".join([str(tool.resolve()), str(st.st_size), str(st.st_mtime_ns), arch, *extra, ptx]).encode()
+    ).hexdigest()
+    cached = _usage_cache_dir() / f"{key}.txt"
+    try:
+        text = cached.read_text()
+    except OSError:
+        with tempfile.TemporaryDirectory() as d:
+            src = Path(d) / "k.ptx"
+            src.write_text(ptx)
+            text = _run([tool, f"-arch={arch}", "-v", *extra, src, "-o", Path(d) / "k.cubin"])
+        with contextlib.suppress(OSError):  # a read-only home only costs the re-assembly next time
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text)
+            tmp.replace(cached)  # atomic: parallel runs never read half a report
     return parse_ptxas_verbose(text)
 
 
@@ -466,19 +501,30 @@ class KernelReport:
         }
 
 
-def inspect_cubin(cubin: bytes | str | Path, ptx: str | None = None, arch: str | None = None) -> dict:
+def inspect_cubin(
+    cubin: bytes | str | Path,
+    ptx: str | None = None,
+    arch: str | None = None,
+    ptxas: str | Path | None = None,
+    ptxas_flags: tuple[str, ...] = (),
+    prefer: str | None = None,
+) -> dict:
     """``{kernel: KernelReport}`` for every kernel in ``cubin``.
 
     Resources come from ``ptxas -v`` when ``ptx`` and ``arch`` are given (it reports
-    spill bytes), else from ``cuobjdump -res-usage`` (spills show as LOCAL bytes).
+    spill bytes; ``ptxas`` / ``ptxas_flags`` as in `ptxas_usage`), else from
+    ``cuobjdump -res-usage`` (spills show as LOCAL bytes there).  ``prefer``: as in `main_loop`.
     """
     funcs = parse_sass(disassemble(cubin))
-    res = ptxas_usage(ptx, arch) if ptx is not None and arch is not None else resource_usage(cubin)
+    if ptx is not None and arch is not None:
+        res = ptxas_usage(ptx, arch, ptxas_flags, ptxas)
+    else:
+        res = resource_usage(cubin)
     out = {}
     for name, instrs in funcs.items():
         loops = [loop_stats(instrs, lp) for lp in innermost_loops(instrs)]
         body = [i for i in instrs if not i.is_nop_filler]
-        out[name] = KernelReport(name, len(body), loops, main_loop(instrs), res.get(name))
+        out[name] = KernelReport(name, len(body), loops, main_loop(instrs, prefer=prefer), res.get(name))
     return out
 
 

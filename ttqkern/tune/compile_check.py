@@ -15,16 +15,16 @@ Each compiled kernel must:
 
 Compilation goes through the Triton backend's AOT capture
 (``ttqkern.backends.triton.aot.capture``: the JIT's own specialization, so the code
-is what the GPU runs) when that module is present; otherwise through a plain
-``triton.compile`` of each launch without the JIT's specialization hints, which can
-differ in detail (docs: perf-notes §3) -- the report says which was used.  Must run
-with TRITON_INTERPRET unset (tests run it in a subprocess).
+is what the GPU runs); registers and spills are those of ``ptxas -v`` with the flags
+Triton passes (`aot.ptxas_flags`), cached on disk by `ttqkern.backends.sass.ptxas_usage`
+and shared with the static gates (``python -m ttqkern.backends.triton.inspect``), which
+compile many of the same kernels.  Must run with TRITON_INTERPRET unset (tests run it
+in a subprocess).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -33,99 +33,26 @@ from dataclasses import dataclass, field
 import torch
 
 SHAPES = "qwen3-8b"
-TOKENS = (1, 16, 512)
+TOKENS = (1, 16, 128, 512)  # one-token, tensor-core decode, the prefill kernel, dequantize + cuBLAS
 BITS = (4, 3)
 GROUP = 128
-_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int32: "i32"}
+_USAGE: dict = {}  # (arch, kernel, ptx, flags) -> ptxas -v usage, for this process (sass caches on disk too)
 
 
-@dataclass
-class _Launch:
-    kernel: str
-    num_warps: int
-    compiled: object
-
-    @property
-    def shared(self) -> int:
-        return int(self.compiled.metadata.shared)
-
-    def asm(self, kind):
-        return self.compiled.asm.get(kind)
-
-
-_COMPILED: dict = {}  # (target, kernel, signature, constants, options) -> compiled kernel, for this process
-_PTXAS: dict = {}  # (arch, kernel, ptx) -> ptxas -v usage
-
-
-@contextlib.contextmanager
-def _plain_capture(target):
-    """Launches compiled with ``triton.compile`` from the arguments' types alone (no specialization hints)."""
-    import triton
-    from triton.compiler import ASTSource
-    from triton.runtime.jit import JITFunction
-
-    launches: list[_Launch] = []
-    cache = _COMPILED
-
-    def aot_run(self, *args, grid, warmup, **kwargs):
-        options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
-        values = dict(zip(self.arg_names, args, strict=False), **kwargs)
-        signature, constexprs = {}, {}
-        for p in self.params:
-            v = values[p.name]
-            if p.is_constexpr:
-                signature[p.name], constexprs[p.name] = "constexpr", v
-            elif isinstance(v, torch.Tensor):
-                signature[p.name] = "*" + _TYPES[v.dtype]
-            elif isinstance(v, bool):
-                signature[p.name] = "i1"
-            else:
-                signature[p.name] = "i32" if isinstance(v, int) else "fp32"
-        key = (str(target), self.__name__, tuple(sorted(signature.items())), tuple(sorted((k, str(v)) for k, v in constexprs.items())),
-               tuple(sorted(options.items())))  # fmt: skip
-        kernel = cache.get(key)
-        if kernel is None:
-            kernel = cache[key] = triton.compile(ASTSource(self, signature, constexprs), target=target, options=options)
-        launches.append(_Launch(self.__name__, int(kernel.metadata.num_warps), kernel))
-        return kernel
-
-    saved = JITFunction.run
-    JITFunction.run = aot_run
-    try:
-        yield launches
-    finally:
-        JITFunction.run = saved
-
-
-def capture(target):
-    """``(context manager yielding the launches list, how)``: the backend's AOT capture if present."""
-    try:
-        from ..backends.triton import aot
-    except ImportError:
-        return _plain_capture(target), "triton.compile without the JIT's specialization hints"
-    return aot.capture(target), "ttqkern.backends.triton.aot (the JIT's specialization)"
-
-
-def _ptxas_usage(ptx: str, cc: int, arch: str, launch) -> dict:
-    """``ptxas -v`` of ``ptx`` with the assembler Triton uses for ``cc`` (its PTX version needs that one),
-    parsed by `ttqkern.backends.sass.parse_ptxas_verbose`."""
-    import subprocess
-    import tempfile
-    from pathlib import Path
-
+def _ptxas_usage(ln, cc: int, arch: str):
+    """Registers and spills of one captured launch: its PTX re-assembled with ``ptxas -v``, the assembler
+    and flags Triton used for ``cc`` (`aot.ptxas_flags`; `ttqkern.backends.sass.ptxas_usage`)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
     from ..backends import sass
+    from ..backends.triton import aot
 
-    fmad = [] if getattr(launch, "options", {}).get("enable_fp_fusion", True) else ["--fmad=false"]
-    with tempfile.TemporaryDirectory() as d:
-        src = Path(d) / "k.ptx"
-        src.write_text(ptx)
-        cmd = [get_ptxas(cc).path, "-v", *fmad, f"--gpu-name={arch}", str(src), "-o", str(Path(d) / "k.cubin")]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-500:]}")
-    return sass.parse_ptxas_verbose(out.stdout + out.stderr)
+    flags = aot.ptxas_flags(ln)
+    kid = (arch, ln.kernel, ln.asm("ptx"), flags)
+    if kid not in _USAGE:
+        usage = sass.ptxas_usage(ln.asm("ptx"), arch, flags, get_ptxas(cc).path)
+        _USAGE[kid] = next(iter(usage.values())) if usage else None
+    return _USAGE[kid]
 
 
 @dataclass
@@ -189,11 +116,12 @@ def _shipped_cases(slug: str, table):
     return out
 
 
-def check_device(dev, backend, shapes, log=print) -> tuple[list[Check], str]:
+def check_device(dev, backend, shapes, log=print) -> list[Check]:
     """Compile every default and shipped config of ``backend`` for catalog device ``dev``."""
     from triton.backends.compiler import GPUTarget
 
     from ..backends import sass
+    from ..backends.triton import aot
     from ..tuning import store
     from . import tuner
 
@@ -205,14 +133,9 @@ def check_device(dev, backend, shapes, log=print) -> tuple[list[Check], str]:
     todo = [(c, None) for c in tuner.cases(table.backend, None, shapes, list(BITS), [GROUP]) if c.key not in keys]
     todo += shipped
     checks: list[Check] = []
-    seen_kernels = _PTXAS
-    how = ""
-    cfg_mod = sys.modules.get(type(backend).__module__ + ".config")
-    with contextlib.ExitStack() as stack:
-        if cfg_mod is not None and hasattr(cfg_mod, "_num_sms"):  # split factors as on that GPU
-            saved = cfg_mod._num_sms
-            cfg_mod._num_sms = lambda device: dev.sms
-            stack.callback(setattr, cfg_mod, "_num_sms", saved)
+    from ..backends.triton import config as triton_config
+
+    with triton_config.device_override(dev):  # launches sized as on that GPU (its SMs: split factors, grids)
         for case, entry in todo:
             spec = table.ops[case.op]
             full = case.full_shape()
@@ -225,9 +148,8 @@ def check_device(dev, backend, shapes, log=print) -> tuple[list[Check], str]:
                 ck.problems.append(f"invalid: {why}")
                 checks.append(ck)
                 continue
-            cm, how = capture(target)
             try:
-                with cm as launches, store.override("cpu", case.key, cfg):
+                with aot.capture(target) as launches, store.override(dev.slug, case.key, cfg):
                     _launch(backend, spec.stage_of(case.op), case)
             except Exception as e:
                 ck.problems.append(f"does not compile: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
@@ -236,13 +158,7 @@ def check_device(dev, backend, shapes, log=print) -> tuple[list[Check], str]:
             for ln in launches:
                 if spec.kernels and ln.kernel not in spec.kernels:
                     continue  # another op's kernel, launched at its own config (checked as that op)
-                ptx = ln.asm("ptx")
-                kid = (arch, ln.kernel, ptx)
-                if kid not in seen_kernels:
-                    usage = _ptxas_usage(ptx, int(dev.arch), arch, ln)
-                    res_ = next(iter(usage.values())) if usage else None
-                    seen_kernels[kid] = res_
-                res_ = seen_kernels[kid]
+                res_ = _ptxas_usage(ln, int(dev.arch), arch)
                 regs = res_.registers if res_ else 0
                 spills = res_.spills if res_ else 0
                 occ = sass.occupancy(regs, ln.shared, ln.num_warps * 32, int(dev.arch)) if res_ else 0
@@ -259,8 +175,10 @@ def check_device(dev, backend, shapes, log=print) -> tuple[list[Check], str]:
                     )
                 if res_ is not None and occ < 1:
                     ck.problems.append(f"{ln.kernel}: no CTA fits an SM ({regs} registers x {ln.num_warps} warps)")
+            if spec.kernels and not ck.kernels:  # a case that compiles none of its op's kernels checks nothing
+                ck.problems.append(f"launched none of {', '.join(spec.kernels)} at T = {full['T']}")
             checks.append(ck)
-    return checks, how
+    return checks
 
 
 def table_markdown(rows: list[dict]) -> str:
@@ -308,7 +226,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows, failed, details = [], [], []
     for dev in wanted:
-        checks, how = check_device(dev, backend, shapes)
+        checks = check_device(dev, backend, shapes)
         ks = [k for c in checks for k in c.kernels]
         probs = [f"{c.key} ({c.source}): {pr}" for c in checks for pr in c.problems]
         failed += [f"{dev.slug}: {pr}" for pr in probs]
@@ -316,7 +234,7 @@ def main(argv=None) -> int:
                      "kernels": len(ks), "max_shared": max((k["shared"] for k in ks), default=0),
                      "smem_kib": dev.smem_kib, "max_registers": max((k["registers"] for k in ks), default=0),
                      "spills": sum(k["spills"] > 0 for k in ks), "problems": len(probs),
-                     "kind": devices.config_kind(dev.slug), "how": how})  # fmt: skip
+                     "kind": devices.config_kind(dev.slug)})  # fmt: skip
         details += [c.__dict__ for c in checks]
         print(f"{dev.slug} ({dev.target}): {len(checks)} configs, {len(ks)} kernel launches compiled, "
               f"{len(probs)} problems ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
@@ -325,7 +243,8 @@ def main(argv=None) -> int:
     for f in failed:
         print(f"FAIL {f}")
     print(
-        f"compiled with {rows[0]['how'] if rows else '-'}; {len(failed)} problems in {time.perf_counter() - t0:.0f} s"
+        f"compiled with ttqkern.backends.triton.aot (the JIT's specialization); {len(failed)} problems in "
+        f"{time.perf_counter() - t0:.0f} s"
     )
     if a.report:
         rec = run_record(command_line(prog, argv), seconds=time.perf_counter() - t0)

@@ -1,15 +1,23 @@
-"""The Triton backend: TTQ's stages as fused, portable Triton kernels.
+"""The Triton backend: TTQ's stages as portable Triton kernels, designed from their machine code.
 
-Kernels (one module each, named by what they compute):
+Kernels (one module each, named by what they compute; docs/triton-kernels.md has the
+design and the static figures of each):
 
 - `act_scale`: column p-norms of x over the tokens, then D in one program.
 - `quantize`: scale by D, groupwise min/max, round, pack -- one pass over W,
-  writing the canonical packed layout directly.
-- `gemv` (T <= 16, split-K) and `gemm` (tiled, ``tl.dot``): the packed GEMM with
-  the ``x / D`` prologue and the low-rank + bias epilogue fused; `lowrank` is the
-  tiny ``x A^T`` pre-pass.
-- `config`: tile sizes, warps, stages and split factors per device, op, bit width
-  and shape bucket (defaults, overridden by tuned entries of `ttqkern.tuning.store`).
+  writing the canonical packed layout, which the GEMMs read as 32-bit words
+  (`ttqkern.backends.words`; odd group sizes are padded to whole chunks).
+- `prologue`: x~ = x / D once per call, laid out for the GEMM that follows, with
+  its chunk sums and the partials of ``x A^T``.
+- `gemv` (one token, vector units), `qdot` (2+ tokens, tensor cores) and
+  `dequant` (long prefills: dequantize once, then cuBLAS): the packed GEMM with
+  the low-rank + bias epilogue; `qmatmul` picks one and launches 2 kernels.
+- `unpack`: codes to floats without integer-to-float conversion.
+- `config`: tiles, warps, stages and thresholds per device, op, bit width and
+  shape bucket (defaults from the device's SM count, overridden by tuned entries).
+- `aot` / `inspect`: compile for a GPU target as the JIT would, without a GPU, and
+  report the static performance figures and gates (``python -m
+  ttqkern.backends.triton.inspect``).
 
 Only portable Triton is used, so the same source targets NVIDIA and AMD GPUs.
 With ``TRITON_INTERPRET=1`` set before this module is imported, the kernels are
@@ -52,6 +60,7 @@ def interpreter_supported(version: str) -> bool:
 
 from . import config  # noqa: E402
 from .act_scale import act_scale as _act_scale  # noqa: E402
+from .qmatmul import prepare as _prepare_weight  # noqa: E402
 from .qmatmul import qmatmul as _qmatmul  # noqa: E402
 from .quantize import quantize as _quantize  # noqa: E402
 
@@ -94,6 +103,18 @@ class TritonBackend(Backend):
         """Stages 4-5: x ``[T, K]`` fp32/fp16/bf16 -> ``[T, N]`` in x.dtype, fp32 accumulation."""
         with _launch_scope(x):
             return _qmatmul(x, pw, D, A, B, bias, INTERPRET)
+
+    def prepare(self, pw, D, A, B, bias):
+        """`qmatmul` with ``pw``'s word planes (for odd group sizes a padded copy) and group centres made
+        once per weight rather than per call: a decode step then launches the two kernels and nothing else."""
+        with _launch_scope(pw.scales):
+            prep = _prepare_weight(pw)
+
+        def run(x):
+            with _launch_scope(x):
+                return _qmatmul(x, pw, D, A, B, bias, INTERPRET, prep)
+
+        return run
 
 
 @contextlib.contextmanager

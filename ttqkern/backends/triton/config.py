@@ -1,217 +1,206 @@
-"""Launch parameters of the Triton kernels: defaults, overridden by tuned entries.
+"""Launch parameters of the Triton kernels: declared fields, search spaces and defaults per op.
 
-Every launch asks `params(op, device, interpret, **shape)`.  The answer is the op's
-defaults (`defaults`) updated by the entry the tuned-config store holds for this
-device (file ``<device_slug>.json``; looked up and validated by the shared
-`ttqkern.tuning.params.ConfigTable` declared here as `TABLE`) under the key
+Every launch asks `params(op, device, interpret, **shape)`: the op's defaults
+(`defaults`, derived from the device's figures where they decide a tile) updated by
+the entry the tuned-config store holds for the device (file ``<device_slug>.json``;
+looked up and validated by the shared `ttqkern.tuning.params.ConfigTable` declared
+here as `TABLE`) under the key
 
     triton/act_scale/T=<t>/K=<k>
     triton/quantize/bits=<b>/group=<g>/N=<n>/K=<k>
-    triton/lowrank/T=<t>/K=<k>
-    triton/gemv/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>          (decode, T <= DECODE_MAX_T)
-    triton/gemm/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>          (prefill)
+    triton/decode1/bits=<b>/group=<g>/N=<n>/K=<k>          (one token: `gemv`)
+    triton/decode/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>     (2 <= T <= DECODE_MAX_T: `qdot`)
+    triton/prefill/bits=<b>/group=<g>/T=<t>/N=<n>/K=<k>    (more tokens: `qdot`, or `dequant` + cuBLAS)
+    triton/dequant/bits=<b>/group=<g>/N=<n>/K=<k>          (the prefill fallback's dequantization)
 
-with every dimension rounded up to a power of two (`store.bucket`), see `key`;
-``group`` is the resolved group size, kept as it is.
-An entry may set any subset of the op's fields; `SPACE` lists the values a tuner
-should try and `FIELDS` the values an entry may hold.  ``SPLIT_K = 0`` /
-``SPLIT_T = 0`` mean "enough programs to fill the device" (`auto_split`).  A tuned
-entry with invalid values is ignored with a warning.  The kernels adapt what they must (block sizes to tiny shapes, BLOCK_K to
-the group size, the minimum tile of ``tl.dot``) at launch, so every value in SPACE
-is valid for every shape.
+with every dimension rounded up to a power of two (`store.bucket`) and ``group`` the
+resolved group size.  An entry may set any subset of the op's `FIELDS`; `SPACE`
+lists the values a tuner tries (every combination launches correctly: the launchers
+adapt tiles to tiny shapes).  A tuned entry with invalid values is ignored with a
+warning.
+
+Stale entries: the ops ``gemv`` / ``gemm`` / ``lowrank`` of the kernels this version
+replaced are no longer looked up (their keys never match), and their entries were
+removed from the shipped ``h200.json`` -- they tuned tiles of kernels that no longer
+exist.  The ``quantize`` and ``act_scale`` kernels are unchanged, so their entries
+stay valid.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 
 import torch
 
 from ...tuning import devices
 from ...tuning.params import ConfigTable, Int, OpParams
 
-# qmatmul takes the decode kernel (gemv.py) up to this many tokens, the GEMM above.
+# qmatmul: one token -> decode1 (vector units), up to DECODE_MAX_T -> decode, more -> prefill
 DECODE_MAX_T = 16
 # tl.dot needs every tile dimension >= 16 on GPUs.
 DOT_MIN = 16
+# prefill: from this many tokens (tunable, DEQUANT_MIN_T) dequantize once and call cuBLAS
+DEQUANT_MIN_T_DEFAULT = 512
 
-OPS = ("act_scale", "quantize", "lowrank", "gemv", "gemm")
 KEY_FIELDS = {
     "act_scale": ("T", "K"),
     "quantize": ("bits", "group", "N", "K"),
-    "lowrank": ("T", "K"),
-    "gemv": ("bits", "group", "T", "N", "K"),
-    "gemm": ("bits", "group", "T", "N", "K"),
+    "decode1": ("bits", "group", "N", "K"),
+    "decode": ("bits", "group", "T", "N", "K"),
+    "prefill": ("bits", "group", "T", "N", "K"),
+    "dequant": ("bits", "group", "N", "K"),
 }
+OPS = tuple(KEY_FIELDS)
+
+_POW2 = Int(1, 4096, pow2=True)
+_FLAG = Int(0, 1)
+_WARPS = Int(1, 16, pow2=True)
+_STAGES = Int(1, 8)
+FIELDS = {
+    "act_scale": {"BLOCK_T": _POW2, "BLOCK_K": _POW2, "SPLIT_T": Int(0, 1024), "num_warps": _WARPS},
+    "quantize": {"BLOCK_N": _POW2, "BLOCK_K": Int(8, 4096, pow2=True), "num_warps": _WARPS},
+    # ROWS rows per thread x num_warps rows per CTA; PREFETCH: load step i+1 before computing step i
+    "decode1": {"ROWS": Int(1, 16, pow2=True), "num_warps": Int(1, 8, pow2=True), "PREFETCH": _FLAG},
+    # CHUNK: codes per tl.dot (capped by the group); SWAP: weights as the MMA's M operand;
+    # SPLIT_K: 0 = enough chunk ranges for one CTA per SM (summed by the last program of a tile)
+    "decode": {"BLOCK_N": Int(16, 256, pow2=True), "CHUNK": Int(16, 512, pow2=True), "SWAP": _FLAG,
+               "SPLIT_K": Int(0, 64), "num_warps": _WARPS, "num_stages": _STAGES},
+    # DEQ_TILE: dequantize the tile in registers (w = s u + m) rather than rescale the accumulator per chunk;
+    # DEQUANT_MIN_T: from this many tokens, dequantize once and call cuBLAS instead
+    "prefill": {"BLOCK_T": Int(16, 256, pow2=True), "BLOCK_N": Int(16, 256, pow2=True),
+                "CHUNK": Int(16, 512, pow2=True), "GROUP_T": Int(1, 64, pow2=True), "SWAP": _FLAG, "DEQ_TILE": _FLAG,
+                "num_warps": _WARPS, "num_stages": _STAGES, "DEQUANT_MIN_T": Int(16, 1 << 30, pow2=True)},
+    "dequant": {"BLOCK_N": Int(16, 256, pow2=True), "CHUNK": Int(16, 512, pow2=True), "num_warps": _WARPS},
+}  # fmt: skip
 
 # What a tuner may try per op (every combination launches correctly).
 SPACE = {
-    "act_scale": {
-        "BLOCK_T": [8, 16, 32, 64],
-        "BLOCK_K": [32, 64, 128, 256],
-        "SPLIT_T": [0, 1, 2, 4, 8],
-        "num_warps": [2, 4, 8],
-    },
+    "act_scale": {"BLOCK_T": [8, 16, 32, 64], "BLOCK_K": [32, 64, 128, 256], "SPLIT_T": [0, 1, 2, 4, 8],
+                  "num_warps": [2, 4, 8]},
     "quantize": {"BLOCK_N": [1, 2, 4, 8, 16, 32], "BLOCK_K": [64, 128, 256, 512, 1024], "num_warps": [1, 2, 4, 8]},
-    "lowrank": {
-        "BLOCK_T": [1, 2, 4, 8, 16, 32, 64],
-        "BLOCK_R": [16, 32, 64],
-        "BLOCK_K": [32, 64, 128, 256],
-        "SPLIT_K": [0, 1, 2, 4, 8, 16],
-        "USE_DOT": [0, 1],
-        "num_warps": [2, 4, 8],
-    },
-    "gemv": {
-        "BLOCK_N": [8, 16, 32, 64, 128],
-        "BLOCK_K": [16, 32, 64, 128, 256],
-        "SPLIT_K": [0, 1, 2, 4, 8, 16],
-        "USE_DOT": [0, 1],
-        "BLOCK_R": [16, 32, 64],
-        "num_warps": [1, 2, 4, 8],
-        "num_stages": [1, 2, 3, 4],
-    },
-    "gemm": {
-        "BLOCK_T": [16, 32, 64, 128],
-        "BLOCK_N": [32, 64, 128, 256],
-        "BLOCK_K": [16, 32, 64, 128],
-        "GROUP_T": [1, 4, 8, 16],
-        "BLOCK_R": [16, 32, 64],
-        "num_warps": [2, 4, 8],
-        "num_stages": [1, 2, 3, 4, 5],
-    },
-}
+    "decode1": {"ROWS": [1, 2, 4, 8], "num_warps": [2, 4, 8], "PREFETCH": [0, 1]},
+    "decode": {"BLOCK_N": [16, 32, 64, 128], "CHUNK": [32, 64, 128, 256], "SWAP": [0, 1], "SPLIT_K": [0, 1, 2, 4],
+               "num_warps": [4, 8], "num_stages": [1, 2, 3, 4]},
+    "prefill": {"BLOCK_T": [32, 64, 128], "BLOCK_N": [64, 128, 256], "CHUNK": [64, 128], "GROUP_T": [1, 4, 8, 16],
+                "SWAP": [0, 1], "DEQ_TILE": [0, 1], "num_warps": [4, 8], "num_stages": [2, 3, 4],
+                "DEQUANT_MIN_T": [64, 256, 512, 1024, 2048, 1 << 30]},
+    "dequant": {"BLOCK_N": [16, 32, 64, 128], "CHUNK": [64, 128, 256], "num_warps": [2, 4, 8]},
+}  # fmt: skip
 
 
-def defaults(op: str, interpret: bool, *, T: int = 1, **_) -> dict:
-    """Untuned parameters of ``op``.
+def _pow2_floor(n: float) -> int:
+    return 1 << max(0, int(n).bit_length() - 1) if n >= 1 else 1
 
-    On a GPU: tiles that compile without register spills for sm_90 (checked with
-    ``ptxas -v`` on the AOT build of tests/triton_aot.py; not yet timed on a GPU --
-    the tuning issue measures), deterministic reductions (no split over T by
-    default), split-K chosen to fill the device.
-    Under the interpreter every program instance and every tile op costs Python
-    time, so tiles are as large as the small test shapes and nothing is split.
+
+def defaults(
+    op: str, interpret: bool, *, T: int = 1, N: int = 4096, bits: int = 4, sms: int = 132, cc: int = 90, **_
+) -> dict:
+    """Untuned parameters of ``op`` for a shape (``sms``: the device's multiprocessor count, ``cc``:
+    its compute capability, e.g. 90; docs/triton-kernels.md has the static figures behind each).
+
+    decode1: 4 warps, rows per thread as many as keep >= 2 CTAs per SM (a thread's rows
+    share its x~ loads and scale lookups; at most 8, 4 for 3 bits), prefetch on.  decode: 64-row tiles with the
+    weights as the MMA's M operand (64 rows amortise the x~ tile), split over K until
+    there is a CTA per SM.  prefill: on Hopper 128 x 128 tiles (64 x 128 below 128
+    tokens) and 8 warps; before Hopper both MMA operands live in registers, so 64 x 128
+    and 4 warps (128 x 128 spills there); 64-code chunks, tiles dequantized in registers;
+    dequantize + cuBLAS from 512 tokens.  Under the interpreter every program costs
+    Python time: tiles as large as the test shapes, nothing split.
     """
-    decode_dot = int(T > 1)  # one token: broadcast-reduce on vector units, no M >= 16 padding
     if interpret:
         table = {
             "act_scale": {"BLOCK_T": 64, "BLOCK_K": 256, "SPLIT_T": 1, "num_warps": 4},
             "quantize": {"BLOCK_N": 64, "BLOCK_K": 512, "num_warps": 4},
-            "lowrank": {"BLOCK_T": 64, "BLOCK_R": 64, "BLOCK_K": 256, "SPLIT_K": 1, "USE_DOT": 1, "num_warps": 4},
-            "gemv": {
-                "BLOCK_N": 64,
-                "BLOCK_K": 128,
-                "SPLIT_K": 1,
-                "USE_DOT": decode_dot,
-                "BLOCK_R": 64,
-                "num_warps": 4,
-                "num_stages": 1,
-            },
-            "gemm": {
-                "BLOCK_T": 64,
-                "BLOCK_N": 64,
-                "BLOCK_K": 128,
-                "GROUP_T": 1,
-                "BLOCK_R": 64,
-                "num_warps": 4,
-                "num_stages": 1,
-            },
-        }
-    else:
-        table = {
-            "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
-            "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
-            "lowrank": {
-                "BLOCK_T": 16,
-                "BLOCK_R": 16,
-                "BLOCK_K": 128,
-                "SPLIT_K": 0,
-                "USE_DOT": int(T > 16),
-                "num_warps": 4,
-            },
-            "gemv": {
-                "BLOCK_N": 32,
-                "BLOCK_K": 128 if T == 1 else 64,
-                "SPLIT_K": 0,
-                "USE_DOT": decode_dot,
-                "BLOCK_R": 16,
-                "num_warps": 4,
-                "num_stages": 3,
-            },
-            "gemm": {
-                "BLOCK_T": 64,
-                "BLOCK_N": 128,
-                "BLOCK_K": 64,
-                "GROUP_T": 8,
-                "BLOCK_R": 16,
-                "num_warps": 8,
-                "num_stages": 3,
-            },
-        }
-    return table[op]
+            "decode1": {"ROWS": 8, "num_warps": 4, "PREFETCH": 1},
+            "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 1, "num_warps": 4, "num_stages": 1},
+            "prefill": {"BLOCK_T": 64, "BLOCK_N": 64, "CHUNK": 128, "GROUP_T": 1, "SWAP": 1, "DEQ_TILE": 1,
+                        "num_warps": 4, "num_stages": 1, "DEQUANT_MIN_T": 1 << 30},
+            "dequant": {"BLOCK_N": 64, "CHUNK": 128, "num_warps": 4},
+        }  # fmt: skip
+        return dict(table[op])
+    warps = 4
+    hopper = cc >= 90
+    # rows per thread: 8 at most, 4 for 3 bits (two planes: 8 rows spill on sm_90)
+    rows = max(1, min(4 if bits == 3 else 8, _pow2_floor(N / (2 * max(sms, 1) * warps))))
+    table = {
+        "act_scale": {"BLOCK_T": 32, "BLOCK_K": 64, "SPLIT_T": 1, "num_warps": 4},
+        "quantize": {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4},
+        "decode1": {"ROWS": rows, "num_warps": warps, "PREFETCH": 1},
+        "decode": {"BLOCK_N": 64, "CHUNK": 128, "SWAP": 1, "SPLIT_K": 0, "num_warps": 4, "num_stages": 4},
+        "prefill": {"BLOCK_T": 128 if T >= 128 and hopper else 64, "BLOCK_N": 128, "CHUNK": 64, "GROUP_T": 8,
+                    "SWAP": 1, "DEQ_TILE": 1, "num_warps": 8 if hopper else 4, "num_stages": 3,
+                    "DEQUANT_MIN_T": DEQUANT_MIN_T_DEFAULT},
+        "dequant": {"BLOCK_N": 32, "CHUNK": 128, "num_warps": 4},
+    }  # fmt: skip
+    return dict(table[op])
 
 
-_POW2 = Int(1, 4096, pow2=True)
-_SPLIT = Int(0, 1024)
-_FIELD_KINDS = {
-    "SPLIT_K": _SPLIT,
-    "SPLIT_T": _SPLIT,
-    "USE_DOT": Int(0, 1),
-    "num_warps": Int(1, 16, pow2=True),
-    "num_stages": Int(1, 8),
-}
-FIELDS = {op: {f: _FIELD_KINDS.get(f, _POW2) for f in SPACE[op]} for op in OPS}
+def dot_smem_bytes(op: str, cfg: dict, T: int = 16, bits: int = 4) -> int:
+    """Estimated shared memory of the tensor-core kernel (an upper bound of the AOT compiles).
 
-
-def derive(cfg: dict, op: str, target) -> dict:
-    """``cfg`` (the sm_90 defaults) adapted to a GPU from its catalog figures (`ttqkern.tuning.devices.Device`).
-
-    - gemm on sm_80 / sm_86 / sm_89 (a smaller register budget per thread in
-      practice): BLOCK_K 32 -- the 64 x 128 x 64 tile spills 32-92 B there while
-      64 x 128 x 32 compiles to 238-254 registers and no spill (``--compile-check``);
-    - num_stages of the ``tl.dot`` loops: the most (up to the default) whose
-      estimated shared memory (`dot_smem_bytes`) fits the device's ``smem_kib``;
-    - SPLIT_K / SPLIT_T stay 0: `auto_split` fills the device's SMs at launch.
-    Bandwidth changes no default: the decode kernels are issue-bound (perf-notes §3).
+    Per pipeline stage the x~ tile (16-bit) and the packed words (cp.async), plus the
+    dequantized tile on its way to the MMA operand layout, plus 4 KB.  Compiled: decode
+    64 rows x 128 codes, 4 stages: 44 KB (estimate 52); prefill 128 x 128 x 64, 3 stages:
+    62 KB on sm_90 (estimate 80), 64 x 128 x 64: 42 KB on sm_80 (56).
     """
-    out = dict(cfg)
-    arch = int(target.arch) if str(target.arch).isdigit() else 0
-    if op == "gemm" and 0 < arch < 90:
-        out["BLOCK_K"] = min(out["BLOCK_K"], 32)
-    if op in ("gemm", "gemv") and target.smem_kib:
-        while out["num_stages"] > 1 and dot_smem_bytes(op, out) > target.smem_kib * 1024:
-            out["num_stages"] -= 1
-    return out
-
-
-def dot_smem_bytes(op: str, cfg: dict, T: int = 16) -> int:
-    """Estimated shared memory of a ``tl.dot`` loop: stages x (x tile + weight tile) in 16-bit, + 4 KB.
-
-    Matches the AOT compile of the 64 x 128 x 32 gemm tile (40 KB at 3 stages).
-    """
-    bt = cfg.get("BLOCK_T", max(DOT_MIN, triton_next_pow2(T)))
-    return cfg["num_stages"] * (bt * cfg["BLOCK_K"] + cfg["BLOCK_K"] * cfg["BLOCK_N"]) * 2 + 4096
+    bt = cfg.get("BLOCK_T", DOT_MIN) if op == "prefill" else max(DOT_MIN, triton_next_pow2(T))
+    chunk, bn, stages = cfg["CHUNK"], cfg["BLOCK_N"], cfg["num_stages"]
+    return stages * (bt * chunk * 2 + bn * chunk * bits // 8) + bn * chunk * 2 + 4096
 
 
 def fits(cfg: dict, device, op: str, **shape) -> str:
     """The Triton ops' constraint hook: why ``cfg`` does not fit ``device`` ('' when it does).
 
-    Shared memory of the dot loops (`dot_smem_bytes`) against the device's; the
-    broadcast-product decode path (USE_DOT = 0 with T > 1, or any T) holds
-    BLOCK_T x BLOCK_N x BLOCK_K products per program: more than 128 per thread
-    spills (``ptxas -v`` on the shipped H200 configs: 256 per thread spilled 60 B,
-    2,048 spilled 2.6-14 KB).
+    Shared memory of the tensor-core kernels (`dot_smem_bytes`) against the device's
+    per-block limit; a one-token tile of more than 16 rows per thread (their x~ and
+    scale registers) spills.
     """
-    T = shape.get("T", 1)
-    if device.vendor == "nvidia" and op in ("gemm", "gemv") and (op == "gemm" or cfg.get("USE_DOT")):
-        need = dot_smem_bytes(op, cfg, T)
-        if device.smem_kib and need > device.smem_kib * 1024:
+    if op in ("decode", "prefill") and device.vendor == "nvidia" and device.smem_kib:
+        need = dot_smem_bytes(op, cfg, shape.get("T", DOT_MIN), shape.get("bits") or 4)
+        if need > device.smem_kib * 1024:
             return f"needs ~{need // 1024} KiB of shared memory, the device has {device.smem_kib} KiB per block"
-    if op == "gemv" and not cfg.get("USE_DOT"):
-        per_thread = triton_next_pow2(T) * cfg["BLOCK_N"] * cfg["BLOCK_K"] // (32 * cfg["num_warps"])
-        if per_thread > 128:
-            return f"{per_thread} broadcast products per thread (> 128 spills registers)"
+    if op == "prefill" and device.vendor == "nvidia" and 0 < _cc(device) < 90:
+        if cfg["BLOCK_T"] * cfg["BLOCK_N"] > 64 * 128:
+            return "tiles above 64 x 128 spill before Hopper (both MMA operands in registers)"
     return ""
+
+
+def _cc(device) -> int:
+    return int(device.arch) if str(device.arch).isdigit() else 0
+
+
+def _canonical(op: str):
+    def canon(cfg: dict, **shape) -> dict:
+        if op == "prefill":  # the threshold's choice at this T, for every T of the bucket alike
+            cfg["DEQUANT_MIN_T"] = 16 if shape.get("T", 0) >= cfg["DEQUANT_MIN_T"] else 1 << 30
+        return cfg
+
+    return canon
+
+
+_override: list = []
+_untuned: list[bool] = []
+
+
+@contextlib.contextmanager
+def defaults_only():
+    """Within the block, `params` ignores tuned entries (the static inspection of the defaults)."""
+    _untuned.append(True)
+    try:
+        yield
+    finally:
+        _untuned.pop()
+
+
+@contextlib.contextmanager
+def device_override(device: devices.Device):
+    """Within the block, every launch is configured for the catalog ``device`` (the static
+    inspection compiles for a GPU this machine does not have, on CPU tensors)."""
+    _override.append(device)
+    try:
+        yield
+    finally:
+        _override.pop()
 
 
 def _defaults_for(op: str):
@@ -220,11 +209,12 @@ def _defaults_for(op: str):
 
         remote = isinstance(device, devices.Device)  # a catalog GPU asked about from any machine: compiled there
         interpret = INTERPRET and not remote
-        cfg = defaults(op, interpret, **shape)
         if interpret:
-            return cfg
-        target = devices.target(device)
-        return derive(cfg, op, target) if target.vendor != "cpu" else cfg
+            return defaults(op, True, **shape)
+        dev = devices.target(device)
+        if dev.vendor == "cpu":
+            return defaults(op, False, **shape)
+        return defaults(op, False, sms=dev.sms or 132, cc=_cc(dev) or 90, **shape)
 
     return make
 
@@ -240,10 +230,15 @@ def _derived(device) -> str:
 
 
 # For the tuner (`ttqkern.tune`): the public stage that runs each op and the token counts it serves.
-STAGE = {"act_scale": "act_scale", "quantize": "quantize", "lowrank": "qmatmul", "gemv": "qmatmul", "gemm": "qmatmul"}
-TOKENS = {"gemv": (1, DECODE_MAX_T), "gemm": (DECODE_MAX_T + 1, 1 << 31)}
+STAGE = {"act_scale": "act_scale", "quantize": "quantize", "decode1": "qmatmul", "decode": "qmatmul",
+         "prefill": "qmatmul", "dequant": "qmatmul"}  # fmt: skip
+# dequant serves the prefills from DEQUANT_MIN_T tokens: its tuning / compile-check cases take T = 512, not 17
+TOKENS = {"decode1": (1, 1), "decode": (2, DECODE_MAX_T), "prefill": (DECODE_MAX_T + 1, 1 << 31),
+          "dequant": (DEQUANT_MIN_T_DEFAULT, 1 << 31)}  # fmt: skip
 KERNELS = {"act_scale": ("_colpow_kernel", "_scale_kernel"), "quantize": ("_quantize_kernel",),
-           "lowrank": ("_xa_kernel",), "gemv": ("_gemv_kernel",), "gemm": ("_gemm_kernel",)}  # fmt: skip
+           "decode1": ("_prologue_kernel", "_gemv_kernel"), "decode": ("_prologue_kernel", "_qdot_kernel"),
+           "prefill": ("_prologue_kernel", "_qdot_kernel", "_dequant_kernel"),  # DEQUANT_MIN_T picks the path
+           "dequant": ("_dequant_kernel",)}  # fmt: skip
 
 TABLE = ConfigTable(
     "triton",
@@ -257,6 +252,7 @@ TABLE = ConfigTable(
             tokens=TOKENS.get(op, (1, 1 << 31)),
             kernels=KERNELS[op],
             constraint=(lambda cfg, device, _op=op, **shape: fits(cfg, device, _op, **shape)),
+            canonical=_canonical(op),
         )
         for op in OPS
     },
@@ -269,48 +265,37 @@ def key(op: str, **shape) -> str:
     return TABLE.key(op, **shape)
 
 
-def params(op: str, device: torch.device, interpret: bool, **shape) -> dict:
+def params(op: str, device, interpret: bool, **shape) -> dict:
     """Launch parameters of ``op`` for a shape on ``device``: defaults + a valid tuned entry.
 
-    ``interpret`` is the package's `INTERPRET` (the defaults for the interpreter are small-test tiles).
+    ``interpret`` is the package's `INTERPRET` (the defaults for the interpreter are small-test
+    tiles); within `device_override` the catalog device stands for ``device``.
     """
-    return TABLE.params(op, device, **shape)
+    dev = _override[-1] if _override else device
+    if _untuned:
+        return TABLE.default(op, dev, **shape)
+    return TABLE.params(op, dev, **shape)
 
 
-@functools.cache
-def _num_sms(device: torch.device) -> int:
+def num_sms(device) -> int:
+    """Multiprocessors of ``device`` (a torch device or, in `device_override`, the catalog device); 1 on the CPU."""
+    if _override:
+        return _override[-1].sms
+    device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return devices.target(device).sms or torch.cuda.get_device_properties(device).multi_processor_count
     return 1
 
 
-def auto_split(split: int, programs: int, steps: int, device: torch.device) -> int:
+def auto_split(split: int, programs: int, steps: int, device, per_sm: int = 2) -> int:
     """Split factor for a reduction of ``steps`` tiles over ``programs`` other programs.
 
     ``split > 0`` is taken as given (capped at ``steps``); 0 picks the smallest split
-    that gives about two programs per multiprocessor (1 on the CPU interpreter).
+    that gives about ``per_sm`` programs per multiprocessor (1 on the CPU interpreter).
     """
     if split <= 0:
-        split = -(-2 * _num_sms(torch.device(device)) // max(programs, 1))
+        split = -(-per_sm * num_sms(device) // max(programs, 1))
     return max(1, min(split, steps))
-
-
-def fit_block_k(block_k: int, group_size: int, K: int, min_block: int) -> tuple[int, bool]:
-    """``(BLOCK_K, aligned)``: the K tile and whether every tile lies inside one group.
-
-    The tile is capped at K (rounded up to a power of two).  If the group size is
-    not a multiple of it, the largest power of two dividing the group size is
-    used when that is at least ``min_block`` and a quarter of the wanted tile;
-    otherwise the tile keeps its size and the kernel gathers a scale per column.
-    """
-    min_block = max(min_block, 8)  # a tile starts on a byte in every plane (1-bit: 8 codes per byte)
-    block_k = max(min(block_k, triton_next_pow2(K)), min_block)
-    if group_size % block_k == 0:
-        return block_k, True
-    p2 = group_size & -group_size  # largest power of two dividing the group size
-    if p2 >= max(min_block, block_k // 4):
-        return p2, True
-    return block_k, False
 
 
 def triton_next_pow2(n: int) -> int:

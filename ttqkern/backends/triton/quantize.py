@@ -22,7 +22,7 @@ import triton.language as tl
 from ...format import PackedWeight, num_groups, packed_bytes
 from ...quant import QuantFormat
 from . import config
-from .tiles import MODE_FLOAT, MODE_INT
+from .forms import MODE_FLOAT, MODE_INT
 
 ROUND_MAGIC = 8388608.0  # 2^23: fp32 values at or above it are integers
 
