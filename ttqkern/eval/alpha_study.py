@@ -20,11 +20,10 @@ import sys
 import time
 from collections import Counter
 
-import torch
-
 from .. import data, defaults, records
 from ..alpha_search import DEFAULT_GRID, DEFAULT_TOKENS, AlphaSearch
 from ..nn import TTQLinear
+from ..threads import set_threads
 from . import args as A
 from .methods import quantized_copy
 from .models import auto_group_size, load_causal_lm
@@ -70,7 +69,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     if a.threads:
-        torch.set_num_threads(a.threads)
+        set_threads(a.threads)
     t0 = time.perf_counter()
     model, tok, name = load_causal_lm(a.model)
     g = auto_group_size(model)

@@ -16,6 +16,7 @@ import time
 import torch
 
 from .. import backends, data, defaults, records
+from ..threads import set_threads
 from . import args as A
 from .methods import label, parse_method, quantized_copy
 from .models import EvalDependencyError, auto_group_size, context_length, load_causal_lm
@@ -118,7 +119,7 @@ def run(a: argparse.Namespace) -> dict:
     """Evaluate as the parsed arguments say; returns ``{"settings", "rows", "comparisons", "fidelity"}``."""
     progress = not a.no_progress
     if a.threads:
-        torch.set_num_threads(a.threads)
+        set_threads(a.threads)
     t_start = time.perf_counter()
     model, tok, name = load_causal_lm(a.model, progress=progress)
     ctx = context_length(model)

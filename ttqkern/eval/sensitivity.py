@@ -23,6 +23,7 @@ import torch
 
 from .. import backends, data, records
 from ..alpha_search import quantize_for
+from ..threads import set_threads
 from . import args as A
 from .methods import quantized_copy
 from .models import auto_group_size, load_causal_lm
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     for b in names:
         A.check_backend(p, b)
     if a.threads:
-        torch.set_num_threads(a.threads)
+        set_threads(a.threads)
     t0 = time.perf_counter()
     model, tok, name = load_causal_lm(a.model)
     g, bits = auto_group_size(model), a.bits[0]

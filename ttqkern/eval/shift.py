@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .. import data, defaults, records
+from ..threads import set_threads
 from . import args as A
 from .methods import quantized_copy
 from .models import in_features, load_causal_lm
@@ -107,7 +108,7 @@ def _key(m: dict, test: str) -> str:
 
 def run(a) -> dict | None:
     if a.threads:
-        torch.set_num_threads(a.threads)
+        set_threads(a.threads)
     t_start = time.perf_counter()
     model, tok, name = load_causal_lm(a.model, progress=not a.no_progress)
     ks = in_features(model)

@@ -30,6 +30,7 @@ import torch
 from .. import data, defaults, records
 from ..eval import args as A
 from ..nn import TTQLinear
+from ..threads import set_threads
 
 PROG = "python -m ttqkern.tune --hparams"
 # The spec's starting values (spec §2), enqueued first so every study reports the baseline.
@@ -233,7 +234,7 @@ def main(argv=None) -> int:
     from ..eval.windows import token_ids, windows
 
     if a.threads:
-        torch.set_num_threads(a.threads)
+        set_threads(a.threads)
     command = records.command_line("python -m ttqkern.tune --hparams", argv)
     storage_spec = a.storage or default_storage()
     storage = open_storage(optuna, storage_spec)

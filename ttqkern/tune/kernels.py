@@ -116,8 +116,9 @@ def main(argv, mode: str) -> int:
 
         if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
             return _fail(prog, f"--threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {args.threads}")
-        numba.set_num_threads(args.threads)
-        torch.set_num_threads(args.threads)
+        from ..threads import set_threads
+
+        set_threads(args.threads)
 
     from ..records import command_line, run_record, write_report
     from ..tuning import devices, store
