@@ -263,11 +263,33 @@ def test_layout_kinds_cover_every_family():
     assert host.family(reference.quantize(torch.randn(4, 256), None, 4, 128, False, "float", 1.0)) == "blocked"
     fam3 = host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, True, "float", 1.0))
     assert fam3 == ("lut" if isa.current() == "avx512" else "words")
-    # asymmetric 2/3-bit codes: per-row zero codes, which the lut tables cannot centre (rule Q1)
-    assert host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, False, "float", 1.0)) == "words"
+    # asymmetric 2/3-bit codes: per-row zero codes, which the lut tables cannot centre (rule Q1):
+    # widened to nibbles for the 4-bit blocked kernels on AVX-512, word planes elsewhere
+    fam3a = host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, False, "float", 1.0))
+    assert fam3a == ("blocked" if isa.current() == "avx512" else "words")
+    with host.forced_family("words"):
+        assert host.family(reference.quantize(torch.randn(4, 256), None, 3, 128, False, "float", 1.0)) == "words"
     assert host.family(reference.quantize(torch.randn(4, 96), None, 4, 48, False, "float", 1.0)) == "words"
     assert host.family(reference.quantize(torch.randn(4, 100), None, 4, 37, False, "float", 1.0)) == "generic"
     assert L.kind(4, 48, False) == "plain"
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+@pytest.mark.parametrize("zero", ["float", "int"])
+@pytest.mark.parametrize("g", [16, 64, 128, 256])
+@pytest.mark.parametrize("T", [1, 3, 16])
+def test_asymmetric_low_bits_on_nibble_widened_blocked_kernels(bits, zero, g, T):
+    """Asymmetric 2/3-bit weights through the 4-bit blocked kernels (codes widened to nibbles)."""
+    if isa.current() != "avx512":
+        pytest.skip("the nibble-widened path is AVX-512 only")
+    N, K = 29, 3 * g + 16  # ragged last group, rows not a multiple of the row block
+    x, W, _, bias = random_case(T, N, K, bias=True)
+    D = reference.act_scale(x, 2.0, 1.0, 0.25)
+    pw = BACKEND.quantize(W, D, reference_fmt(bits, g, False, zero, K))
+    assert host.family(pw) == "blocked"
+    lowrank = _factors(N, K, 3)
+    y = host.prepare(pw, D, *lowrank, bias)(x)
+    assert_output_close(y, ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend="torch"))
 
 
 @pytest.mark.parametrize("which", ISAS)

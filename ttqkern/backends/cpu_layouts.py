@@ -64,6 +64,18 @@ def blocked_fits(bits: int, group_size: int) -> bool:
     return bits in (4, 8) and g % 16 == 0 and (CHUNK % g == 0 or g % CHUNK == 0)
 
 
+def nibble_fits(bits: int, group_size: int) -> bool:
+    """Can 2- / 3-bit codes be widened to nibbles for the blocked 4-bit kernels (`blocked_arrays`)?
+
+    The asymmetric 2 / 3-bit forms have per-row zero codes, which the lut kernels'
+    shared tables cannot centre on (`lut_fits`); their codes fit a nibble, and the 4-bit
+    kernels' per-row tables ``s (i - c) + m0`` take any code range.  They then stream
+    4.5 bits per weight instead of 2.5 / 3.5, but at the 4-bit kernel's speed, which is
+    several times the word-plane kernels' (docs/cpu-kernels.md).
+    """
+    return bits in (2, 3) and blocked_fits(4, group_size)
+
+
 def lut_fits(bits: int, group_size: int, sym: bool) -> bool:
     """Could it be stored ``lut`` (bits 2, 3 and 4, symmetric; every plane's groups whole 32-bit words)?
 
@@ -124,15 +136,20 @@ def _ungrid(t: torch.Tensor, N: int, G: int) -> torch.Tensor:
 
 
 def blocked_arrays(pw: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
-    """A canonical bits 4 / 8 weight's blocked ``(qweight, scales)`` (see module doc)."""
+    """A canonical bits 4 / 8 weight's blocked ``(qweight, scales)`` (see module doc).
+
+    Bits 2 and 3 (where `nibble_fits`) come out as a 4-bit blocked weight holding the
+    same codes, scales and centres: the 4-bit kernels read it unchanged.
+    """
     N, K, g = pw.N, pw.K, pw.group_size
-    shp = blocked_shapes(N, K, pw.bits, g)
+    nibbles = pw.bits < 8
+    shp = blocked_shapes(N, K, 4 if nibbles else 8, g)
     NB, C, R, CB = shp["qweight"]
     GQ = shp["scales"][1]
-    codes = pw.codes() if pw.bits == 4 else pw.qweight[:, :K]  # [N, K] uint8 codes
+    codes = pw.codes() if nibbles else pw.qweight[:, :K]  # [N, K] uint8 codes
     codes = torch.nn.functional.pad(codes, (0, C * CHUNK - K))
     codes = _pad_rows(codes, NB * R).view(NB, R, C, CHUNK)
-    if pw.bits == 4:  # field f, lane l = code 16 f + l: byte 4 l + b = code(32 b + l) | code(32 b + 16 + l) << 4
+    if nibbles:  # field f, lane l = code 16 f + l: byte 4 l + b = code(32 b + l) | code(32 b + 16 + l) << 4
         c = codes.view(NB, R, C, 4, 2, 16)  # [.., b, nibble, l]
         codes = (c[..., 0, :] | (c[..., 1, :] << 4)).transpose(-1, -2).reshape(NB, R, C, CB)
     qweight = codes.transpose(1, 2).contiguous()  # [NB, C, R, CB]

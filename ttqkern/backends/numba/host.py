@@ -5,6 +5,8 @@ Families (which one runs is decided per weight, then per T):
 - ``blocked`` -- bits 4 and 8 in the layout's blocked kind (`gemv_blocked`): AVX-512
   ``vpermps`` tables for 4-bit codes, or the portable dequantize-FMA form when
   `isa.current()` is ``"portable"``; 8-bit codes use target-independent IR either way.
+  Asymmetric bits 2 and 3 take it too on AVX-512, their codes widened to nibbles once
+  per prepared layer (`cpu_layouts.nibble_fits`).
 - ``lut`` -- symmetric bits 2 and 3 in the layout's lut kind (`gemv_lut`), AVX-512 only.
 - ``words`` -- the canonical planes read as machine words (`gemv_words`, `gemm`):
   bits 2 / 3 on the portable path and in the asymmetric forms, and group sizes the
@@ -76,6 +78,8 @@ def family(pw: PackedWeight) -> str:
         return "blocked"  # the 8-bit and the portable 4-bit forms need no AVX-512
     if f != "words" and which == "avx512" and pw.bits in (2, 3) and layouts.lut_fits(pw.bits, pw.group_size, pw.sym):
         return "lut"
+    if f in (None, "blocked") and which == "avx512" and layouts.nibble_fits(pw.bits, pw.group_size):
+        return "blocked"  # asymmetric 2 / 3-bit codes widened to nibbles (cpu_layouts.nibble_fits)
     return "words" if planes(pw) is not None else "generic"
 
 
@@ -84,11 +88,16 @@ def family(pw: PackedWeight) -> str:
 _cache: dict = {}
 
 
+def _version(t: torch.Tensor) -> int:
+    # tensors made under torch.inference_mode (a model's generate) have no version counter
+    return -1 if t.is_inference() else t._version
+
+
 def _cached(pw: PackedWeight, what: str, build):
     """``build()`` for this weight, cached while its qweight tensor lives (and is not modified)."""
     ts = pw.tensors()
     k = (what, pw.layout, pw.bits, pw.group_size, pw.shape, pw.sym, pw.zero,
-         *((n, id(t), t._version, t.data_ptr()) for n, t in sorted(ts.items())))  # fmt: skip
+         *((n, id(t), _version(t), t.data_ptr()) for n, t in sorted(ts.items())))  # fmt: skip
     hit = _cache.get(k)
     if hit is not None and hit[0]() is pw.qweight:
         return hit[1]
@@ -152,7 +161,7 @@ class Prepared:
             self.arrays = decode_arrays(pw, "blocked")
             self.kernels = (
                 (gemv_blocked.gemv4, gemv_blocked.gemv4_serial)
-                if pw.bits == 4 and isa.current() == "avx512"
+                if pw.bits != 8 and isa.current() == "avx512"
                 else (gemv_blocked.gemv4_portable, gemv_blocked.gemv4_portable_serial)
                 if pw.bits == 4
                 else (gemv_blocked.gemv8, gemv_blocked.gemv8_serial)
@@ -161,7 +170,7 @@ class Prepared:
             self.gtag = _tag(layouts.CHUNK // g if g < layouts.CHUNK else 1)
             codes, sm = self.arrays
             gemv_blocked.check_buffers(codes, sm, np.empty((1, self.K), np.float32), self.A, self.Bm, self.bias,
-                                       np.empty((1, self.N), np.float32), self.N, self.K, pw.bits, g, 4)  # fmt: skip
+                                       np.empty((1, self.N), np.float32), self.N, self.K, 8 if pw.bits == 8 else 4, g, 4)  # fmt: skip
         elif self.family == "lut":
             self.arrays = decode_arrays(pw, "lut")
             self.kernels = (
@@ -187,7 +196,7 @@ class Prepared:
         # fp32 operands are viewed, so in-place changes are seen; converted copies are re-made when their
         # source changes (version counters), checked on each call
         self._copied = tuple(t for t in self._src if t is not None and t.dtype != torch.float32)
-        self._versions = tuple(t._version for t in self._copied)
+        self._versions = tuple(_version(t) for t in self._copied)
         self._plans = {}
 
     def _plan(self, T: int) -> tuple:
@@ -221,7 +230,7 @@ class Prepared:
         return plan
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self._copied and tuple(t._version for t in self._copied) != self._versions:
+        if self._copied and tuple(_version(t) for t in self._copied) != self._versions:
             self._refresh()
         T = x.shape[0]
         kernel, mid, cfg = self._plan(T)
