@@ -35,3 +35,32 @@ def test_spec_citations_resolve(path):
     for first, last in re.findall(r"spec stages? (\d+)(?:-(\d+))?", text):
         for stage in range(int(first), int(last or first) + 1):
             assert str(stage) in stages, f"{path.name} cites spec stage {stage}"
+
+
+README = ROOT / "README.md"
+
+
+def _readme_commands() -> list[str]:
+    """The commands of README's first bash block (what a new user runs first)."""
+    block = re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert block, "README opens with a bash block of its two commands"
+    return [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_links_resolve():
+    text = README.read_text()
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" in target:
+            continue
+        assert (ROOT / target).exists(), f"README links to {target}, which is not in the repository"
+    assert "PLACEHOLDER" not in text and "TODO" not in text
+
+
+def test_ci_runs_the_readme_commands():
+    """.ci/run runs README's install commands and its test command verbatim (the main job excepted)."""
+    main_job, tests = _readme_commands()[:2]
+    ci = (ROOT / ".ci" / "run").read_text()
+    install_part = main_job.rsplit(" && ", 1)[0]
+    assert main_job.endswith("python -m ttqkern.eval") and install_part in ci
+    assert tests.endswith("python -m pytest") and tests in ci
+    assert ci.index("pip install torch==2.13.0") < ci.index('pip install ".[')
