@@ -92,15 +92,8 @@ class Backend:
         """Stages 2-3: W ``[N, K]`` float, D fp32 ``[K]`` or None -> `PackedWeight` (any of its layouts)."""
         raise NotImplementedError
 
-    def qmatmul(
-        self,
-        x: torch.Tensor,
-        pw: PackedWeight,
-        D: torch.Tensor | None,
-        A: torch.Tensor | None,
-        B: torch.Tensor | None,
-        bias: torch.Tensor | None,
-    ) -> torch.Tensor:
+    def qmatmul(self, x: torch.Tensor, pw: PackedWeight, D: torch.Tensor | None, A: torch.Tensor | None,
+                B: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         """Stages 4-5: ``y = (x / D) Wq'^T + (x A^T) B^T + bias``; x ``[T, K]`` -> ``[T, N]`` in x.dtype."""
         raise NotImplementedError
 

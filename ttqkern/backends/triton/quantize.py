@@ -247,54 +247,16 @@ def _quantize_kernel(
 
     # pass 2: codes, packed
     if NUM_SUB == 1:
-        _emit(
-            w,
-            valid,
-            onehot,
-            s,
-            mn,
-            z,
-            qw_ptr,
-            qhi_ptr,
-            rows,
-            rmask,
-            start,
-            L,
-            row_bytes,
-            row_bytes_hi,
-            BITS,
-            MODE,
-            C,
-            BLOCK_N,
-            BLOCK_K,
-        )
+        _emit(w, valid, onehot, s, mn, z, qw_ptr, qhi_ptr, rows, rmask, start, L,
+              row_bytes, row_bytes_hi, BITS, MODE, C, BLOCK_N, BLOCK_K)  # fmt: skip
     else:
         for sub in range(NUM_SUB):
             loc = sub * BLOCK_K + tl.arange(0, BLOCK_K)
             valid = (loc < L) & (start + loc < K)
             onehot = ((loc // g)[None, None, :] == cidx[None, :, None]) & valid[None, None, :]
             w = _load_scaled(W_ptr, D_ptr, rows, rmask, start + loc, valid, K, HAS_D)
-            _emit(
-                w,
-                valid,
-                onehot,
-                s,
-                mn,
-                z,
-                qw_ptr,
-                qhi_ptr,
-                rows,
-                rmask,
-                start + sub * BLOCK_K,
-                L - sub * BLOCK_K,
-                row_bytes,
-                row_bytes_hi,
-                BITS,
-                MODE,
-                C,
-                BLOCK_N,
-                BLOCK_K,
-            )
+            _emit(w, valid, onehot, s, mn, z, qw_ptr, qhi_ptr, rows, rmask, start + sub * BLOCK_K, L - sub * BLOCK_K,
+                  row_bytes, row_bytes_hi, BITS, MODE, C, BLOCK_N, BLOCK_K)  # fmt: skip
 
 
 def quantize(W: torch.Tensor, D: torch.Tensor | None, fmt: QuantFormat, interpret: bool) -> PackedWeight:
