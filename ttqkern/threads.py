@@ -1,10 +1,11 @@
 """One thread count for torch and Numba.
 
 Setting only torch's count is not enough: Numba's OpenMP threading layer shares the
-OpenMP runtime with torch, and the Numba backend's ``threads_for`` (one thread for
-small problems, then back to what Numba had) restores *Numba's* count into that
-runtime, so torch's count silently went back to the core count after the first
-small kernel (``--threads 1`` ran on 2 threads).  Setting both keeps them equal.
+OpenMP runtime with torch, and when it starts (the first parallel Numba kernel of a
+process) it sets that runtime to Numba's own thread count.  Observed: after
+``torch.set_num_threads(1)``, the first `TTQLinear` call on the Numba backend left
+``torch.get_num_threads() == 2`` on this 2-core machine, so ``--threads 1`` ran on two
+threads.  Setting Numba's count as well keeps the two equal (tests/test_threads.py).
 """
 
 from __future__ import annotations
