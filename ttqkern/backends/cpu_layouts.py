@@ -76,6 +76,11 @@ def nibble_fits(bits: int, group_size: int) -> bool:
     return bits in (2, 3) and blocked_fits(4, group_size)
 
 
+def blocked_bits(bits: int) -> int:
+    """Code width a blocked weight of ``bits`` is stored at: 8, or nibbles (4) for bits 2-4."""
+    return 8 if bits == 8 else 4
+
+
 def lut_fits(bits: int, group_size: int, sym: bool) -> bool:
     """Could it be stored ``lut`` (bits 2, 3 and 4, symmetric; every plane's groups whole 32-bit words)?
 
@@ -142,8 +147,8 @@ def blocked_arrays(pw: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
     same codes, scales and centres: the 4-bit kernels read it unchanged.
     """
     N, K, g = pw.N, pw.K, pw.group_size
-    nibbles = pw.bits < 8
-    shp = blocked_shapes(N, K, 4 if nibbles else 8, g)
+    nibbles = blocked_bits(pw.bits) == 4
+    shp = blocked_shapes(N, K, blocked_bits(pw.bits), g)
     NB, C, R, CB = shp["qweight"]
     GQ = shp["scales"][1]
     codes = pw.codes() if nibbles else pw.qweight[:, :K]  # [N, K] uint8 codes

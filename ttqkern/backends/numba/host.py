@@ -170,7 +170,7 @@ class Prepared:
             self.gtag = _tag(layouts.CHUNK // g if g < layouts.CHUNK else 1)
             codes, sm = self.arrays
             gemv_blocked.check_buffers(codes, sm, np.empty((1, self.K), np.float32), self.A, self.Bm, self.bias,
-                                       np.empty((1, self.N), np.float32), self.N, self.K, 8 if pw.bits == 8 else 4, g, 4)  # fmt: skip
+                                       np.empty((1, self.N), np.float32), self.N, self.K, layouts.blocked_bits(pw.bits), g, 4)  # fmt: skip
         elif self.family == "lut":
             self.arrays = decode_arrays(pw, "lut")
             self.kernels = (
