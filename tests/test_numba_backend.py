@@ -16,6 +16,8 @@ packed integer planes), so only a handful of specialisations exist per kernel.
 from __future__ import annotations
 
 import contextlib
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,8 @@ if not _ok:
 
 from ttqkern.backends import numba as nbk
 from ttqkern.backends.numba import _common, config, host, isa
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # kernel path -> qmatmul config forcing it (with T = 1..64 in these tests)
 PATHS = {
@@ -298,13 +302,46 @@ def test_kernels_are_cached_on_disk():
         generic.generic,
         generic.dequantize,
         quantize_mod._quantize_kernel,
-        gemv_blocked.gemv4,
-        gemv_blocked.gemv8,
-        gemv_blocked.gemv4_portable,
-        gemv_lut.gemv1,
-        gemv_lut.gemv2,
+        gemv_blocked.gemv,
+        gemv_blocked.gemv_serial,
+        gemv_lut.gemv,
+        gemv_lut.gemv_serial,
     ):
         assert kernel._cache.__class__.__name__ == "FunctionCache", kernel
+
+
+_CACHE_PROBE = """
+import sys, torch
+from ttqkern import ops
+from ttqkern.backends.numba import gemv_blocked, gemv_lut
+torch.manual_seed(0)
+for bits, sym in ((4, False), (3, True)):  # the blocked and the lut family
+    pw = ops.quantize(torch.randn(24, 256), bits=bits, group_size=64, sym=sym, backend="numba")
+    ops.qmatmul(torch.randn(1, 256), pw, backend="numba")
+kernels = [gemv_blocked.gemv, gemv_blocked.gemv_serial, gemv_lut.gemv, gemv_lut.gemv_serial]
+print(sum(sum(k.stats.cache_hits.values()) for k in kernels), sum(sum(k.stats.cache_misses.values()) for k in kernels))
+"""
+
+
+def test_a_new_process_loads_the_decode_kernels_from_the_disk_cache():
+    """A second process compiles nothing: the decode kernels' cache keys are the same in every process.
+
+    (They were not while the kernels were made in closures over other kernels: Numba's cache
+    key pickles closure cells, and a dispatcher pickles with a per-process UUID, numba issue
+    #6264.  Every process then recompiled them, seconds each, and the cache folder grew.)
+    The cache is the one the backend uses (usually filled by the tests before this one).
+    """
+    import subprocess
+    import sys
+
+    runs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, cwd=ROOT,
+                           timeout=600, check=False)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs.append(tuple(map(int, r.stdout.split()[-2:])))
+    hits, misses = runs[1]
+    assert misses == 0 and hits >= 2, f"(cache hits, misses) per process: {runs}"
 
 
 # --- end to end ---------------------------------------------------------------------------

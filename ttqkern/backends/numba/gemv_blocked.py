@@ -54,6 +54,42 @@ from .prologue import lowrank_column, scale_pad
 # --- micro-kernels: one chunk of 128 codes for an R x TP tile -------------------------
 
 
+# Which micro-kernel a call runs, told (like the tile sizes) by the length of a tuple argument, a
+# compile-time constant.  Kernels take it as an argument rather than being made per kind in a closure:
+# Numba's cache key pickles closure cells, and a captured dispatcher or intrinsic pickles with a
+# per-process UUID, so such kernels were recompiled in every process (numba issue #6264).
+LOOKUP4, PORTABLE4, WIDE8 = (0,), (0, 0), (0, 0, 0)
+_KINDS = {len(LOOKUP4): (4, True), len(PORTABLE4): (4, False), len(WIDE8): (8, True)}
+
+
+def kind_tag(bits: int, portable: bool) -> tuple:
+    """The ``ktag`` argument of `gemv` / `gemv_serial` for codes of ``bits`` (4 or 8) bits."""
+    return WIDE8 if bits == 8 else PORTABLE4 if portable else LOOKUP4
+
+
+@numba.njit(**REASSOC_INLINE)
+def _chunk_bytes(ktag):  # pragma: no cover - inlined into the kernels, a constant there
+    """Bytes of codes per row and chunk of 128 codes for micro-kernel ``ktag``."""
+    return CHUNK * (8 if len(ktag) == len(WIDE8) else 4) // 8
+
+
+@intrinsic
+def _step(typingctx, ktag, accs, codes, cbase, sm, sbase, mstride, gstride, xp, xoffs, gtag):
+    """One chunk of 128 codes for an R x TP tile, by the micro-kernel ``ktag`` names (`_step_typer`)."""
+    kind = S.tuple_len(ktag)
+    if kind not in _KINDS:
+        return None
+    typed = _step_typer(*_KINDS[kind])(typingctx, accs, codes, cbase, sm, sbase, mstride, gstride, xp, xoffs, gtag)
+    if typed is None:
+        return None
+    inner, codegen = typed
+
+    def codegen_kind(context, builder, sig, args):
+        return codegen(context, builder, inner, args[1:])
+
+    return inner.return_type(ktag, *inner.args), codegen_kind
+
+
 def _step_typer(bits: int, lookup: bool = True):
     """The micro-kernel for ``bits``; ``lookup=False`` (4-bit only): the portable form, no x86 intrinsic.
 
@@ -152,11 +188,6 @@ def _step_typer(bits: int, lookup: bool = True):
     return typer
 
 
-_step4 = intrinsic(_step_typer(4))
-_step4p = intrinsic(_step_typer(4, lookup=False))
-_step8 = intrinsic(_step_typer(8))
-
-
 @numba.njit(**REASSOC_INLINE)
 def lowrank_bias(u, Bm, bias, y, n0, n1):  # pragma: no cover - compiled
     """``y[:, n0:n1] += u B[n0:n1]^T + bias[n0:n1]`` (stage 5; B ``[N, r]``, bias ``[N]`` or ``[0]``).
@@ -186,59 +217,60 @@ def lowrank_bias(u, Bm, bias, y, n0, n1):  # pragma: no cover - compiled
 # --- host-callable kernels ------------------------------------------------------------
 
 
-def _make(bits: int, parallel: bool, portable: bool = False):
-    step = _step8 if bits == 8 else (_step4p if portable else _step4)
-    CB = CHUNK * bits // 8
+@numba.njit(**REASSOC_INLINE)
+def _tile(ktag, codes, sm, xp, T, y, rb, h, t0, c0, c1, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs, scratch,
+          srow):  # pragma: no cover  # fmt: skip
+    """Rows ``rb * BR + h ... + R``, tokens ``t0 ... t0 + TP``, chunks ``c0 <= c < c1`` (module doc).
+
+    The partial sums start at zero when ``c0 == 0`` and are otherwise loaded from
+    ``scratch`` rows ``srow ...``; unless ``c1 == C`` they are stored back there,
+    else reduced and written to y (the low-rank and bias terms follow per task).
+    """
+    CB = _chunk_bytes(ktag)
     lines = CB // 64  # cache lines per row-chunk
-    loop = prange if parallel else range
-
-    @numba.njit(**REASSOC_INLINE)
-    def _tile(codes, sm, xp, T, y, rb, h, t0, c0, c1, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs, scratch,
-              srow):  # pragma: no cover  # fmt: skip
-        """Rows ``rb * BR + h ... + R``, tokens ``t0 ... t0 + TP``, chunks ``c0 <= c < c1`` (module doc).
-
-        The partial sums start at zero when ``c0 == 0`` and are otherwise loaded from
-        ``scratch`` rows ``srow ...``; unless ``c1 == C`` they are stored back there,
-        else reduced and written to y (the low-rank and bias terms follow per task).
-        """
-        R = len(rtag)
-        TP = len(ttag)
-        N = y.shape[1]
-        Kq = xp.shape[1]
-        GPC = len(gtag)
-        CPG = max(1, g // CHUNK)  # chunks per group (g >= 128)
-        accs = S.zeros_tile(rtag, atag) if c0 == 0 else S.load_tile(scratch, srow, rtag, atag)
-        # first group of chunk c: groups advance by GPC per chunk, or 1 per CPG chunks (no division in the loop)
-        q0 = c0 * GPC if GPC > 1 else c0 // CPG
-        cq = 0 if GPC > 1 else c0 % CPG
-        for c in range(c0, c1):
-            sbase = (rb * GQ + q0) * 3 * BR + h
-            cbase = ((rb * C + c) * BR + h) * CB
-            if t0 == 0:
-                for ln in range(R * lines):
-                    S.prefetch(codes, cbase + pfb + 64 * ln)
-                S.prefetch(sm, sbase + pfs)
-            accs = step(accs, codes, cbase, sm, sbase, BR, 3 * BR, xp, S.offsets(c * CHUNK, Kq, t0, T - 1, ttag), gtag)
-            cq += 1
-            if cq == CPG:
-                cq = 0
-                q0 += GPC
-        if c1 < C:
-            S.store_tile(scratch, srow, accs)
-            return
-        sums = S.tile_sums(accs, ttag)
-        for r in range(R):
-            n = rb * BR + h + r
-            if n >= N:
+    R = len(rtag)
+    TP = len(ttag)
+    N = y.shape[1]
+    Kq = xp.shape[1]
+    GPC = len(gtag)
+    CPG = max(1, g // CHUNK)  # chunks per group (g >= 128)
+    accs = S.zeros_tile(rtag, atag) if c0 == 0 else S.load_tile(scratch, srow, rtag, atag)
+    # first group of chunk c: groups advance by GPC per chunk, or 1 per CPG chunks (no division in the loop)
+    q0 = c0 * GPC if GPC > 1 else c0 // CPG
+    cq = 0 if GPC > 1 else c0 % CPG
+    for c in range(c0, c1):
+        sbase = (rb * GQ + q0) * 3 * BR + h
+        cbase = ((rb * C + c) * BR + h) * CB
+        if t0 == 0:
+            for ln in range(R * lines):
+                S.prefetch(codes, cbase + pfb + 64 * ln)
+            S.prefetch(sm, sbase + pfs)
+        xo = S.offsets(c * CHUNK, Kq, t0, T - 1, ttag)
+        accs = _step(ktag, accs, codes, cbase, sm, sbase, BR, 3 * BR, xp, xo, gtag)
+        cq += 1
+        if cq == CPG:
+            cq = 0
+            q0 += GPC
+    if c1 < C:
+        S.store_tile(scratch, srow, accs)
+        return
+    sums = S.tile_sums(accs, ttag)
+    for r in range(R):
+        n = rb * BR + h + r
+        if n >= N:
+            break
+        for t in range(TP):
+            tt = t0 + t
+            if tt >= T:
                 break
-            for t in range(TP):
-                tt = t0 + t
-                if tt >= T:
-                    break
-                y[tt, n] = sums[r * TP + t]
+            y[tt, n] = sums[r * TP + t]
+
+
+def _make(parallel: bool):
+    loop = prange if parallel else range  # the only closure cell: range / prange pickle by name
 
     @numba.njit(parallel=parallel, **REASSOC)
-    def gemv(x, D, has_D, A, Bm, bias, codes, sm, g, rtag, ttag, atag, gtag, bpt, kt, pfb, y):  # pragma: no cover
+    def gemv(x, D, has_D, A, Bm, bias, ktag, codes, sm, g, rtag, ttag, atag, gtag, bpt, kt, pfb, y):  # pragma: no cover
         """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue ``x / D`` and ``x A^T``, epilogue ``u B^T + bias``).
 
         ``kt``: chunks per K tile (0: none).  Untiled, each register tile walks all of K
@@ -260,7 +292,7 @@ def _make(bits: int, parallel: bool, portable: bool = False):
         R = len(rtag)
         TP = len(ttag)
         L = len(atag)
-        pfs = 3 * pfb * GQ // (C * CB)  # the same distance in the scales/offsets stream (floats)
+        pfs = 3 * pfb * GQ // (C * _chunk_bytes(ktag))  # the same distance in the scales/offsets stream (floats)
         ntask = (NB + bpt - 1) // bpt
         tiled = 0 < kt < C
         for task in loop(ntask):
@@ -271,7 +303,7 @@ def _make(bits: int, parallel: bool, portable: bool = False):
                 for rb in range(rb0, rb1):
                     for h in range(0, BR, R):
                         for t0 in range(0, T, TP):
-                            _tile(codes, sm, xp, T, y, rb, h, t0, 0, C, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs,
+                            _tile(ktag, codes, sm, xp, T, y, rb, h, t0, 0, C, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs,
                                   dummy, 0)  # fmt: skip
                 lowrank_bias(u, Bm, bias, y, rb0 * BR, min(y.shape[1], rb1 * BR))
                 continue
@@ -283,19 +315,15 @@ def _make(bits: int, parallel: bool, portable: bool = False):
                     for rb in range(rb0, rb1):
                         for hi in range(halves):
                             srow = ((rb - rb0) * halves + hi) * R * L
-                            _tile(codes, sm, xp, T, y, rb, hi * R, t0, c0, c1, C, GQ, BR, g, rtag, ttag, atag, gtag,
+                            _tile(ktag, codes, sm, xp, T, y, rb, hi * R, t0, c0, c1, C, GQ, BR, g, rtag, ttag, atag, gtag,
                                   pfb, pfs, scratch, srow)  # fmt: skip
             lowrank_bias(u, Bm, bias, y, rb0 * BR, min(y.shape[1], rb1 * BR))
 
     return gemv
 
 
-gemv4 = _make(4, parallel=True)
-gemv4_serial = _make(4, parallel=False)
-gemv4_portable = _make(4, parallel=True, portable=True)
-gemv4_portable_serial = _make(4, parallel=False, portable=True)
-gemv8 = _make(8, parallel=True)
-gemv8_serial = _make(8, parallel=False)
+gemv = _make(parallel=True)
+gemv_serial = _make(parallel=False)
 
 
 def check_buffers(codes, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: int, R: int) -> None:

@@ -205,48 +205,56 @@ def _plane_group(accs, plane, wpg, tab, nt, j, t0, T, rb_first, rb_last, rtag, t
     return accs
 
 
-def _make(nplanes: int, parallel: bool):
-    loop = prange if parallel else range
+# The number of code planes a call reads (1: 2-bit pairs or 4-bit codes; 2: 3-bit lo + hi), told by the
+# length of a tuple argument like the tile sizes.  Kernels take it as an argument rather than being made
+# per plane count in a closure: Numba's cache key pickles closure cells, and a captured dispatcher
+# pickles with a per-process UUID, so such kernels were recompiled in every process (numba issue #6264).
+ONE_PLANE, TWO_PLANES = (0,), (0, 0)
 
-    @numba.njit(**REASSOC_INLINE)
-    def _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys):  # pragma: no cover
-        """Row blocks [rb0, rb1) of the output, every token (loop order in the module doc)."""
-        T, N = y.shape
-        G = sm.shape[1]
-        RB = len(rtag)
-        TP = len(ttag)
-        nt1 = tab1.shape[1] // 16  # tables (fields) per token and plane
-        nt2 = tab2.shape[1] // 16
-        nrb = rb1 - rb0
-        nrbp = (nrb + RB - 1) // RB * RB  # scratch rows per token chunk: a ragged tile's clamped blocks land in padding
-        ys[:] = 0.0
-        for j in range(G):
-            for t0 in range(0, T, TP):
-                for r0 in range(0, nrb, RB):
-                    last = nrb - 1
-                    accs = S.zeros_tile(rtag, atag)
-                    accs = _plane_group(accs, p1, wpg1, tab1, nt1, j, t0, T, rb0 + r0, rb0 + last, rtag, ttag, pfj)
-                    if nplanes == 2:
-                        accs = _plane_group(accs, p2, wpg2, tab2, nt2, j, t0, T, rb0 + r0, rb0 + last, rtag, ttag, pfj)
-                    sf = S.offsets(j * 32, G * 32, rb0 + r0, rb0 + last, rtag)
-                    _lut_apply(accs, ys, ((t0 // TP) * nrbp + r0) * TP, sm, sf, xg,
-                               S.offsets(j, G, t0, T - 1, ttag))  # fmt: skip
-        for rb in range(nrb):
-            for t0 in range(0, T, TP):
-                for t in range(TP):
-                    tt = t0 + t
-                    if tt >= T:
+
+@numba.njit(**REASSOC_INLINE)
+def _task(ptag, p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys):  # pragma: no cover
+    """Row blocks [rb0, rb1) of the output, every token (loop order in the module doc)."""
+    T, N = y.shape
+    G = sm.shape[1]
+    RB = len(rtag)
+    TP = len(ttag)
+    nt1 = tab1.shape[1] // 16  # tables (fields) per token and plane
+    nt2 = tab2.shape[1] // 16
+    nrb = rb1 - rb0
+    nrbp = (nrb + RB - 1) // RB * RB  # scratch rows per token chunk: a ragged tile's clamped blocks land in padding
+    ys[:] = 0.0
+    for j in range(G):
+        for t0 in range(0, T, TP):
+            for r0 in range(0, nrb, RB):
+                last = nrb - 1
+                accs = S.zeros_tile(rtag, atag)
+                accs = _plane_group(accs, p1, wpg1, tab1, nt1, j, t0, T, rb0 + r0, rb0 + last, rtag, ttag, pfj)
+                if len(ptag) == 2:
+                    accs = _plane_group(accs, p2, wpg2, tab2, nt2, j, t0, T, rb0 + r0, rb0 + last, rtag, ttag, pfj)
+                sf = S.offsets(j * 32, G * 32, rb0 + r0, rb0 + last, rtag)
+                _lut_apply(accs, ys, ((t0 // TP) * nrbp + r0) * TP, sm, sf, xg,
+                           S.offsets(j, G, t0, T - 1, ttag))  # fmt: skip
+    for rb in range(nrb):
+        for t0 in range(0, T, TP):
+            for t in range(TP):
+                tt = t0 + t
+                if tt >= T:
+                    break
+                srow = ((t0 // TP) * nrbp + rb) * TP + t
+                for lane in range(LUT_ROWS):
+                    n = (rb0 + rb) * LUT_ROWS + lane
+                    if n >= N:
                         break
-                    srow = ((t0 // TP) * nrbp + rb) * TP + t
-                    for lane in range(LUT_ROWS):
-                        n = (rb0 + rb) * LUT_ROWS + lane
-                        if n >= N:
-                            break
-                        y[tt, n] = ys[srow, lane]
+                    y[tt, n] = ys[srow, lane]
+
+
+def _make(parallel: bool):
+    loop = prange if parallel else range  # the only closure cell: range / prange pickle by name
 
     @numba.njit(parallel=parallel, **REASSOC)
     def gemv(
-        x, D, has_D, A, Bm, bias, p1, p2, basis1, basis2, sm, g, rtag, ttag, atag, bpt, pfj, y
+        x, D, has_D, A, Bm, bias, ptag, p1, p2, basis1, basis2, sm, g, rtag, ttag, atag, bpt, pfj, y
     ):  # pragma: no cover
         """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue: x / D, group sums, tables, x A^T).
 
@@ -263,15 +271,15 @@ def _make(nplanes: int, parallel: bool):
         xg = np.empty((T, G), np.float32)
         group_sums(xp, g, xg)
         tab1 = np.empty((T, Kp // basis1.shape[0] * 16), np.float32)
-        tab2 = np.empty((T, Kp // 4 * 16) if nplanes == 2 else (1, 16), np.float32)
+        tab2 = np.empty((T, Kp // 4 * 16) if len(ptag) == 2 else (1, 16), np.float32)
         n1 = tab1.shape[1] // 16
-        n2 = tab2.shape[1] // 16 if nplanes == 2 else 0
+        n2 = tab2.shape[1] // 16 if len(ptag) == 2 else 0
         for c in loop(8):  # the tables, split over the threads (a parallel region of its own)
             _tables(xp, basis1, tab1, c * n1 // 8, (c + 1) * n1 // 8)
-            if nplanes == 2:
+            if len(ptag) == 2:
                 _tables(xp, basis2, tab2, c * n2 // 8, (c + 1) * n2 // 8)
         wpg1 = p1.shape[1] // G  # words per group and row block
-        wpg2 = p2.shape[1] // G if nplanes == 2 else 0
+        wpg2 = p2.shape[1] // G if len(ptag) == 2 else 0
         r_lr = A.shape[0]
         u = np.zeros((T, r_lr), np.float32)
         for jr in loop(r_lr):  # x A^T: A is read once, split over the threads (a parallel region of its own)
@@ -284,17 +292,15 @@ def _make(nplanes: int, parallel: bool):
             rb1 = min(NB, rb0 + bpt)
             nrbp = (rb1 - rb0 + len(rtag) - 1) // len(rtag) * len(rtag)
             ys = np.empty((nch * nrbp * TP, 16), np.float32)
-            _task(p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys)
+            _task(ptag, p1, p2, wpg1, wpg2, tab1, tab2, sm, xg, y, rb0, rb1, rtag, ttag, atag, pfj, ys)
             lowrank_bias(u, Bm, bias, y, rb0 * LUT_ROWS, min(y.shape[1], rb1 * LUT_ROWS))
         return True
 
     return gemv
 
 
-gemv1 = _make(1, parallel=True)  # one plane: 2-bit pairs or 4-bit codes
-gemv1_serial = _make(1, parallel=False)
-gemv2 = _make(2, parallel=True)  # two planes: 3-bit codes (2-bit lo + 1-bit hi)
-gemv2_serial = _make(2, parallel=False)
+gemv = _make(parallel=True)
+gemv_serial = _make(parallel=False)
 
 
 def check_buffers(planes, bases, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: int) -> None:

@@ -159,13 +159,9 @@ class Prepared:
         self._refresh()
         if self.family == "blocked":
             self.arrays = decode_arrays(pw, "blocked")
-            self.kernels = (
-                (gemv_blocked.gemv4, gemv_blocked.gemv4_serial)
-                if pw.bits != 8 and isa.current() == "avx512"
-                else (gemv_blocked.gemv4_portable, gemv_blocked.gemv4_portable_serial)
-                if pw.bits == 4
-                else (gemv_blocked.gemv8, gemv_blocked.gemv8_serial)
-            )
+            self.kernels = (gemv_blocked.gemv, gemv_blocked.gemv_serial)
+            # 2/3/4-bit codes are nibbles here (`cpu_layouts.blocked_bits`); 4-bit decodes with vpermps on AVX-512
+            self.ktag = gemv_blocked.kind_tag(8 if pw.bits == 8 else 4, portable=isa.current() != "avx512")
             g = pw.group_size
             self.gtag = _tag(layouts.CHUNK // g if g < layouts.CHUNK else 1)
             codes, sm = self.arrays
@@ -173,9 +169,8 @@ class Prepared:
                                        np.empty((1, self.N), np.float32), self.N, self.K, layouts.blocked_bits(pw.bits), g, 4)  # fmt: skip
         elif self.family == "lut":
             self.arrays = decode_arrays(pw, "lut")
-            self.kernels = (
-                (gemv_lut.gemv2, gemv_lut.gemv2_serial) if pw.bits == 3 else (gemv_lut.gemv1, gemv_lut.gemv1_serial)
-            )
+            self.kernels = (gemv_lut.gemv, gemv_lut.gemv_serial)
+            self.ptag = gemv_lut.TWO_PLANES if pw.bits == 3 else gemv_lut.ONE_PLANE
             # symmetric codes, centred on 2^(b-1) in the tables: 3-bit 4 = lo 0 + 4 * hi 1
             if pw.bits == 3:
                 self.bases = (gemv_lut.basis(gemv_lut.KIND_PAIR2, 0), gemv_lut.basis(gemv_lut.KIND_QUAD1, 1))
@@ -220,10 +215,12 @@ class Prepared:
             tiles = (_tag(rows), _tag(TP), _tag(TP * NA))
             if self.family == "blocked":
                 kt = cfg["K_TILE"] if TP > 1 else 0  # one token: one sequential stream (config doc)
-                mid = (*head, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], kt, cfg["PREFETCH"])
+                mid = (*head, self.ktag, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], kt,
+                       cfg["PREFETCH"])  # fmt: skip
             else:
                 p1, p2, sm = self.arrays
-                mid = (*head, p1, p2, *self.bases, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"], cfg["PREFETCH"])
+                mid = (*head, self.ptag, p1, p2, *self.bases, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"],
+                       cfg["PREFETCH"])  # fmt: skip
             plan = (kernel, mid, cfg)
         if len(self._plans) < 64:
             self._plans[T] = plan
