@@ -25,6 +25,8 @@ in a subprocess).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import sys
 import time
@@ -191,6 +193,31 @@ def table_markdown(rows: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _check_devices(slugs: list[str], shapes_spec: str) -> list[tuple[str, tuple]]:
+    """``[(slug, (table row, checks as dicts, problems, seconds))]`` for catalog devices ``slugs``
+    (one architecture: run in one process, they share its compiled kernels)."""
+    from .. import backends
+    from ..tuning import devices
+    from .shapes import parse_shapes
+
+    backend = backends.get("triton")
+    shapes = parse_shapes(shapes_spec, list(TOKENS))
+    out = []
+    for slug in slugs:
+        t0 = time.perf_counter()
+        dev = devices.BY_SLUG[slug]
+        checks = check_device(dev, backend, shapes)
+        ks = [k for c in checks for k in c.kernels]
+        probs = [f"{c.key} ({c.source}): {pr}" for c in checks for pr in c.problems]
+        row = {"device": dev.name, "slug": dev.slug, "target": dev.target, "configs": len(checks),
+               "kernels": len(ks), "max_shared": max((k["shared"] for k in ks), default=0),
+               "smem_kib": dev.smem_kib, "max_registers": max((k["registers"] for k in ks), default=0),
+               "spills": sum(k["spills"] > 0 for k in ks), "problems": len(probs),
+               "kind": devices.config_kind(dev.slug)}  # fmt: skip
+        out.append((slug, (row, [c.__dict__ for c in checks], probs, time.perf_counter() - t0)))
+    return out
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = "python -m ttqkern.tune --compile-check"
@@ -199,6 +226,8 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="triton", help="backend whose configs to compile (default triton)")
     p.add_argument("--shapes", default=SHAPES, help=f"layers whose default configs are compiled (default {SHAPES})")
     p.add_argument("--report", default=None, help="write PREFIX.json / PREFIX.md")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="processes compiling in parallel, one architecture each (default: one per CPU core)")  # fmt: skip
     a = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         print(f"{prog}: error: unset TRITON_INTERPRET (the kernels must be compiled, not interpreted)", file=sys.stderr)
@@ -206,7 +235,6 @@ def main(argv=None) -> int:
     from .. import backends
     from ..records import command_line, run_record, write_report
     from ..tuning import devices
-    from .shapes import parse_shapes
 
     if a.backend != "triton":
         print(f"{prog}: error: compile checks exist for the triton backend only so far", file=sys.stderr)
@@ -218,26 +246,38 @@ def main(argv=None) -> int:
             f"{prog}: error: --devices: NVIDIA catalog slugs are {', '.join(d.slug for d in nvidia)}", file=sys.stderr
         )
         return 2
-    backend = backends.get(a.backend)
-    if backend is None:
+    if backends.get(a.backend) is None:
         print(f"{prog}: error: {backends.availability(a.backend)[1]}", file=sys.stderr)
         return 2
-    shapes = parse_shapes(a.shapes, list(TOKENS))
     t0 = time.perf_counter()
+    # one task per architecture: devices of an arch share compiled kernels (this process's cache)
+    groups: dict[str, list[str]] = {}
+    for d in wanted:
+        groups.setdefault(d.target, []).append(d.slug)
+    jobs = max(1, min(a.jobs or os.cpu_count() or 1, len(groups)))
+    print(f"compiling for {', '.join(groups)} in {jobs} process{'es' if jobs > 1 else ''}", flush=True)
+    by_slug: dict[str, tuple] = {}
+
+    def finished(target: str, results) -> None:
+        by_slug.update(results)
+        print(f"{target}: {', '.join(s for s, _ in results)} checked ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    if jobs == 1:
+        for target, slugs in groups.items():
+            finished(target, _check_devices(slugs, a.shapes))
+    else:  # spawned, not forked: the parent holds torch's and Triton's threads
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = {ex.submit(_check_devices, slugs, a.shapes): target for target, slugs in groups.items()}
+            for fut in concurrent.futures.as_completed(futures):
+                finished(futures[fut], fut.result())
     rows, failed, details = [], [], []
     for dev in wanted:
-        checks = check_device(dev, backend, shapes)
-        ks = [k for c in checks for k in c.kernels]
-        probs = [f"{c.key} ({c.source}): {pr}" for c in checks for pr in c.problems]
+        row, checks, probs, seconds = by_slug[dev.slug]
         failed += [f"{dev.slug}: {pr}" for pr in probs]
-        rows.append({"device": dev.name, "slug": dev.slug, "target": dev.target, "configs": len(checks),
-                     "kernels": len(ks), "max_shared": max((k["shared"] for k in ks), default=0),
-                     "smem_kib": dev.smem_kib, "max_registers": max((k["registers"] for k in ks), default=0),
-                     "spills": sum(k["spills"] > 0 for k in ks), "problems": len(probs),
-                     "kind": devices.config_kind(dev.slug)})  # fmt: skip
-        details += [c.__dict__ for c in checks]
-        print(f"{dev.slug} ({dev.target}): {len(checks)} configs, {len(ks)} kernel launches compiled, "
-              f"{len(probs)} problems ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+        rows.append(row)
+        details += checks
+        print(f"{dev.slug} ({dev.target}): {row['configs']} configs, {row['kernels']} kernel launches compiled, "
+              f"{len(probs)} problems ({seconds:.0f} s)", flush=True)  # fmt: skip
     md = table_markdown(rows)
     print("\n" + md)
     for f in failed:

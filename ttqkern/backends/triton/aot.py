@@ -7,7 +7,10 @@ specialization (16-byte aligned pointers and integers get ``tt.divisibility =
 16``, integers equal to 1 become constants), so the code is what the GPU would
 run.  Nothing is launched; each launch is recorded as a `Launch` with its grid,
 options and compiled kernel (cubin, PTX, metadata).  Compilations are cached per
-process by (kernel, signature, constants, attributes, options, target).
+process by (kernel, signature, constants, attributes, options, target).  Torch's own
+matrix products inside the block (the prefill path's cuBLAS ``F.linear``) return
+uninitialised tensors of the right shape: their inputs are outputs of kernels that
+were not launched, and computing them on the CPU cost the compile check 75 s of its 94.
 
 Requires TRITON_INTERPRET unset when the kernels were decorated (interpreted
 kernels cannot be compiled).
@@ -18,7 +21,9 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import torch
 import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
@@ -84,6 +89,22 @@ def _grid3(grid, bound_args) -> tuple[int, int, int]:
     return g[0], g[1], g[2]
 
 
+class _NoMatmul(TorchDispatchMode):
+    """Matrix products return ``torch.empty`` of their result's shape and dtype; every other op runs."""
+
+    _OPS = frozenset(("mm", "addmm", "bmm", "baddbmm", "mv", "addmv"))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket.__name__ in self._OPS:
+            with torch._C._DisableTorchDispatch():
+                meta = func(*(a.to("meta") if isinstance(a, torch.Tensor) else a for a in args),
+                            **{k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})  # fmt: skip
+            device = next(a.device for a in args if isinstance(a, torch.Tensor))
+            return torch.empty(meta.shape, dtype=meta.dtype, device=device)
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def capture(target: GPUTarget):
     """Within the block, kernel launches compile for ``target`` and are appended to the yielded list."""
@@ -111,7 +132,8 @@ def capture(target: GPUTarget):
     saved = JITFunction.run
     JITFunction.run = aot_run
     try:
-        yield launches
+        with _NoMatmul():
+            yield launches
     finally:
         JITFunction.run = saved
 
