@@ -267,6 +267,78 @@ def case_valid(i: int, backend: str):
     return desc, None, run
 
 
+# Consistent weights that reach every compiled entry point of the Numba backend and each of its loop
+# structures, with ragged N, K, groups and token tiles: run under NUMBA_BOUNDSCHECK=1 (few enough that a
+# cold bounds-checked build stays short).  (bits, sym, zero, N, K, g, T, layout, qmatmul config, ISA, r, bias)
+PATH_CASES = [
+    (4, False, "float", 21, 200, 16, 1, "numba_cpu", {}, None, 2, True),  # blocked vpermps, one token, 8 groups/chunk
+    (4, False, "int", 13, 300, 256, 5, "canonical", {"K_TILE": 1}, None, 0, False),  # token + K tiles, 2 chunks/group
+    (3, False, "float", 9, 96, 32, 2, "numba_cpu", {"SERIAL_MAX": 0}, None, 2, True),  # nibble-widened, parallel
+    (8, True, "float", 11, 130, 64, 7, "canonical", {}, None, 0, True),  # blocked 8-bit, ragged token tile
+    (4, False, "float", 10, 256, 64, 1, "canonical", {}, "portable", 2, False),  # blocked, portable micro-kernel
+    (2, True, "float", 19, 160, 16, 5, "canonical", {}, None, 0, True),  # lut, one plane
+    (3, True, "float", 7, 96, 32, 1, "numba_cpu", {"SERIAL_MAX": 0}, None, 2, False),  # lut, two planes, parallel
+    (4, False, "float", 6, 120, 40, 3, "numba_cpu", {}, None, 2, True),  # words (g * b not whole vectors)
+    (3, False, "float", 6, 96, 48, 2, "numba_cpu", {}, None, 2, False),  # words, two planes
+    (8, False, "int", 6, 96, 48, 16, "canonical", {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20}, None, 0, True),
+    (2, False, "float", 8, 64, 32, 2, "numba_cpu", {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1}, None, 2, True),  # prefill
+    (2, False, "float", 4, 40, 40, 16, "numba_cpu", {}, None, 0, False),  # generic (groups not whole words)
+    (2, False, "float", 3, 70, 37, 5, "canonical", {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1}, None, 2, False),
+    (2, True, "float", 3, 70, 37, 1, "canonical", {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20}, None, 2, False),
+]
+
+
+def numba_entry_points() -> dict:
+    """``{module.name: dispatcher}`` of every Numba function the backend calls from Python (not inlined)."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import ttqkern.backends.numba as nb
+
+    out = {}
+    for m in pkgutil.iter_modules(nb.__path__):
+        mod = importlib.import_module(f"{nb.__name__}.{m.name}")
+        for name, v in vars(mod).items():
+            inlined = isinstance(v, CPUDispatcher) and v.targetoptions.get("inline") == "always"
+            if isinstance(v, CPUDispatcher) and v.__module__ == mod.__name__ and not inlined:
+                out[f"{m.name}.{name}"] = v
+    return out
+
+
+def case_path(i: int, backend: str):
+    """Entry ``i`` of `PATH_CASES`: a quantized weight through the kernel path its row names."""
+    import contextlib
+
+    from ttqkern.backends.numba import config, isa
+    from ttqkern.tuning import store
+
+    bits, sym, zero, N, K, g, T, layout, cfg, which, r, with_bias = PATH_CASES[i]
+    gen = torch.Generator().manual_seed(30_000 + i)
+    W, x, D = torch.randn(N, K, generator=gen), torch.randn(T, K, generator=gen) * 3, torch.rand(K, generator=gen) + 0.5
+    pw = ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, backend="torch")
+    if layout != "canonical":
+        pw = get_layout(layout).from_canonical(pw)
+    lowrank = (torch.randn(r, K, generator=gen), torch.randn(N, r, generator=gen)) if r else None
+    bias = torch.randn(N, generator=gen) if with_bias else None
+    desc = f"path bits={bits} sym={sym} zero={zero} N={N} K={K} g={g} T={T} {layout} {cfg} isa={which} r={r}"
+
+    def run():
+        with contextlib.ExitStack() as stack:
+            if which is not None:
+                stack.enter_context(isa.forced(which))
+            if cfg:
+                key = config.key("qmatmul", bits=bits, group=pw.group_size, T=T, N=N, K=K)
+                stack.enter_context(store.override("cpu", key, cfg))
+            Dn = ops.act_scale(x, backend=backend)
+            ops.quantize(W, Dn, bits=bits, group_size=g, sym=sym, zero=zero, backend=backend)
+            y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend=backend)
+        return y, lambda: reference_y(x, pw, D, lowrank, bias)
+
+    return desc, None, run
+
+
 def _path(backend: str, path: str, pw, T: int):
     """Force the Numba kernel path through a tuned-config override (the buffered GEMM is not
     reached by the defaults; ``prefill``: dequantize + BLAS for every family)."""
@@ -283,7 +355,7 @@ def _path(backend: str, path: str, pw, T: int):
     return store.override("cpu", key, {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20})
 
 
-KINDS = {"packed": case_packed, "pack": case_pack, "valid": case_valid}
+KINDS = {"packed": case_packed, "pack": case_pack, "valid": case_valid, "path": case_path}
 
 
 def main(backend: str, batches: list[tuple[str, int, int]]) -> None:
@@ -305,6 +377,9 @@ def main(backend: str, batches: list[tuple[str, int, int]]) -> None:
             if names is not None:
                 out["names"] = sorted(names)
             print(f"END {kind} {i} {json.dumps(out)}", flush=True)
+    if backend == "numba":  # which compiled entry points ran (and with how many specializations)
+        used = {name: len(d.signatures) for name, d in numba_entry_points().items()}
+        print(f"KERNELS {json.dumps(used)}", flush=True)
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: nothing of value is left to flush
 

@@ -11,11 +11,16 @@ the case that was running, instead of killing the test run.  The Numba process
 loads its kernels from Numba's on-disk cache (``cache=True``), so a batch costs a
 process start, not a compile.
 
-The consistent cases then run every Numba kernel path under ``NUMBA_BOUNDSCHECK=1``
-(every array index checked): an index past a buffer raises there instead of
-corrupting memory.  Bounds-checked code is different code, so it gets a cache
-folder of its own (Numba's cache index does not record the flag); it is compiled
-once (about a minute) and reused by later runs.
+Under ``NUMBA_BOUNDSCHECK=1`` (every array index checked: an index past a buffer
+raises there instead of corrupting memory), a table of consistent weights
+(`fuzz_packed.PATH_CASES`) runs every compiled entry point of the Numba backend --
+the test checks that none was left out -- and each loop structure: one token,
+token tiles with a ragged last tile, K tiles, parallel tasks, the portable
+micro-kernel, ragged N, K and groups.  A table rather than random cases: each
+kernel specialization costs a cold bounds-checked compile (seconds), and random
+cases compile many specializations of the same loops.  Bounds-checked code is
+different code, so it gets a cache folder of its own (Numba's cache index does not
+record the flag), reused by later runs.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from ttqkern import backends
 
 SCRIPT = str(Path(__file__).with_name("fuzz_packed.py"))
 N_PACKED, N_PACK = 300, 60  # per backend; at least 200 of the perturbed weights are inconsistent
-N_VALID = {"torch": 12, "numba": 12, "triton": 8}  # numba: all 60 run again under boundscheck below
-N_VALID_BOUNDSCHECK = 60
+N_VALID = {"torch": 12, "numba": 12, "triton": 8}  # random consistent weights, every kernel path
 GOOD_ERRORS = ("ValueError", "TypeError", "RuntimeError")
 
 
-def run_cases(backend: str, batches: list[tuple[str, int, int]], env: dict | None = None, timeout: int = 600):
-    """Run case batches in one subprocess; returns ``{(kind, i): (description, outcome)}``.
+def run_cases(backend: str, batches: list[tuple[str, int, int]], env: dict | None = None, timeout: int = 600,
+              kernels: bool = False):  # fmt: skip
+    """Run case batches in one subprocess; returns ``{(kind, i): (description, outcome)}`` (and, with
+    ``kernels``, ``{Numba entry point: specializations compiled}`` as the process reported them).
 
     Fails (naming the case) when the process dies or hangs inside a case.
     """
@@ -51,9 +57,11 @@ def run_cases(backend: str, batches: list[tuple[str, int, int]], env: dict | Non
         stdout, rc, err = proc.stdout, proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as e:
         stdout, rc, err = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout", ""
-    began, results = {}, {}
+    began, results, used = {}, {}, {}
     for line in stdout.splitlines():
         tag, _, rest = line.partition(" ")
+        if tag == "KERNELS":
+            used = json.loads(rest)
         if tag == "BEGIN":
             kind, i, desc = rest.split(" ", 2)
             began[(kind, int(i))] = desc
@@ -66,7 +74,7 @@ def run_cases(backend: str, batches: list[tuple[str, int, int]], env: dict | Non
     )
     expected = sum(n for _, _, n in batches)
     assert len(results) == expected, f"{backend}: {len(results)} of {expected} cases reported"
-    return results
+    return (results, used) if kernels else results
 
 
 def names_field(message: str, names: list[str]) -> bool:
@@ -117,9 +125,12 @@ def _boundscheck_cache(request) -> str:
 
 
 def test_every_numba_path_stays_in_bounds_under_boundscheck(request):
+    from fuzz_packed import PATH_CASES
+
     _available("numba")
     env = {"NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": _boundscheck_cache(request)}
-    # cold, every kernel family and tile is compiled bounds-checked first (minutes; cached afterwards)
-    results = run_cases("numba", [("valid", 0, N_VALID_BOUNDSCHECK)], env=env, timeout=1800)
+    results, kernels = run_cases("numba", [("path", 0, len(PATH_CASES))], env=env, timeout=1800, kernels=True)
     failed = [f"{i} ({d}): {o.get('traceback', o)}" for (_, i), (d, o) in results.items() if not o.get("match")]
     assert not failed, "under NUMBA_BOUNDSCHECK=1:\n" + "\n".join(failed[:10])
+    missed = sorted(name for name, n in kernels.items() if n == 0)
+    assert not missed, f"Numba entry points no case ran under boundscheck: {missed}"

@@ -16,7 +16,6 @@ packed integer planes), so only a handful of specialisations exist per kernel.
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import pytest
