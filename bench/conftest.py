@@ -44,6 +44,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "cpu: CPU benchmark (the Numba backend and its CPU peers)")
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+    if getattr(config.option, "numprocesses", None):  # pytest-benchmark would silently time nothing
+        raise pytest.UsageError("benchmarks run in one process: drop -n (pytest-xdist) for bench/")
 
 
 def _cpu_selected(config) -> bool:

@@ -15,6 +15,13 @@ settings.register_profile("dev", max_examples=100, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: one worker per CPU core, at most 4.  Every worker compiles the Numba and Triton
+    kernels its tests need (the disk caches share what is already built), and past a few workers
+    the largest test files bound the run."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
