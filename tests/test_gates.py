@@ -1,4 +1,10 @@
-"""Static performance gates of the Triton kernels on sm_90 and sm_80, from their SASS (no GPU needed).
+"""Triton kernels compiled for GPU targets without a GPU: static performance gates and the per-device compile check.
+
+One file so that one pytest-xdist worker runs both, in turn: they compile many of the same
+kernels, and the second finds them in Triton's cache and the ``ptxas -v`` cache
+(`ttqkern.backends.sass.ptxas_usage`) instead of compiling them again in parallel.
+
+Static performance gates on sm_90 and sm_80, from the SASS:
 
 Runs ``python -m ttqkern.backends.triton.inspect --gates`` (in a subprocess: the
 kernels must be compiled, not interpreted) for the Qwen3-8B and Qwen3-32B layer
@@ -7,6 +13,12 @@ vector units), T = 16 (decode on tensor cores) and T = 128 (the prefill kernel),
 and checks every gate of issue 13 (`inspect.GATES`) plus what the report must
 contain.  Each distinct kernel specialization compiles once per target (the
 command dedupes within its process; Triton's cache keeps them across runs).
+
+Every default and shipped config compiles for each catalog GPU's architecture, fits, and
+does not spill: ``python -m ttqkern.tune --compile-check`` (sm_80 A100, sm_86 A40 / RTX
+3090, sm_89 L40 / RTX 4090, sm_90 H100 / H200) covers every Triton op at T = 1
+(`_gemv_kernel`), 16 (`_qdot_kernel` decode), 128 (`_qdot_kernel` prefill) and 512
+(`_dequant_kernel`) on the Qwen3-8B layers.
 """
 
 from __future__ import annotations
@@ -20,9 +32,12 @@ from pathlib import Path
 import pytest
 
 from ttqkern.backends import sass
+from ttqkern.tuning import devices
 
 ROOT = Path(__file__).resolve().parents[1]
 triton = pytest.importorskip("triton")
+
+from ttqkern.backends.triton import interpreter_supported  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(
@@ -85,3 +100,18 @@ def test_report_has_the_figures_the_issue_asks_for(reports, arch):
             assert k["kernel"] == "_gemv_kernel" and lp["families"]["MMA"] == 0
         else:  # tensor cores: the instruction count per tensor-core op is reported
             assert k["kernel"] == "_qdot_kernel" and lp["instructions_per_mma"] > 0
+
+
+@pytest.mark.skipif(not interpreter_supported(triton.__version__), reason="the AOT path needs triton >= 3.9")
+def test_every_default_and_shipped_config_compiles_fits_and_does_not_spill(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT)
+    env["TTQKERN_CONFIG_DIR"] = str(tmp_path)  # the shipped files only, not this machine's tuned ones
+    r = subprocess.run([sys.executable, "-m", "ttqkern.tune", "--compile-check", "--report", str(tmp_path / "cc")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)  # fmt: skip
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    for d in devices.CATALOG:
+        if d.vendor == "nvidia":
+            assert f"{d.slug} ({d.target}):" in out and f"| {d.name} | {d.target} |" in out
+    assert "FAIL" not in out
