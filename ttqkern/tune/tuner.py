@@ -413,7 +413,10 @@ class Tuner:
         res.best = best
         if self.save_results:
             meta = {**self.meta, "study": study.study_name, "storage": storage_mod.describe(self.storage_url),
-                    "host": platform.node(), "device": self.target.name, "trials": len(trials),
+                    # the trials the best was chosen from: those complete when this worker finished (others of
+                    # a fleet may still be running; counting them claimed a best this worker never saw)
+                    "host": platform.node(), "device": self.target.name, "trials": len(done),
+                    "trials_started": len(trials),
                     "default_us": round(default_us, 3), "best_us": round(res.best_us, 3),
                     "study_best_trial": res.best_trial, "kept_default": best == default_c}  # fmt: skip
             self.path = store.save(self.slug, {key: best}, self.out_dir, meta=meta)
