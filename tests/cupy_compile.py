@@ -135,8 +135,12 @@ def decode_loop_figures(p: dict, st: sass.LoopStats | None, res: sass.Resources,
     }
 
 
-def inspect(archs=ARCHS, names=None, cache: Path | None = None) -> dict:
-    """``{arch: {name expression: {...resources, decode loop figures}}}``."""
+def inspect(archs=ARCHS, names=None, cache: Path | None = None, sass_archs=None) -> dict:
+    """``{arch: {name expression: {...resources, decode loop figures}}}``.
+
+    Registers and spills come from ``ptxas -v`` for every arch; the SASS (decode loop figures)
+    is disassembled and read for ``sass_archs`` only (default: all; about 5 s per arch).
+    """
     names = names or host.all_kernel_names()
     cache = Path(cache or os.environ.get("TTQKERN_NVCC_CACHE", Path(tempfile.gettempdir()) / "ttqkern-nvcc"))
     cache.mkdir(parents=True, exist_ok=True)
@@ -145,15 +149,15 @@ def inspect(archs=ARCHS, names=None, cache: Path | None = None) -> dict:
     report = {}
     for arch, (cubin, log) in built.items():
         res = sass.parse_ptxas_verbose(log)
-        funcs = sass.parse_sass(sass.disassemble(cubin))
-        plain = demangle(sorted(set(res) | set(funcs)))
+        funcs = sass.parse_sass(sass.disassemble(cubin)) if sass_archs is None or arch in sass_archs else None
+        plain = demangle(sorted(set(res) | set(funcs or ())))
         rows = {}
         for mangled, r in res.items():
             name = plain[mangled]
             row = {"registers": r.registers, "spill_stores": r.spill_stores, "spill_loads": r.spill_loads,
                    "stack": r.stack, "shared_static": r.shared}  # fmt: skip
             p = decode_params(name)
-            if p is not None:
+            if p is not None and funcs is not None:
                 row.update(decode_loop_figures(p, decode_main_loop(funcs.get(mangled, [])), r, arch))
             rows[name] = row
         report[arch] = rows
