@@ -22,7 +22,15 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+# Files dominated by one long build (nvcc for four architectures, Triton for every catalog GPU, the
+# bounds-checked Numba build, tuning fleets) run first: pytest-xdist hands out files in collection
+# order, and one of these started last leaves a worker alone with it at the end of the run.
+LONG_FIRST = ("test_gates.py", "test_cupy_compile.py", "test_fuzz_packed.py", "test_tune_kernels.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
