@@ -273,6 +273,8 @@ def _make(parallel: bool):
     def gemv(x, D, has_D, A, Bm, bias, ktag, codes, sm, g, rtag, ttag, atag, gtag, bpt, kt, pfb, y):  # pragma: no cover
         """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue ``x / D`` and ``x A^T``, epilogue ``u B^T + bias``).
 
+        ``ktag``: the micro-kernel (`kind_tag`: 4-bit vpermps, 4-bit portable, or 8-bit).
+
         ``kt``: chunks per K tile (0: none).  Untiled, each register tile walks all of K
         in memory order (best for one token: one sequential stream).  Tiled (for
         several tokens), a task walks K in tiles of ``kt`` chunks and, per tile, all

@@ -258,6 +258,8 @@ def _make(parallel: bool):
     ):  # pragma: no cover
         """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue: x / D, group sums, tables, x A^T).
 
+        ptag: `ONE_PLANE` (p2 unused) or `TWO_PLANES` (3-bit codes: p1 the 2-bit lo, p2 the 1-bit hi plane).
+
         basis1 / basis2: each plane's table multipliers (`basis`).  Returns False, with y
         unwritten, when x~ is outside the range these sums keep exact (`prologue.extreme`).
         """
