@@ -28,6 +28,13 @@ def pytest_xdist_auto_num_workers(config):
 LONG_FIRST = ("test_gates.py", "test_cupy_compile.py", "test_fuzz_packed.py", "test_tune_kernels.py")
 
 
+def pytest_configure(config):
+    # pytest-xdist's per-file scheduler would re-sort the files by test count (most first), which puts
+    # these few-test, long-build files last; keep the collection order instead
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
