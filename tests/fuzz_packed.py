@@ -260,11 +260,33 @@ def case_valid(i: int, backend: str):
         W = torch.randn(pw.N, pw.K)
         Dn = ops.act_scale(x, backend=backend)  # act_scale and quantize kernels too
         ops.quantize(W, Dn, bits=pw.bits, group_size=pw.group_size, sym=pw.sym, zero=pw.zero, backend=backend)
-        with _path(backend, path, pw, T):
+        with _override(pw, T, PATH_CONFIGS[path]):
             y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend=backend)
         return y, lambda: reference_y(x, pw, D, lowrank, bias)
 
     return desc, None, run
+
+
+# Numba kernel paths forced through a tuned-config override of qmatmul: the buffered GEMM is not reached
+# by the defaults; "prefill" dequantizes + BLAS for every family
+PATH_CONFIGS = {
+    "default": {},
+    "buffered": {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20},
+    "prefill": {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1},
+}
+
+
+def _override(pw, T: int, cfg: dict):
+    """``cfg`` as the tuned qmatmul config of ``pw``'s shape at T tokens (nothing when empty)."""
+    import contextlib
+
+    if not cfg:
+        return contextlib.nullcontext()
+    from ttqkern.backends.numba import config
+    from ttqkern.tuning import store
+
+    key = config.key("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
+    return store.override("cpu", key, cfg)
 
 
 # Consistent weights that reach every compiled entry point of the Numba backend and each of its loop
@@ -280,11 +302,11 @@ PATH_CASES = [
     (3, True, "float", 7, 96, 32, 1, "numba_cpu", {"SERIAL_MAX": 0}, None, 2, False),  # lut, two planes, parallel
     (4, False, "float", 6, 120, 40, 3, "numba_cpu", {}, None, 2, True),  # words (g * b not whole vectors)
     (3, False, "float", 6, 96, 48, 2, "numba_cpu", {}, None, 2, False),  # words, two planes
-    (8, False, "int", 6, 96, 48, 16, "canonical", {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20}, None, 0, True),
-    (2, False, "float", 8, 64, 32, 2, "numba_cpu", {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1}, None, 2, True),  # prefill
+    (8, False, "int", 6, 96, 48, 16, "canonical", PATH_CONFIGS["buffered"], None, 0, True),
+    (2, False, "float", 8, 64, 32, 2, "numba_cpu", PATH_CONFIGS["prefill"], None, 2, True),  # prefill
     (2, False, "float", 4, 40, 40, 16, "numba_cpu", {}, None, 0, False),  # generic (groups not whole words)
-    (2, False, "float", 3, 70, 37, 5, "canonical", {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1}, None, 2, False),
-    (2, True, "float", 3, 70, 37, 1, "canonical", {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20}, None, 2, False),
+    (2, False, "float", 3, 70, 37, 5, "canonical", PATH_CONFIGS["prefill"], None, 2, False),
+    (2, True, "float", 3, 70, 37, 1, "canonical", PATH_CONFIGS["buffered"], None, 2, False),
 ]
 
 
@@ -311,8 +333,7 @@ def case_path(i: int, backend: str):
     """Entry ``i`` of `PATH_CASES`: a quantized weight through the kernel path its row names."""
     import contextlib
 
-    from ttqkern.backends.numba import config, isa
-    from ttqkern.tuning import store
+    from ttqkern.backends.numba import isa
 
     bits, sym, zero, N, K, g, T, layout, cfg, which, r, with_bias = PATH_CASES[i]
     gen = torch.Generator().manual_seed(30_000 + i)
@@ -328,31 +349,13 @@ def case_path(i: int, backend: str):
         with contextlib.ExitStack() as stack:
             if which is not None:
                 stack.enter_context(isa.forced(which))
-            if cfg:
-                key = config.key("qmatmul", bits=bits, group=pw.group_size, T=T, N=N, K=K)
-                stack.enter_context(store.override("cpu", key, cfg))
+            stack.enter_context(_override(pw, T, cfg))
             Dn = ops.act_scale(x, backend=backend)
             ops.quantize(W, Dn, bits=bits, group_size=g, sym=sym, zero=zero, backend=backend)
             y = ops.qmatmul(x, pw, D, lowrank=lowrank, bias=bias, backend=backend)
         return y, lambda: reference_y(x, pw, D, lowrank, bias)
 
     return desc, None, run
-
-
-def _path(backend: str, path: str, pw, T: int):
-    """Force the Numba kernel path through a tuned-config override (the buffered GEMM is not
-    reached by the defaults; ``prefill``: dequantize + BLAS for every family)."""
-    import contextlib
-
-    if path == "default":
-        return contextlib.nullcontext()
-    from ttqkern.backends.numba import config
-    from ttqkern.tuning import store
-
-    key = config.key("qmatmul", bits=pw.bits, group=pw.group_size, T=T, N=pw.N, K=pw.K)
-    if path == "prefill":
-        return store.override("cpu", key, {"PACKED_MAX_T": 0, "DEQUANT_MIN_T": 1})
-    return store.override("cpu", key, {"FUSED_MAX_T": 0, "DEQUANT_MIN_T": 1 << 20})
 
 
 KINDS = {"packed": case_packed, "pack": case_pack, "valid": case_valid, "path": case_path}
