@@ -295,6 +295,7 @@ def _override(pw, T: int, cfg: dict):
 PATH_CASES = [
     (4, False, "float", 21, 200, 16, 1, "numba_cpu", {}, None, 2, True),  # blocked vpermps, one token, 8 groups/chunk
     (4, False, "int", 13, 300, 256, 5, "canonical", {"K_TILE": 1}, None, 0, False),  # token + K tiles, 2 chunks/group
+    (8, True, "float", 11, 300, 64, 6, "canonical", {"K_TILE": 2, "SERIAL_MAX": 0}, None, 0, True),  # K tiles, parallel
     (3, False, "float", 9, 96, 32, 2, "numba_cpu", {"SERIAL_MAX": 0}, None, 2, True),  # nibble-widened, parallel
     (8, True, "float", 11, 130, 64, 7, "canonical", {}, None, 0, True),  # blocked 8-bit, ragged token tile
     (4, False, "float", 10, 256, 64, 1, "canonical", {}, "portable", 2, False),  # blocked, portable micro-kernel

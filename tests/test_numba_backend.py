@@ -303,6 +303,8 @@ def test_kernels_are_cached_on_disk():
         quantize_mod._quantize_kernel,
         gemv_blocked.gemv,
         gemv_blocked.gemv_serial,
+        gemv_blocked.gemv_ktiled,
+        gemv_blocked.gemv_ktiled_serial,
         gemv_lut.gemv,
         gemv_lut.gemv_serial,
     ):

@@ -20,8 +20,9 @@ horizontal work in the loop.  8-bit: per field a ``vpmovzxbd`` load, a convert,
 the centring subtraction, one FMA to dequantize and one FMA to accumulate.
 
 Grid / tiles: a parallel task owns ``BPT`` consecutive row blocks (of ``BR``
-rows).  Within a task, per row block and per chunk of tokens (``TP`` at a time)
-a register tile of ``R`` rows x ``TP`` tokens x ``NA`` partial sums walks every
+rows); `gemv` walks all of K per register tile, `gemv_ktiled` walks K in tiles
+(config ``K_TILE``), and both have a serial form for small layers.  Within a
+task, per row block and per chunk of tokens (``TP`` at a time) a register tile of ``R`` rows x ``TP`` tokens x ``NA`` partial sums walks every
 chunk of K; ``R`` divides ``BR`` (half blocks for wide token tiles).  For one
 token the 8 fields' activations stay in registers and are shared by the R rows;
 NA = 2 partial sums per row halve the FMA dependency chain.  The weight is read
@@ -63,7 +64,7 @@ _KINDS = {len(LOOKUP4): (4, True), len(PORTABLE4): (4, False), len(WIDE8): (8, T
 
 
 def kind_tag(bits: int, portable: bool) -> tuple:
-    """The ``ktag`` argument of `gemv` / `gemv_serial` for codes of ``bits`` (4 or 8) bits."""
+    """The ``ktag`` argument of the kernels (`gemv`, `gemv_ktiled` and their serial forms) for ``bits``-bit codes."""
     return WIDE8 if bits == 8 else PORTABLE4 if portable else LOOKUP4
 
 
@@ -266,50 +267,78 @@ def _tile(ktag, codes, sm, xp, T, y, rb, h, t0, c0, c1, C, GQ, BR, g, rtag, ttag
             y[tt, n] = sums[r * TP + t]
 
 
+@numba.njit(**REASSOC_INLINE)
+def _prologue(x, D, has_D, A, codes, sm, ktag, pfb):  # pragma: no cover - inlined into the kernels
+    """The per-call set-up of the blocked kernels: ``(T, C, GQ, x~, u, pfs)``.
+
+    x~ = x / D zero-padded to the layout's ``C`` chunks (fp32 ``[T, C * 128]``), u = x A^T
+    (``[T, r]``; inlined, so in a parallel kernel the r columns of A are split over the
+    threads, a parallel region of its own: A is read once), and ``pfs``, the prefetch
+    distance ``pfb`` (bytes of codes) in the scales/offsets stream (floats).
+    """
+    T = x.shape[0]
+    C = codes.shape[1]
+    GQ = sm.shape[1]
+    xp = np.empty((T, C * CHUNK), np.float32)
+    scale_pad(x, D, has_D, xp)
+    u = np.zeros((T, A.shape[0]), np.float32)
+    for j in prange(A.shape[0]):
+        lowrank_column(x, A, u, j)
+    return T, C, GQ, xp, u, 3 * pfb * GQ // (C * _chunk_bytes(ktag))
+
+
 def _make(parallel: bool):
+    """``(gemv, gemv_ktiled)`` on a thread team (``parallel``) or on the calling thread.
+
+    Two kernels rather than one with a run-time branch: each inlines the register tile
+    (`_tile`, the unrolled micro-kernel) once, so a specialization compiles in about two
+    thirds of the time, and the untiled walk keeps its constant chunk range (``0 .. C``).
+    """
     loop = prange if parallel else range  # the only closure cell: range / prange pickle by name
 
     @numba.njit(parallel=parallel, **REASSOC)
-    def gemv(x, D, has_D, A, Bm, bias, ktag, codes, sm, g, rtag, ttag, atag, gtag, bpt, kt, pfb, y):  # pragma: no cover
+    def gemv(x, D, has_D, A, Bm, bias, ktag, codes, sm, g, rtag, ttag, atag, gtag, bpt, pfb, y):  # pragma: no cover
         """y fp32 ``[T, N]`` for x fp32 ``[T, K]`` (prologue ``x / D`` and ``x A^T``, epilogue ``u B^T + bias``).
 
         ``ktag``: the micro-kernel (`kind_tag`: 4-bit vpermps, 4-bit portable, or 8-bit).
-
-        ``kt``: chunks per K tile (0: none).  Untiled, each register tile walks all of K
-        in memory order (best for one token: one sequential stream).  Tiled (for
-        several tokens), a task walks K in tiles of ``kt`` chunks and, per tile, all
-        its row blocks, so the tile's x (``TP * kt * 128`` floats) stays in L1 while
-        every row of the task uses it; partial sums wait in a small scratch.
+        Each register tile walks all of K in memory order (one sequential stream per
+        row tile: best for one token, and the default for several).
         """
-        T = x.shape[0]
-        NB, C, BR, _ = codes.shape
-        GQ = sm.shape[1]
-        Kq = C * CHUNK
-        xp = np.empty((T, Kq), np.float32)
-        scale_pad(x, D, has_D, xp)
-        r_lr = A.shape[0]
-        u = np.zeros((T, r_lr), np.float32)
-        for j in loop(r_lr):  # x A^T: A is read once, split over the threads (a parallel region of its own)
-            lowrank_column(x, A, u, j)
+        NB, _, BR, _ = codes.shape
+        T, C, GQ, xp, u, pfs = _prologue(x, D, has_D, A, codes, sm, ktag, pfb)
         R = len(rtag)
         TP = len(ttag)
-        L = len(atag)
-        pfs = 3 * pfb * GQ // (C * _chunk_bytes(ktag))  # the same distance in the scales/offsets stream (floats)
         ntask = (NB + bpt - 1) // bpt
-        tiled = 0 < kt < C
         for task in loop(ntask):
             rb0 = task * bpt
             rb1 = min(NB, rb0 + bpt)
-            if not tiled:
-                dummy = np.empty((0, 16), np.float32)
-                for rb in range(rb0, rb1):
-                    for h in range(0, BR, R):
-                        for t0 in range(0, T, TP):
-                            _tile(ktag, codes, sm, xp, T, y, rb, h, t0, 0, C, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs,
-                                  dummy, 0)  # fmt: skip
-                lowrank_bias(u, Bm, bias, y, rb0 * BR, min(y.shape[1], rb1 * BR))
-                continue
-            halves = BR // R
+            dummy = np.empty((0, 16), np.float32)
+            for rb in range(rb0, rb1):
+                for h in range(0, BR, R):
+                    for t0 in range(0, T, TP):
+                        _tile(ktag, codes, sm, xp, T, y, rb, h, t0, 0, C, C, GQ, BR, g, rtag, ttag, atag, gtag, pfb, pfs,
+                              dummy, 0)  # fmt: skip
+            lowrank_bias(u, Bm, bias, y, rb0 * BR, min(y.shape[1], rb1 * BR))
+
+    @numba.njit(parallel=parallel, **REASSOC)
+    def gemv_ktiled(x, D, has_D, A, Bm, bias, ktag, codes, sm, g, rtag, ttag, atag, gtag, bpt, kt, pfb,
+                    y):  # pragma: no cover  # fmt: skip
+        """`gemv` walking K in tiles of ``kt`` chunks (``0 < kt < C``; for several tokens).
+
+        A task walks K tile by tile and, per tile, all its row blocks, so the tile's x
+        (``TP * kt * 128`` floats) stays in L1 while every row of the task uses it;
+        partial sums wait in a small scratch between tiles.
+        """
+        NB, _, BR, _ = codes.shape
+        T, C, GQ, xp, u, pfs = _prologue(x, D, has_D, A, codes, sm, ktag, pfb)
+        R = len(rtag)
+        TP = len(ttag)
+        L = len(atag)
+        ntask = (NB + bpt - 1) // bpt
+        halves = BR // R
+        for task in loop(ntask):
+            rb0 = task * bpt
+            rb1 = min(NB, rb0 + bpt)
             scratch = np.empty(((rb1 - rb0) * halves * R * L, 16), np.float32)
             for t0 in range(0, T, TP):
                 for c0 in range(0, C, kt):
@@ -321,11 +350,11 @@ def _make(parallel: bool):
                                   pfb, pfs, scratch, srow)  # fmt: skip
             lowrank_bias(u, Bm, bias, y, rb0 * BR, min(y.shape[1], rb1 * BR))
 
-    return gemv
+    return gemv, gemv_ktiled
 
 
-gemv = _make(parallel=True)
-gemv_serial = _make(parallel=False)
+gemv, gemv_ktiled = _make(parallel=True)
+gemv_serial, gemv_ktiled_serial = _make(parallel=False)
 
 
 def check_buffers(codes, sm, x, A, Bm, bias, y, N: int, K: int, bits: int, g: int, R: int) -> None:

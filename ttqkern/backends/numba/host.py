@@ -160,6 +160,7 @@ class Prepared:
         if self.family == "blocked":
             self.arrays = decode_arrays(pw, "blocked")
             self.kernels = (gemv_blocked.gemv, gemv_blocked.gemv_serial)
+            self.ktiled = (gemv_blocked.gemv_ktiled, gemv_blocked.gemv_ktiled_serial)
             # 2/3/4-bit codes are nibbles here (`cpu_layouts.blocked_bits`); 4-bit decodes with vpermps on AVX-512
             self.ktag = gemv_blocked.kind_tag(8 if pw.bits == 8 else 4, portable=isa.current() != "avx512")
             g = pw.group_size
@@ -210,12 +211,16 @@ class Prepared:
             if self.family == "blocked" and layouts.BLOCK_ROWS % rows:
                 rows = 4
             NA = cfg["PARTIALS"] if TP == 1 else 1
-            kernel = self.kernels[1] if self.N * self.K <= cfg["SERIAL_MAX"] else self.kernels[0]
+            serial = self.N * self.K <= cfg["SERIAL_MAX"]
+            kernel = self.kernels[1] if serial else self.kernels[0]
             head = (self.D, self.has_D, self.A, self.Bm, self.bias)
             tiles = (_tag(rows), _tag(TP), _tag(TP * NA))
             if self.family == "blocked":
                 kt = cfg["K_TILE"] if TP > 1 else 0  # one token: one sequential stream (config doc)
-                mid = (*head, self.ktag, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], kt,
+                kts = (kt,) if 0 < kt < self.arrays[0].shape[1] else ()  # fewer K tiles than chunks
+                if kts:
+                    kernel = self.ktiled[1] if serial else self.ktiled[0]
+                mid = (*head, self.ktag, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], *kts,
                        cfg["PREFETCH"])  # fmt: skip
             else:
                 p1, p2, sm = self.arrays
