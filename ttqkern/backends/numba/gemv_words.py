@@ -254,7 +254,7 @@ def _make_row_helpers(sh: int):
 _rowdot32, _rowdot32x2, _unpack32 = _make_row_helpers(16)  # uint32 words: planes of 2, 4, 8 bits
 
 
-_rowdot16, _rowdot16x2, _unpack16 = _make_row_helpers(8)  # uint16 words: the 1-bit hi plane of 3-bit codes
+_unpack16 = _make_row_helpers(8)[2]  # uint16 words: the 1-bit hi plane of 3-bit codes (prefill, buffered GEMM)
 
 
 @numba.njit(**REASSOC_INLINE)
@@ -310,40 +310,31 @@ def _dot(a, b):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, **REASSOC)
-def fused(w1, m1, r1, Wg1, w2, m2, r2, Wg2, xs, off2, Xg, scales, c, m0, has_m0,
-          u, B, bias, block_n, y):  # pragma: no cover - compiled  # fmt: skip
-    """Decode GEMV over one or two planes (``w2.shape[1] == 0``: one plane); y fp32 ``[T, N]``.
+def fused(w, masks, rep, Wg, xs, Xg, scales, c, m0, has_m0, u, B, bias, block_n, y):  # pragma: no cover - compiled
+    """Decode GEMV over the one plane of 2-, 4- or 8-bit codes (3-bit: `fused3`); y fp32 ``[T, N]``.
 
     One token: `rowdot`.  Several: pairs of tokens through `rowdot2` (xs has its rows
     padded to an even count with zeros; a padded output is dropped).  c / m0: the
-    groups' centres (`centres`); ``r1`` / ``r2``: the planes' field replication factors
-    (`_common.Plane.rep`).
+    groups' centres (`centres`); ``rep``: the plane's field replication factor
+    (`_common.Plane.rep`).  One plane only, so each specialization compiles the two
+    row dots it runs (a two-plane form compiled twice as much code that never ran).
     """
     N, G = scales.shape
     T = y.shape[0]
-    two = w2.shape[1] > 0
     nblk = (N + block_n - 1) // block_n
+    none = np.empty(0, np.float32)
+    nonec = np.empty(0, np.complex128)
     for blk in prange(nblk):
-        se1, se1_c, se2, se2_c = _word_buffers(w1, w2)
-        ce1, ce1c, ce2, ce2c = _word_buffers(w1, w2)  # the same for the centres
+        se, se_c, ce, cec = _word_buffers(w, w)  # per-word scales and centres, with their 16-byte views
         cg = np.empty((2, G), np.float32)
         for n in range(blk * block_n, min(N, (blk + 1) * block_n)):
-            _fill_se(scales, n, Wg1, se1, se1_c)
-            if two:
-                _fill_se(scales, n, Wg2, se2, se2_c)
-            _fill_centre(c, n, Wg1, r1, ce1, ce1c, Wg2, r2, ce2, ce2c, cg)
+            _fill_se(scales, n, Wg, se, se_c)
+            _fill_centre(c, n, Wg, rep, ce, cec, 1, 0, none, nonec, cg)
             if T == 1:
-                acc = _rowdot32(w1[n], xs[0, :off2], se1, ce1, m1)
-                if two:
-                    acc += _rowdot16(w2[n], xs[0, off2:], se2, ce2, m2)
-                y[0, n] = acc + _row_tail(0, Xg, m0[n], has_m0, u, B, bias, n)
+                y[0, n] = _rowdot32(w[n], xs[0], se, ce, masks) + _row_tail(0, Xg, m0[n], has_m0, u, B, bias, n)
                 continue
             for t0 in range(0, T, 2):
-                a0, a1 = _rowdot32x2(w1[n], xs[t0, :off2], xs[t0 + 1, :off2], se1, ce1, m1)
-                if two:
-                    b0, b1 = _rowdot16x2(w2[n], xs[t0, off2:], xs[t0 + 1, off2:], se2, ce2, m2)
-                    a0 += b0
-                    a1 += b1
+                a0, a1 = _rowdot32x2(w[n], xs[t0], xs[t0 + 1], se, ce, masks)
                 y[t0, n] = a0 + _row_tail(t0, Xg, m0[n], has_m0, u, B, bias, n)
                 if t0 + 1 < T:
                     y[t0 + 1, n] = a1 + _row_tail(t0 + 1, Xg, m0[n], has_m0, u, B, bias, n)

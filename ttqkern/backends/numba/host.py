@@ -366,6 +366,8 @@ def _words_qmatmul(x, pw, D, A, B, bias, cfg) -> torch.Tensor:
         if has_m0:
             yt += torch.from_numpy(Xg) @ torch.from_numpy(m0).mT
         return _epilogue(yt, u, Bn, bn).to(x.dtype)
-    kernel = gemv_words.fused if fused else gemm.buffered
-    kernel(*first, *second, xs, off2, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
+    if fused:  # one plane here: 3-bit codes took fused3 above
+        gemv_words.fused(*first, xs, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
+    else:
+        gemm.buffered(*first, *second, xs, off2, Xg, scales, c, m0, has_m0, u, Bn, bn, cfg["BLOCK_N"], y)
     return torch.from_numpy(y).to(x.dtype)
