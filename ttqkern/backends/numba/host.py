@@ -211,22 +211,21 @@ class Prepared:
             if self.family == "blocked" and layouts.BLOCK_ROWS % rows:
                 rows = 4
             NA = cfg["PARTIALS"] if TP == 1 else 1
-            serial = self.N * self.K <= cfg["SERIAL_MAX"]
-            kernel = self.kernels[1] if serial else self.kernels[0]
+            kernels = self.kernels
             head = (self.D, self.has_D, self.A, self.Bm, self.bias)
             tiles = (_tag(rows), _tag(TP), _tag(TP * NA))
             if self.family == "blocked":
                 kt = cfg["K_TILE"] if TP > 1 else 0  # one token: one sequential stream (config doc)
-                kts = (kt,) if 0 < kt < self.arrays[0].shape[1] else ()  # fewer K tiles than chunks
+                kts = (kt,) if 0 < kt < self.arrays[0].shape[1] else ()  # K tiled only when a tile is short of K
                 if kts:
-                    kernel = self.ktiled[1] if serial else self.ktiled[0]
+                    kernels = self.ktiled
                 mid = (*head, self.ktag, *self.arrays, pw.group_size, *tiles, self.gtag, cfg["TASK_BLOCKS"], *kts,
                        cfg["PREFETCH"])  # fmt: skip
             else:
                 p1, p2, sm = self.arrays
                 mid = (*head, self.ptag, p1, p2, *self.bases, sm, pw.group_size, *tiles, cfg["TASK_BLOCKS"],
                        cfg["PREFETCH"])  # fmt: skip
-            plan = (kernel, mid, cfg)
+            plan = (kernels[1] if self.N * self.K <= cfg["SERIAL_MAX"] else kernels[0], mid, cfg)
         if len(self._plans) < 64:
             self._plans[T] = plan
         return plan
