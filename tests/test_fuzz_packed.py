@@ -19,8 +19,9 @@ token tiles with a ragged last tile, K tiles, parallel tasks, the portable
 micro-kernel, ragged N, K and groups.  A table rather than random cases: each
 kernel specialization costs a cold bounds-checked compile (seconds), and random
 cases compile many specializations of the same loops.  Bounds-checked code is
-different code, so it gets a cache folder of its own (Numba's cache index does not
-record the flag), reused by later runs.
+different code: the backend's cache folder is keyed by ``NUMBA_BOUNDSCHECK`` and
+``NUMBA_OPT`` too (`ttqkern.backends.numba.cache`), so the build is reused by later runs,
+fresh clones included.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -116,21 +116,13 @@ def test_inconsistent_packed_weights_and_bad_pack_calls_are_rejected(backend):
     assert not failed, "consistent weights failed:\n" + "\n".join(failed[:10])
 
 
-def _boundscheck_cache(request) -> str:
-    """A persistent Numba cache folder for bounds-checked builds (pytest's cache, else the temp dir)."""
-    cache = getattr(request.config, "cache", None)
-    if cache is not None:
-        return str(cache.mkdir("numba-boundscheck"))
-    return str(Path(tempfile.gettempdir()) / f"ttqkern-numba-boundscheck-{os.getuid()}")
-
-
-def test_every_numba_path_stays_in_bounds_under_boundscheck(request):
+def test_every_numba_path_stays_in_bounds_under_boundscheck():
     from fuzz_packed import PATH_CASES
 
     _available("numba")
     # NUMBA_OPT=0: bounds checks are inserted before LLVM optimizes, so the same indices are checked; a third
     # less compile time
-    env = {"NUMBA_BOUNDSCHECK": "1", "NUMBA_OPT": "0", "NUMBA_CACHE_DIR": _boundscheck_cache(request)}
+    env = {"NUMBA_BOUNDSCHECK": "1", "NUMBA_OPT": "0"}
     results, kernels = run_cases("numba", [("path", 0, len(PATH_CASES))], env=env, timeout=1800, kernels=True)
     failed = [f"{i} ({d}): {o.get('traceback', o)}" for (_, i), (d, o) in results.items() if not o.get("match")]
     assert not failed, "under NUMBA_BOUNDSCHECK=1:\n" + "\n".join(failed[:10])

@@ -17,10 +17,13 @@ Modules, one job each:
 - `config`: block sizes, tiles and thresholds (documented defaults, tuned entries
   from `ttqkern.tuning.store`).
 - `_common`: jit options (why fastmath is or is not used), array views, plane layout.
+- `cache`: where the compiled kernels are kept (a folder per version of their sources).
 
 Kernels are compiled with ``cache=True``: a second process loads them from Numba's
-cache (``__pycache__`` beside the sources, or ``$NUMBA_CACHE_DIR``) instead of
-compiling again.  Threads: Numba's pool (``numba.set_num_threads``).
+disk cache instead of compiling again.  `cache` keys that cache by every source file a
+kernel is built from and by the build settings, in ``~/.cache/ttqkern/numba`` (or under
+``$NUMBA_CACHE_DIR``), so an edit to an inlined helper recompiles and another checkout
+of the same sources compiles nothing.  Threads: Numba's pool (``numba.set_num_threads``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import cache
+
+# Before any kernel is decorated with cache=True: the kernels' disk cache is keyed by every
+# source file they are built from, not only their own (`cache`).
+cache.install()
+
 STRICT = {"cache": True, "nogil": True}
 REASSOC = {"cache": True, "nogil": True, "fastmath": {"reassoc", "contract"}}
 # Helpers called in hot loops are inlined at Numba-IR level: a call with array arguments

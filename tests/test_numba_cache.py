@@ -1,0 +1,111 @@
+"""The Numba backend's kernel cache (`ttqkern.backends.numba.cache`).
+
+Keyed by every source file a kernel is built from and by the build settings, and not by
+where the sources are checked out: an edit to an inlined helper recompiles the kernels
+that use it, and a second checkout of the same sources loads what the first compiled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba")
+
+from ttqkern.backends.numba import cache  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _copy_package(dest: Path) -> Path:
+    """A copy of the ``ttqkern`` package (sources only) under ``dest``; returns the copy's ttqkern dir."""
+    shutil.copytree(ROOT / "ttqkern", dest / "ttqkern", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest / "ttqkern"
+
+
+def _digest(pkg: Path, extra: tuple = ()) -> str:
+    files = cache.dependency_files(pkg / "backends" / "numba")
+    return cache.source_digest(files, root=pkg, extra=extra)
+
+
+def test_dependencies_are_the_package_and_the_ttqkern_modules_it_imports():
+    names = {f.relative_to(cache.TTQKERN_DIR).as_posix() for f in cache.dependency_files()}
+    # inlined helpers and constants frozen into kernels live in these files
+    assert {"backends/numba/simd.py", "backends/numba/prologue.py", "backends/numba/_common.py",
+            "backends/cpu_layouts.py", "quant.py"} <= names  # fmt: skip
+    assert not any(n.startswith(("eval/", "backends/triton/", "backends/cupy/")) for n in names), names
+
+
+def test_digest_follows_the_sources_and_settings_not_the_checkout_path(tmp_path):
+    a, b = _copy_package(tmp_path / "a"), _copy_package(tmp_path / "b")
+    assert _digest(a) == _digest(b)
+    assert _digest(a, extra=("OPT", 0)) != _digest(a, extra=("OPT", 3))
+    (b / "eval" / "cli.py").write_text((b / "eval" / "cli.py").read_text() + "\n# unrelated\n")
+    assert _digest(a) == _digest(b)
+    layouts = b / "backends" / "cpu_layouts.py"
+    layouts.write_text(layouts.read_text() + "\n# a constant could change here\n")
+    assert _digest(a) != _digest(b)
+
+
+def test_every_backend_kernel_is_cached_in_the_source_keyed_folder():
+    import numba
+
+    from ttqkern.backends.numba import gemm, gemv_blocked, gemv_lut, gemv_words, generic
+
+    quantize_mod = sys.modules["ttqkern.backends.numba.quantize"]
+    seen = 0
+    for mod in (gemm, gemv_blocked, gemv_lut, gemv_words, generic, quantize_mod):
+        for obj in vars(mod).values():
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and obj._cache.__class__.__name__ == "FunctionCache":
+                assert isinstance(obj._cache._impl.locator, cache.SourceTreeLocator), obj
+                assert Path(obj._cache.cache_path) == cache.cache_dir(), obj
+                seen += 1
+    assert seen >= 10
+    assert cache.cache_dir().parent == cache.cache_root()
+
+
+_PROBE = """
+import sys, numpy as np
+from ttqkern.backends.numba import _common, prologue
+import numba
+
+@numba.njit(**_common.STRICT)
+def probe(x, D, xp):
+    prologue.scale_pad(x, D, True, xp)
+    return xp[0, 0]
+
+x = np.full((1, 4), 3.0, np.float32); D = np.full(4, 2.0, np.float32); xp = np.empty((1, 8), np.float32)
+print(probe(x, D, xp), sum(probe.stats.cache_hits.values()), sum(probe.stats.cache_misses.values()))
+"""
+
+
+def _run_probe(pkg: Path, cache_home: Path) -> tuple[float, int, int]:
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(PYTHONPATH=str(pkg.parent), XDG_CACHE_HOME=str(cache_home))
+    # the probe is a kernel of the copied package (its folder decides the locator)
+    (pkg / "backends" / "numba" / "_probe.py").write_text(_PROBE)
+    code = "import runpy; runpy.run_module('ttqkern.backends.numba._probe', run_name='__main__')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=pkg.parent, capture_output=True, text=True,
+                       timeout=300, check=False)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    value, hits, misses = r.stdout.split()[-3:]
+    return float(value), int(hits), int(misses)
+
+
+def test_a_helper_edit_recompiles_and_another_checkout_reuses_the_build(tmp_path):
+    """The stale-cache case Numba's own key misses, and the fresh-clone case it cannot share."""
+    home = tmp_path / "cache"
+    a, b = _copy_package(tmp_path / "a"), _copy_package(tmp_path / "b")
+    assert _run_probe(a, home) == (1.5, 0, 1)  # compiled
+    assert _run_probe(b, home) == (1.5, 1, 0)  # another checkout of the same sources: loaded
+    prologue = a / "backends" / "numba" / "prologue.py"
+    src = prologue.read_text()
+    assert "xp[t, k] = x[t, k] / D[k]" in src
+    prologue.write_text(src.replace("xp[t, k] = x[t, k] / D[k]", "xp[t, k] = 2 * x[t, k] / D[k]"))
+    assert _run_probe(a, home) == (3.0, 0, 1)  # only the helper's file changed: recompiled
+    assert len([p for p in (home / "ttqkern" / "numba").iterdir() if p.is_dir()]) == 2
