@@ -126,13 +126,25 @@ def test_resource_usage_and_ptxas_verbose(cubin):
 def test_ptxas_usage_is_cached_on_disk_per_ptx_and_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("TTQKERN_PTXAS_CACHE", str(tmp_path))
     first = sass.ptxas_usage(PTX, "sm_80")
-    assert len(list(tmp_path.glob("*.txt"))) == 1
+    assert len(list(tmp_path.glob("*.z"))) == 1
     monkeypatch.setattr(sass, "_run", lambda *a, **k: pytest.fail("assembled again"))
     assert sass.ptxas_usage(PTX, "sm_80") == first
     monkeypatch.undo()
     monkeypatch.setenv("TTQKERN_PTXAS_CACHE", str(tmp_path))
     sass.ptxas_usage(PTX, "sm_80", ("--regAllocOptLevel=2",))  # other flags: another report
-    assert len(list(tmp_path.glob("*.txt"))) == 2
+    assert len(list(tmp_path.glob("*.z"))) == 2
+
+
+@needs_tools
+def test_disassembly_is_cached_on_disk_per_cubin(cubin, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = sass.disassemble(cubin)
+    assert len(list((tmp_path / "ttqkern" / "sass").glob("*.z"))) == 1
+    with monkeypatch.context() as m:
+        m.setattr(sass, "_run", lambda *a, **k: pytest.fail("disassembled again"))
+        assert sass.disassemble(cubin.read_bytes()) == text  # same bytes, from a path or not
+    sass.disassemble(cubin.read_bytes() + bytes(16))  # other bytes (trailing padding, same code): another entry
+    assert len(list((tmp_path / "ttqkern" / "sass").glob("*.z"))) == 2
 
 
 @needs_tools

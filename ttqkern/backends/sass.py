@@ -123,12 +123,55 @@ class _CubinFile:
 
 
 def disassemble(cubin: bytes | str | Path) -> str:
-    """SASS text of every kernel in ``cubin`` (``cuobjdump -sass``; ``nvdisasm`` if that is missing)."""
-    with _CubinFile(cubin) as path:
-        tool = find_tool("cuobjdump")
-        if tool is not None:
-            return _run([tool, "-sass", path])
-        return _run([require_tool("nvdisasm"), "-c", path])
+    """SASS text of every kernel in ``cubin`` (``cuobjdump -sass``; ``nvdisasm`` if that is missing).
+
+    Cached on disk (`tool_output`, ``~/.cache/ttqkern/sass``) under a hash of the tool and the
+    cubin's bytes: a cubin of a few MB takes cuobjdump seconds, and the gates read the same
+    cubins on every run.
+    """
+    data = bytes(cubin) if isinstance(cubin, bytes | bytearray) else Path(cubin).read_bytes()
+    tool = find_tool("cuobjdump")
+    args = ["-sass"] if tool is not None else ["-c"]
+    tool = tool if tool is not None else require_tool("nvdisasm")
+
+    def run() -> str:
+        with _CubinFile(data) as path:
+            return _run([tool, *args, path])
+
+    return tool_output("sass", tool, args, data, run)
+
+
+def _cache_dir(kind: str) -> Path:
+    """``~/.cache/ttqkern/<kind>`` (``$XDG_CACHE_HOME``; ``$TTQKERN_PTXAS_CACHE`` for the ptxas reports)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    default = Path(base) / "ttqkern" / kind
+    return Path(os.environ.get("TTQKERN_PTXAS_CACHE", default)) if kind == "ptxas" else default
+
+
+def tool_output(kind: str, tool: Path, args: list[str], data: bytes, run) -> str:
+    """``run()``'s text, cached on disk under ``kind`` by a hash of the tool (path, size, mtime), ``args``, ``data``.
+
+    A tool's output is a function of the tool binary, its arguments and its input; the
+    cache file is written atomically, so parallel runs never read half of one, and a
+    read-only cache folder only costs running the tool again.
+    """
+    import hashlib
+    import zlib
+
+    st = tool.stat()
+    h = hashlib.sha256("\0".join([str(tool.resolve()), str(st.st_size), str(st.st_mtime_ns), *args]).encode())
+    h.update(b"\0" + data)
+    cached = _cache_dir(kind) / f"{h.hexdigest()}.z"
+    try:
+        return zlib.decompress(cached.read_bytes()).decode()
+    except (OSError, zlib.error):
+        text = run()
+    with contextlib.suppress(OSError):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(zlib.compress(text.encode(), 1))
+        tmp.replace(cached)
+    return text
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -172,18 +215,23 @@ def parse_sass(text: str) -> dict[str, list[Instr]]:
     name = None
     last_labels: list[str] = []
     for line in text.splitlines():
-        m = _FUNC.match(line) or _NVD_FUNC.match(line)
-        if m:
-            name = m.group(1)
-            funcs.setdefault(name, [])
-            labels.setdefault(name, {})
-            pending.setdefault(name, [])
+        head = line.lstrip()[:2]
+        # most lines are an instruction ("/*0a10*/ ...") or its encoding ("/* 0x... */"): only
+        # those go through the instruction pattern (hundreds of thousands of lines per cubin)
+        if head != "/*":
+            m = _FUNC.match(line) or _NVD_FUNC.match(line)
+            if m:
+                name = m.group(1)
+                funcs.setdefault(name, [])
+                labels.setdefault(name, {})
+                pending.setdefault(name, [])
+                continue
+            if name is not None:
+                m = _LABEL.match(line)
+                if m:
+                    last_labels.append(m.group(1))
             continue
         if name is None:
-            continue
-        m = _LABEL.match(line)
-        if m:
-            last_labels.append(m.group(1))
             continue
         m = _INSTR.match(line)
         if not m:
@@ -437,11 +485,6 @@ def parse_ptxas_verbose(text: str) -> dict[str, Resources]:
     return {k: Resources(**{"registers": 0, **v}) for k, v in out.items()}
 
 
-def _usage_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(os.environ.get("TTQKERN_PTXAS_CACHE", Path(base) / "ttqkern" / "ptxas"))
-
-
 def ptxas_usage(
     ptx: str, arch: str, extra: tuple[str, ...] = (), ptxas: str | Path | None = None
 ) -> dict[str, Resources]:
@@ -449,32 +492,20 @@ def ptxas_usage(
 
     ``ptxas``: the assembler to run (default: `find_tool`); pass the one the compiler
     used, with its flags in ``extra``, to see exactly its register allocation.
-    The report is cached on disk (``$TTQKERN_PTXAS_CACHE``, default
+    The report is cached on disk (`tool_output`; ``$TTQKERN_PTXAS_CACHE``, default
     ``~/.cache/ttqkern/ptxas``) under a hash of the assembler (path, size, mtime), the
     arguments and the PTX: the static gates and the compile check assemble the same
     kernels, and a second run assembles nothing.
     """
-    import hashlib
-
     tool = Path(ptxas) if ptxas is not None else require_tool("ptxas")
-    st = tool.stat()
-    key = hashlib.sha256(
-        "\0".join([str(tool.resolve()), str(st.st_size), str(st.st_mtime_ns), arch, *extra, ptx]).encode()
-    ).hexdigest()
-    cached = _usage_cache_dir() / f"{key}.txt"
-    try:
-        text = cached.read_text()
-    except OSError:
+
+    def run() -> str:
         with tempfile.TemporaryDirectory() as d:
             src = Path(d) / "k.ptx"
             src.write_text(ptx)
-            text = _run([tool, f"-arch={arch}", "-v", *extra, src, "-o", Path(d) / "k.cubin"])
-        with contextlib.suppress(OSError):  # a read-only home only costs the re-assembly next time
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(text)
-            tmp.replace(cached)  # atomic: parallel runs never read half a report
-    return parse_ptxas_verbose(text)
+            return _run([tool, f"-arch={arch}", "-v", *extra, src, "-o", Path(d) / "k.cubin"])
+
+    return parse_ptxas_verbose(tool_output("ptxas", tool, [f"-arch={arch}", *extra], ptx.encode(), run))
 
 
 # --- one call ----------------------------------------------------------------------------------
