@@ -211,6 +211,29 @@ def test_every_domain_tokenizes_into_windows(smollm2):
 
 
 @needs_smollm2
+def test_token_ids_are_cached_per_tokenizer_and_text(smollm2, tmp_path, monkeypatch):
+    import copy
+
+    from ttqkern.eval.windows import token_ids
+
+    _, tok, _ = smollm2
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cached = lambda: sorted((tmp_path / "ttqkern" / "tokens").glob("*.npy"))  # noqa: E731
+    text = "Test-time quantization adapts to every prompt.\n" * 20
+    first = token_ids(tok, text)
+    assert first.dtype == torch.long and len(cached()) == 1
+    with monkeypatch.context() as m:
+        m.setattr(type(tok), "__call__", lambda *a, **k: pytest.fail("encoded again"))
+        assert torch.equal(token_ids(tok, text), first)
+    assert torch.equal(token_ids(tok, text + "x")[: first.numel() - 2], first[:-2]) and len(cached()) == 2
+    other = copy.deepcopy(tok)
+    other.add_tokens(["Test-time quantization"])  # another tokenizer: its own entry, its own ids
+    ids = token_ids(other, text)
+    assert len(cached()) == 3 and ids.numel() < first.numel()
+    assert torch.equal(ids, torch.tensor(other(text, add_special_tokens=False)["input_ids"]))
+
+
+@needs_smollm2
 def test_fp_perplexity_of_bundled_model_is_sane(smollm2):
     from ttqkern.eval.perplexity import perplexity
 

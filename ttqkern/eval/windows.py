@@ -2,13 +2,54 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+
+import numpy as np
 import torch
 
 
 def token_ids(tokenizer, text: str) -> torch.Tensor:
-    """The text tokenized once, without special tokens: int64 ``[n]``."""
+    """The text tokenized once, without special tokens: int64 ``[n]``.
+
+    A fast (Rust) tokenizer's result is cached on disk (``~/.cache/ttqkern/tokens``) under a
+    hash of the tokenizer's whole serialization (vocabulary, merges, normalizer, added
+    tokens), its class, the ``tokenizers`` and ``transformers`` versions and the text: a domain text of 1.2 MB takes
+    0.7 s to encode, and every eval, study and test run encodes the same ones.
+    """
+    path = _cache_path(tokenizer, text)
+    if path is not None:
+        try:
+            return torch.from_numpy(np.load(path).astype(np.int64))
+        except (OSError, ValueError):
+            pass
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    out = torch.tensor(ids, dtype=torch.long)
+    if path is not None and out.numel() and int(out.max()) < 2**31:
+        try:  # atomic: a parallel run never loads half a file; a read-only cache only costs the encode
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+            np.save(tmp, out.numpy().astype(np.int32))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return out
+
+
+def _cache_path(tokenizer, text: str):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None  # a slow (Python) tokenizer: no serialization to key on
+    import tokenizers
+    import transformers
+
+    from .models import cache_dir
+
+    # the wrapper's own pre-processing (special-token splitting) can differ by class and version
+    wrapper = (type(tokenizer).__name__, getattr(tokenizer, "split_special_tokens", None))
+    h = hashlib.sha256(repr((tokenizers.__version__, transformers.__version__, wrapper)).encode())
+    h.update(b"\0" + backend.to_str().encode() + b"\0" + text.encode())
+    return cache_dir() / "tokens" / f"{h.hexdigest()[:32]}.npy"
 
 
 def window_starts(total: int, n: int | None, spread: bool = True) -> list[int]:
