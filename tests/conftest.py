@@ -22,10 +22,14 @@ def pytest_xdist_auto_num_workers(config):
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-# Files dominated by one long build (nvcc for four architectures, Triton for every catalog GPU, the
-# bounds-checked Numba build, tuning fleets) run first: pytest-xdist hands out files in collection
-# order, and one of these started last leaves a worker alone with it at the end of the run.
-LONG_FIRST = ("test_gates.py", "test_cupy_compile.py", "test_fuzz_packed.py", "test_tune_kernels.py")
+# The longest files run first, the short ones fill in at the end: pytest-xdist hands out whole files
+# in collection order, and a long one started last leaves a worker alone with it.  First the files
+# dominated by one build when the caches are cold (nvcc for four architectures, Triton for every
+# catalog GPU, the bounds-checked Numba build, the Numba kernel matrices, tuning fleets), then those
+# that take longest when every cache is warm (the Triton interpreter, the model evals, the emulator).
+LONG_FIRST = ("test_gates.py", "test_cupy_compile.py", "test_fuzz_packed.py", "test_numba_kernels.py",
+              "test_numba_backend.py", "test_tune_kernels.py", "test_conformance.py", "test_triton.py",
+              "test_eval.py", "test_cupy_emulated.py", "test_tuner.py", "test_numerics.py")  # fmt: skip
 
 
 def pytest_configure(config):

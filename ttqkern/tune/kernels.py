@@ -57,7 +57,7 @@ def build_parser(mode: str) -> argparse.ArgumentParser:
                    help=f"activation dtype (default {d['dtype']})")  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help="sampler seed (default: random; give each worker its own)")
     p.add_argument("--device", default=d["device"],
-                   help="cuda / cuda:N" + (" or cpu (the Triton interpreter: smoke tests only)" if mode == "gpu" else ""))  # fmt: skip
+                   help="cuda / cuda:N" + (" or cpu (the Triton interpreter: smoke tests only, one timing round)" if mode == "gpu" else ""))  # fmt: skip
     p.add_argument("--list", action="store_true", help="print the cases and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if mode == "cpu":
@@ -162,10 +162,14 @@ def main(argv, mode: str) -> int:
         (bar.write if bar is not None else print)(msg)
 
     meta = {"command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backend": args.backend}
+    # --gpu --device cpu runs the kernels in Triton's interpreter, whose times say nothing of a GPU:
+    # one timing round per trial and per confirmation is enough for the smoke test it is
+    smoke = mode == "gpu" and device.type == "cpu"
+    rounds = {"cpu_rounds": 1, "confirm_rounds": 1} if smoke else {"cpu_rounds": getattr(args, "rounds", 5)}
     t = tuner.Tuner(args.backend, device, storage=args.storage, prefix=args.study_name, trials=args.trials,
                     timeout=args.timeout, seed=args.seed, dtype=getattr(torch, args.dtype),
                     out_dir=store.PACKAGE_DIR if args.ship else args.out, meta=meta, log=log, on_trial=on_trial,
-                    cpu_rounds=getattr(args, "rounds", 5))  # fmt: skip
+                    **rounds)  # fmt: skip
     if mode == "cpu":
         t.roofline_gbps = state["bandwidth_gbps"][0]
     t0 = time.perf_counter()
