@@ -321,26 +321,34 @@ for bits, sym in ((4, False), (3, True)):  # the blocked and the lut family
     ops.qmatmul(torch.randn(1, 256), pw, backend="numba")
 kernels = [gemv_blocked.gemv, gemv_blocked.gemv_serial, gemv_lut.gemv, gemv_lut.gemv_serial]
 print(sum(sum(k.stats.cache_hits.values()) for k in kernels), sum(sum(k.stats.cache_misses.values()) for k in kernels))
+import os, ttqkern; print(os.path.dirname(ttqkern.__file__))
 """
 
 
-def test_a_new_process_loads_the_decode_kernels_from_the_disk_cache():
-    """A second process compiles nothing: the decode kernels' cache keys are the same in every process.
+def test_a_new_process_loads_the_decode_kernels_from_the_disk_cache(tmp_path):
+    """A second process compiles nothing, even from another checkout of the same sources.
 
-    (They were not while the kernels were made in closures over other kernels: Numba's cache
-    key pickles closure cells, and a dispatcher pickles with a per-process UUID, numba issue
-    #6264.  Every process then recompiled them, seconds each, and the cache folder grew.)
-    The cache is the one the backend uses (usually filled by the tests before this one).
+    The decode kernels' cache keys are the same in every process.  (They were not while the
+    kernels were made in closures over other kernels: Numba's cache key pickles closure cells,
+    and a dispatcher pickles with a per-process UUID, numba issue #6264.  Every process then
+    recompiled them, seconds each, and the cache folder grew.)  And the cache folder is keyed
+    by the sources, not by where they are (`ttqkern.backends.numba.cache`; Numba's own folder
+    is named after the path, so a fresh clone compiled everything again).  The cache is the one
+    the backend uses (usually filled by the tests before this one).
     """
+    import shutil
     import subprocess
     import sys
 
+    copy = tmp_path / "checkout"
+    shutil.copytree(ROOT / "ttqkern", copy / "ttqkern", ignore=shutil.ignore_patterns("__pycache__"))
     runs = []
-    for _ in range(2):
-        r = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, cwd=ROOT,
+    for where in (ROOT, copy):  # python -c imports ttqkern from its working directory first
+        r = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True, text=True, cwd=where,
                            timeout=600, check=False)  # fmt: skip
         assert r.returncode == 0, r.stderr[-3000:]
-        runs.append(tuple(map(int, r.stdout.split()[-2:])))
+        runs.append(tuple(map(int, r.stdout.split()[-3:-1])))
+        assert r.stdout.split()[-1] == str(where / "ttqkern"), r.stdout  # the checkout it ran from
     hits, misses = runs[1]
     assert misses == 0 and hits >= 2, f"(cache hits, misses) per process: {runs}"
 

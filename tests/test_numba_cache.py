@@ -2,14 +2,13 @@
 
 Keyed by every source file a kernel is built from and by the build settings, and not by
 where the sources are checked out: an edit to an inlined helper recompiles the kernels
-that use it, and a second checkout of the same sources loads what the first compiled.
+that use it, and a second checkout of the same sources loads what the first compiled
+(that one in two processes: `test_numba_backend`, the disk-cache test).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -69,41 +68,3 @@ def test_every_backend_kernel_is_cached_in_the_source_keyed_folder():
                 seen += 1
     assert seen >= 10
     assert cache.cache_dir().parent == cache.cache_root()
-
-
-_PROBE = """
-import sys, numpy as np
-from ttqkern.backends.numba import _common, prologue
-import numba
-
-@numba.njit(**_common.STRICT)
-def probe(x, D, xp):
-    prologue.scale_pad(x, D, True, xp)
-    return xp[0, 0]
-
-x = np.full((1, 4), 3.0, np.float32); D = np.full(4, 2.0, np.float32); xp = np.empty((1, 8), np.float32)
-print(probe(x, D, xp), sum(probe.stats.cache_hits.values()), sum(probe.stats.cache_misses.values()))
-"""
-
-
-def _run_probe(pkg: Path, cache_home: Path) -> tuple[float, int, int]:
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
-    env.update(PYTHONPATH=str(pkg.parent), XDG_CACHE_HOME=str(cache_home))
-    # the probe is a kernel of the copied package (its folder decides the locator)
-    (pkg / "backends" / "numba" / "_probe.py").write_text(_PROBE)
-    code = "import runpy; runpy.run_module('ttqkern.backends.numba._probe', run_name='__main__')"
-    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=pkg.parent, capture_output=True, text=True,
-                       timeout=300, check=False)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    value, hits, misses = r.stdout.split()[-3:]
-    return float(value), int(hits), int(misses)
-
-
-def test_another_checkout_of_the_same_sources_loads_the_build(tmp_path):
-    """Numba's own locator compiles again in every checkout: its folder is named after the path.
-    (An edit changes the digest, the test above, so the kernel compiles in a new folder.)"""
-    home = tmp_path / "cache"
-    a, b = _copy_package(tmp_path / "a"), _copy_package(tmp_path / "b")
-    assert _run_probe(a, home) == (1.5, 0, 1)  # compiled
-    assert _run_probe(b, home) == (1.5, 1, 0)  # loaded
-    assert [p.name for p in (home / "ttqkern" / "numba").iterdir()] == [_digest(a, extra=cache.settings())]
