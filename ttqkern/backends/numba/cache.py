@@ -10,7 +10,9 @@ its signature.  Three things that key does not see:
   code that is no longer in the tree.  (Seen: doubling ``x / D`` in `prologue.scale_pad`
   left the 4-bit decode's output unchanged in the next process, loaded from the cache.)
 - **Build settings that change the code**: ``NUMBA_OPT``, ``NUMBA_BOUNDSCHECK``,
-  ``NUMBA_DEBUGINFO``, the vectorizer switches, ``TTQKERN_NUMBA_ISA``.
+  ``NUMBA_DEBUGINFO``, the vectorizer switches.  (``TTQKERN_NUMBA_ISA`` is not one: it
+  only changes which kernel and micro-kernel tag the host passes, never a kernel's code;
+  the target CPU's name and features are in Numba's own key.)
 - **Where the sources are checked out.**  Numba's folder is ``__pycache__`` beside the
   sources (or a subfolder of ``$NUMBA_CACHE_DIR`` named after their absolute path), so
   every fresh clone, worktree or copy compiled every kernel again: minutes of CPU.
@@ -49,7 +51,6 @@ KEEP = 8  # digest folders kept (one per version of the sources used in the last
 STALE_S = 24 * 3600
 # numba.config attributes whose value changes the machine code but is not in Numba's cache key
 _SETTINGS = ("OPT", "BOUNDSCHECK", "DEBUGINFO_DEFAULT", "LOOP_VECTORIZE", "SLP_VECTORIZE", "ENABLE_AVX")
-_ENV = ("TTQKERN_NUMBA_ISA",)
 
 
 def _imported_ttqkern_files(path: Path, top: Path) -> set[Path]:
@@ -97,7 +98,6 @@ def settings() -> tuple:
     return (
         sys.version_info[:2],
         tuple((name, repr(getattr(config, name, None))) for name in _SETTINGS),
-        tuple((name, os.environ.get(name, "")) for name in _ENV),
     )
 
 
