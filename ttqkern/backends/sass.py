@@ -23,7 +23,6 @@ Only the standard library is imported; the tools are run as subprocesses.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import re
@@ -33,6 +32,8 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..diskcache import user_cache_dir, write_atomic
 
 TOOLS = ("cuobjdump", "nvdisasm", "ptxas")
 
@@ -143,8 +144,7 @@ def disassemble(cubin: bytes | str | Path) -> str:
 
 def _cache_dir(kind: str) -> Path:
     """``~/.cache/ttqkern/<kind>`` (``$XDG_CACHE_HOME``; ``$TTQKERN_PTXAS_CACHE`` for the ptxas reports)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    default = Path(base) / "ttqkern" / kind
+    default = user_cache_dir(kind)
     return Path(os.environ.get("TTQKERN_PTXAS_CACHE", default)) if kind == "ptxas" else default
 
 
@@ -152,8 +152,7 @@ def tool_output(kind: str, tool: Path, args: list[str], data: bytes, run) -> str
     """``run()``'s text, cached on disk under ``kind`` by a hash of the tool (path, size, mtime), ``args``, ``data``.
 
     A tool's output is a function of the tool binary, its arguments and its input; the
-    cache file is written atomically, so parallel runs never read half of one, and a
-    read-only cache folder only costs running the tool again.
+    cache file is written with `ttqkern.diskcache.write_atomic`.
     """
     import hashlib
     import zlib
@@ -166,11 +165,7 @@ def tool_output(kind: str, tool: Path, args: list[str], data: bytes, run) -> str
         return zlib.decompress(cached.read_bytes()).decode()
     except (OSError, zlib.error):
         text = run()
-    with contextlib.suppress(OSError):
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(zlib.compress(text.encode(), 1))
-        tmp.replace(cached)
+    write_atomic(cached, zlib.compress(text.encode(), 1))
     return text
 
 

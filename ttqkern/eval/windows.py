@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 
 import numpy as np
 import torch
+
+from ..diskcache import write_atomic
 
 
 def token_ids(tokenizer, text: str) -> torch.Tensor:
@@ -26,13 +28,9 @@ def token_ids(tokenizer, text: str) -> torch.Tensor:
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     out = torch.tensor(ids, dtype=torch.long)
     if path is not None and out.numel() and int(out.max()) < 2**31:
-        try:  # atomic: a parallel run never loads half a file; a read-only cache only costs the encode
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, out.numpy().astype(np.int32))
-            tmp.replace(path)
-        except OSError:
-            pass
+        buf = io.BytesIO()
+        np.save(buf, out.numpy().astype(np.int32))
+        write_atomic(path, buf.getvalue())
     return out
 
 

@@ -23,6 +23,8 @@ import time
 import warnings
 from pathlib import Path
 
+from ..diskcache import user_cache_dir
+
 HEARTBEAT_S = 60
 GRACE_S = 180
 MAX_RETRY = 3
@@ -30,8 +32,7 @@ MAX_RETRY = 3
 
 def default_path() -> Path:
     """``<ttqkern cache>/tune/kernels.journal`` (folder created)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    d = Path(base) / "ttqkern" / "tune"
+    d = user_cache_dir("tune")
     d.mkdir(parents=True, exist_ok=True)
     return d / "kernels.journal"
 

@@ -45,6 +45,8 @@ from pathlib import Path
 
 from numba.core import caching, config
 
+from ...diskcache import user_cache_dir
+
 PACKAGE_DIR = Path(__file__).resolve().parent  # ttqkern/backends/numba
 TTQKERN_DIR = PACKAGE_DIR.parents[1]  # ttqkern
 KEEP = 8  # digest folders kept (one per version of the sources used in the last day, at least)
@@ -114,8 +116,7 @@ def cache_root() -> Path:
     """``$NUMBA_CACHE_DIR/ttqkern-numba`` if set, else ``$XDG_CACHE_HOME/ttqkern/numba``."""
     if config.CACHE_DIR:
         return Path(config.CACHE_DIR) / "ttqkern-numba"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ttqkern" / "numba"
+    return user_cache_dir("numba")
 
 
 @functools.cache
