@@ -7,6 +7,10 @@ import torch
 # the interpreter is chosen when kernels are decorated, so set it before any import.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from interpreter_speedup import install  # skips the interpreter's repeated no-op patching (its docstring)
+
+    install()
 
 from hypothesis import settings  # noqa: E402
 

@@ -390,4 +390,8 @@ def main(backend: str, batches: list[tuple[str, int, int]]) -> None:
 
 if __name__ == "__main__":
     # python fuzz_packed.py BACKEND KIND:START:COUNT [KIND:START:COUNT ...]
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from interpreter_speedup import install  # as in the suite's own process (tests/conftest.py)
+
+        install()
     main(sys.argv[1], [(k, int(a), int(n)) for k, a, n in (b.split(":") for b in sys.argv[2:])])

@@ -86,6 +86,38 @@ def test_interpreter_version_gate():
     assert tb.interpreter_supported("3.9.0") and tb.interpreter_supported("3.10.1") and tb.interpreter_supported("4.0")
 
 
+def test_the_suites_interpreter_speedup_changes_no_result():
+    """``tests/interpreter_speedup.py`` (installed by conftest) only skips repeated patching of
+    `triton.language` inside a launch: every stage gives bitwise the same output without it."""
+    if not tb.INTERPRET:
+        pytest.skip("the speed-up is for the interpreter")
+    import interpreter_speedup
+
+    installed, why = interpreter_speedup.install()
+    if not installed:
+        pytest.skip(why)
+
+    def every_stage():
+        torch.manual_seed(1)
+        x, W, lowrank, bias = random_case(40, 40, 160, r=4, bias=True)
+        D = ops.act_scale(x, backend="triton")
+        out = []
+        for bits, g, sym, zero in [(4, 32, False, "float"), (3, 37, True, "float"), (2, 48, False, "int")]:
+            pw = ops.quantize(W, D, bits=bits, group_size=g, sym=sym, zero=zero, backend="triton")
+            out += [D, *pw.tensors().values()]
+            for T in (1, 5, 40):  # the GEMV, the tensor-core decode and the prefill kernels
+                out.append(ops.qmatmul(x[:T], pw, D, lowrank=lowrank, bias=bias, backend="triton"))
+        return out
+
+    fast = every_stage()
+    interpreter_speedup.uninstall()
+    try:
+        plain = every_stage()
+    finally:
+        interpreter_speedup.install()
+    assert len(fast) == len(plain) and all(torch.equal(a, b) for a, b in zip(fast, plain, strict=True))
+
+
 def test_auto_picks_triton_for_cuda_tensors():
     assert backends.resolve("auto", torch.device("cuda")) is tb.BACKEND
 
